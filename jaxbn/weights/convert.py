@@ -1,0 +1,304 @@
+"""PyTorch state dict → Flax ``{'params', 'batch_stats'}``.
+
+The conversion is table driven: each family (``torchvision.py``,
+``efficientnet_lite.py``) gives an explicit table ``torch key → flax path``
+(the path starts with the collection, ``'params'`` or ``'batch_stats'``). The
+table is checked against both the state dict and ``jax.eval_shape(model.init)``
+so that any missing key, unexpected key or shape mismatch is reported at once,
+all of them listed.
+
+Layout transforms are decided by the Flax leaf: a 4-D ``kernel`` is a conv
+(torch OIHW → Flax HWIO, depthwise included), a 2-D ``kernel`` is a dense layer
+(torch (out, in) → Flax (in, out)); everything else is copied.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from typing import Any, Callable, Mapping
+
+import jax
+import numpy as np
+
+from jaxbn.models import registry
+
+Path = tuple[str, ...]
+KeyTable = dict[str, Path]
+
+# Keys PyTorch keeps that have no Flax counterpart.
+IGNORED_SUFFIXES = ("num_batches_tracked",)
+
+
+class CheckpointError(ValueError):
+  """A checkpoint file cannot be read or does not fit the architecture."""
+
+
+def _shorten(items: list[str], n: int = 8) -> str:
+  items = sorted(items)
+  head = ", ".join(items[:n])
+  return head + (f", … (+{len(items) - n} more)" if len(items) > n else "")
+
+
+# --------------------------------------------------------------------------- #
+# Reading files.
+# --------------------------------------------------------------------------- #
+
+
+def load_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+  """Reads a ``.pth``/``.pt`` (zip or legacy) or ``.safetensors`` file as numpy.
+
+  PyTorch files are read with ``torch.load(weights_only=True)``: tensors and
+  plain containers only, never arbitrary pickled code. A checkpoint that wraps
+  its weights (``{'state_dict': ...}``, ``{'model': ...}``) is unwrapped and a
+  DataParallel ``module.`` prefix is stripped.
+  """
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise CheckpointError(f"Checkpoint file not found: {path}")
+  if path.endswith(".safetensors"):
+    try:
+      from safetensors.numpy import load_file
+      return {k: np.asarray(v) for k, v in load_file(path).items()}
+    except Exception as e:  # safetensors raises its own SafetensorError
+      raise CheckpointError(f"Cannot read safetensors file {path}: {e}") from None
+  try:
+    import torch
+  except ImportError:
+    raise CheckpointError(
+        f"Reading {path} needs PyTorch: pip install 'jaxbn[torch]' "
+        "(or convert it to .safetensors first)."
+    ) from None
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:
+    kind = "zip" if zipfile.is_zipfile(path) else "legacy"
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise CheckpointError(
+        f"Cannot read PyTorch checkpoint {path} ({kind} format, "
+        f"{os.path.getsize(path)} bytes): {msg}. The file may be truncated or "
+        "corrupt: delete it and download it again."
+    ) from None
+  for wrapper in ("state_dict", "model", "model_state_dict"):
+    if isinstance(obj, Mapping) and wrapper in obj and isinstance(obj[wrapper], Mapping):
+      obj = obj[wrapper]
+  if not isinstance(obj, Mapping):
+    raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict.")
+  out = {}
+  for k, v in obj.items():
+    if not hasattr(v, "detach"):
+      continue
+    k = k[len("module."):] if k.startswith("module.") else k
+    out[k] = v.detach().cpu().float().numpy() if v.is_floating_point() else v.cpu().numpy()
+  return out
+
+
+# --------------------------------------------------------------------------- #
+# Table-driven conversion.
+# --------------------------------------------------------------------------- #
+
+
+def _to_flax(value: np.ndarray, path: Path) -> np.ndarray:
+  if path[-1] == "kernel" and value.ndim == 4:
+    return np.transpose(value, (2, 3, 1, 0))  # OIHW -> HWIO
+  if path[-1] == "kernel" and value.ndim == 2:
+    return np.transpose(value)  # (out, in) -> (in, out)
+  return value
+
+
+def _flatten(tree: Mapping[str, Any], prefix: Path = ()) -> dict[Path, Any]:
+  out: dict[Path, Any] = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, prefix + (k,)))
+    else:
+      out[prefix + (k,)] = v
+  return out
+
+
+def _unflatten(flat: Mapping[Path, Any]) -> dict[str, Any]:
+  out: dict[str, Any] = {}
+  for path, v in flat.items():
+    node = out
+    for k in path[:-1]:
+      node = node.setdefault(k, {})
+    node[path[-1]] = v
+  return out
+
+
+def apply_key_table(
+    state_dict: Mapping[str, np.ndarray],
+    table: KeyTable,
+    expected: Mapping[str, Any],
+    *,
+    arch: str,
+    skip_torch: Callable[[str], bool] = lambda k: False,
+) -> dict[str, Any]:
+  """Builds Flax variables from ``state_dict`` following ``table``.
+
+  Args:
+    state_dict: torch key → numpy array.
+    table: torch key → Flax path (collection first) for every tensor to load.
+    expected: the abstract variable tree (``jax.eval_shape(model.init, ...)``).
+    arch: architecture name, for messages.
+    skip_torch: torch keys to ignore (e.g. a head that is being replaced).
+
+  Returns:
+    Nested dict of numpy arrays with exactly the structure of ``expected``.
+
+  Raises:
+    CheckpointError listing every missing key, unexpected key and shape mismatch.
+  """
+  sd_keys = {k for k in state_dict if not k.endswith(IGNORED_SUFFIXES) and not skip_torch(k)}
+  wanted = {k: p for k, p in table.items() if not skip_torch(k)}
+  missing = sorted(set(wanted) - sd_keys)
+  unexpected = sorted(sd_keys - set(wanted))
+  exp_flat = _flatten(expected)
+  flat: dict[Path, np.ndarray] = {}
+  mismatched = []
+  for key, path in wanted.items():
+    if key not in state_dict:
+      continue
+    if path not in exp_flat:
+      raise AssertionError(f"jaxbn key table for {arch}: {key} → {path} is not a model leaf")
+    value = _to_flax(np.asarray(state_dict[key]), path)
+    want = tuple(exp_flat[path].shape)
+    if value.shape != want:
+      mismatched.append(f"{key} {tuple(state_dict[key].shape)} vs expected {want}")
+      continue
+    flat[path] = value.astype(exp_flat[path].dtype)
+  if missing or unexpected or mismatched:
+    parts = [f"Checkpoint does not fit architecture {arch!r}:"]
+    if missing:
+      parts.append(f"{len(missing)} missing keys [{_shorten(missing)}]")
+    if unexpected:
+      parts.append(f"{len(unexpected)} unexpected keys [{_shorten(unexpected)}]")
+    if mismatched:
+      parts.append(f"{len(mismatched)} shape mismatches [{_shorten(mismatched, 4)}]")
+    guess = guess_architecture(state_dict)
+    if guess and guess != arch:
+      parts.append(f"— the file looks like {guess!r}: pass --arch {guess}")
+    else:
+      parts.append("— pass the --arch the checkpoint was saved from")
+    raise CheckpointError(" ".join(parts) + ".")
+  not_covered = sorted("/".join(p) for p in set(exp_flat) - set(flat))
+  if not_covered:
+    raise AssertionError(f"jaxbn key table for {arch} leaves {not_covered} unset")
+  return _unflatten(flat)
+
+
+def key_table(arch: str) -> KeyTable:
+  """The explicit torch key → Flax path table for ``arch`` (with ImageNet head)."""
+  from jaxbn.weights import efficientnet_lite, torchvision
+
+  family = registry.get_spec(arch).family
+  if family in ("resnet", "densenet"):
+    return torchvision.key_table(arch)
+  if family == "efficientnet_lite":
+    return efficientnet_lite.key_table(arch)
+  raise ValueError(f"No checkpoint key table for family {family!r} ({arch}).")
+
+
+def guess_architecture(state_dict: Mapping[str, np.ndarray]) -> str | None:
+  """The registered architecture whose key table matches ``state_dict`` exactly."""
+  keys = {k for k in state_dict if not k.endswith(IGNORED_SUFFIXES)}
+  keys = {_normalise_legacy_key(k) for k in keys}
+  for name in registry.available_models():
+    try:
+      if set(key_table(name)) == keys:
+        return name
+    except (ValueError, NotImplementedError):
+      continue
+  return None
+
+
+def _normalise_legacy_key(key: str) -> str:
+  from jaxbn.weights import torchvision
+
+  return torchvision.normalise_legacy_key(key)
+
+
+def head_keys(arch: str) -> set[str]:
+  """Torch keys of the ImageNet classifier of ``arch``."""
+  spec = registry.get_spec(arch)
+  return {k for k, p in key_table(arch).items() if p[1] == spec.head}
+
+
+def convert_state_dict(
+    arch: str,
+    state_dict: Mapping[str, np.ndarray],
+    *,
+    num_classes: int | None = None,
+    rng: jax.Array | None = None,
+    **model_kwargs: Any,
+) -> dict[str, Any]:
+  """Converts a torch state dict into variables for ``create_model(arch, ...)``.
+
+  Args:
+    arch: registered architecture name.
+    state_dict: torch key → numpy array (see :func:`load_state_dict`).
+    num_classes: ``None`` keeps the checkpoint's head; ``0`` drops it (feature
+      extractor); any other value must differ from or equal the checkpoint's
+      head: equal keeps it, different builds a new randomly initialised head.
+    rng: key for a new head (default ``PRNGKey(0)``).
+    **model_kwargs: forwarded to ``create_model`` (they must not change shapes).
+  """
+  from jaxbn.weights import torchvision
+
+  spec = registry.get_spec(arch)
+  state_dict = {torchvision.normalise_legacy_key(k): v for k, v in state_dict.items()}
+  table = key_table(arch)
+  heads = head_keys(arch)
+  ckpt_classes = None
+  for k in heads:
+    if k.endswith("bias") and k in state_dict:
+      ckpt_classes = int(np.shape(state_dict[k])[0])
+  if num_classes is None:
+    num_classes = ckpt_classes or spec.num_imagenet_classes
+  keep_head = num_classes > 0 and num_classes == ckpt_classes
+  model = registry.create_model(arch, num_classes=num_classes, **model_kwargs)
+  expected = registry.init_shapes(model)
+  skip = (lambda k: False) if keep_head else (lambda k: k in heads)
+  variables = apply_key_table(
+      state_dict,
+      table if keep_head else {k: v for k, v in table.items() if k not in heads},
+      _without_head(expected, spec.head) if not keep_head else expected,
+      arch=arch,
+      skip_torch=skip,
+  )
+  if num_classes > 0 and not keep_head:
+    fresh = registry.init_variables(model, rng if rng is not None else jax.random.key(0))
+    variables["params"][spec.head] = jax.tree_util.tree_map(
+        np.asarray, fresh["params"][spec.head]
+    )
+  return variables
+
+
+def _without_head(expected: Mapping[str, Any], head: str) -> dict[str, Any]:
+  return {c: {k: v for k, v in tree.items() if k != head} for c, tree in expected.items()}
+
+
+def load_pretrained(
+    arch: str,
+    source: str | os.PathLike[str] | None = None,
+    *,
+    num_classes: int | None = None,
+    rng: jax.Array | None = None,
+    **model_kwargs: Any,
+) -> dict[str, Any]:
+  """Variables for ``arch`` from a local file, or the known checkpoint (cached).
+
+  ``source`` is a path to a ``.pth``/``.safetensors`` file, a directory holding
+  an orbax checkpoint written by ``python -m jaxbn.convert``, or ``None`` for the
+  registered ImageNet checkpoint of ``arch`` (downloaded once, sha256-checked).
+  """
+  from jaxbn.weights import hub
+
+  if source is not None and os.path.isdir(source):
+    from jaxbn.weights import store
+
+    return store.restore_variables(source, arch, num_classes=num_classes, rng=rng, **model_kwargs)
+  path = source if source is not None else hub.fetch(arch)
+  return convert_state_dict(
+      arch, load_state_dict(path), num_classes=num_classes, rng=rng, **model_kwargs
+  )
