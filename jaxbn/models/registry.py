@@ -43,6 +43,12 @@ class ModelSpec:
   std: tuple[float, float, float] = IMAGENET_STD
   head: str = "fc"  # name of the classifier module in params
   num_imagenet_classes: int = 1000
+  # Maps a top-level module name in ``params`` to its stage: 0 = stem,
+  # 1..num_stages = the network's stages (ResNet layer1..4, DenseNet blocks,
+  # EfficientNet-Lite MBConv stages; final norm/conv belong to the last stage),
+  # num_stages + 1 = the head. Used by ``masks.from_stage`` and truncation.
+  stage_of: Callable[[str], int] | None = None
+  num_stages: int = 4
 
 
 def _specs() -> dict[str, ModelSpec]:
