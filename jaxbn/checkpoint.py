@@ -1,0 +1,87 @@
+"""Run checkpoints (orbax ``CheckpointManager``): latest-for-resume and best-by-val-AUC.
+
+``WORKDIR/checkpoints/<step>/{state,meta}`` keeps the last few evaluations'
+train states (params, batch_stats, opt_state, step) plus a JSON ``meta`` with
+the loop's host-side state (stage, lr scale, early-stopping counters, history),
+so a crashed run resumes exactly. ``WORKDIR/best/<step>/{variables,meta}``
+keeps the variables with the best validation AUC. Orbax commits a step
+directory atomically, so a crash never leaves a half-written checkpoint that
+would be restored.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+
+def _manager(directory: str, keep: int) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.abspath(directory),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+      item_names=("state", "meta"),
+  )
+
+
+class RunCheckpoints:
+  """The two checkpoint managers of one training run."""
+
+  def __init__(self, workdir: str, keep: int = 2):
+    self.latest = _manager(os.path.join(workdir, "checkpoints"), keep)
+    self.best = _manager(os.path.join(workdir, "best"), 1)
+
+  def latest_step(self) -> int | None:
+    return self.latest.latest_step()
+
+  def save(self, step: int, state: Any, meta: dict, *, best: bool) -> None:
+    self.latest.save(
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+    )
+    if best:
+      variables = {"params": state.params, "batch_stats": state.batch_stats}
+      self.best.save(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)
+          ),
+      )
+
+  def restore_meta(self, step: int | None = None) -> dict:
+    step = self.latest.latest_step() if step is None else step
+    return self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+  def restore_state(self, abstract_state: Any, step: int | None = None) -> Any:
+    step = self.latest.latest_step() if step is None else step
+    return self.latest.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(abstract_state)))
+    )["state"]
+
+  def restore_best(self, abstract_variables: Any) -> tuple[Any, dict] | None:
+    step = self.best.latest_step()
+    if step is None:
+      return None
+    out = self.best.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract(abstract_variables)),
+            meta=ocp.args.JsonRestore(),
+        ),
+    )
+    return out["state"], out["meta"]
+
+  def wait(self) -> None:
+    self.latest.wait_until_finished()
+    self.best.wait_until_finished()
+
+  def close(self) -> None:
+    self.latest.close()
+    self.best.close()
+
+
+def _abstract(tree: Any) -> Any:
+  """Restore targets as host (numpy) arrays of the right shape and dtype."""
+  return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), tree)

@@ -1,0 +1,507 @@
+"""The input pipeline: a data set config in, numpy batches out.
+
+Public entry points::
+
+    info = get_dataset_info(config)               # name, classes, split sizes
+    train = train_iterator(config, batch_size=64, image_size=224,
+                           mean=spec.mean, std=spec.std, seed=0)
+    batch = next(train)      # {'image': f32[64, 224, 224, 3], 'label': i32[64]}
+    for batch in eval_iterator(config, "test", batch_size=64, image_size=224,
+                               mean=spec.mean, std=spec.std):
+      ...                    # + 'mask': f32[64], 0 for padding
+
+``config`` is an ``ml_collections.ConfigDict`` (``default_config()`` has every
+field; missing fields take these defaults):
+
+  name: which data set.
+    * a MedMNIST v2 2D name, e.g. ``"pneumoniamnist"``, ``"retinamnist"``,
+      ``"chestmnist"`` (multi-label) — see ``medmnist.DATASETS``. Built with
+      the ``medmnist.MedMNIST`` TFDS builder from the official npz.
+    * ``"tfds:<name>"``, any image-classification data set of the TFDS
+      catalog (``tfds:malaria``, ``tfds:colorectal_histology``,
+      ``tfds:patch_camelyon``): its Image and ClassLabel features are used.
+      Splits ``train``/``validation``/``test`` when present; missing ones are
+      carved from ``train`` deterministically (TFDS stores examples shuffled,
+      so the slices are random but fixed, not stratified): no val and no
+      test → ``train[:80%]`` / ``train[80%:90%]`` / ``train[90%:]``; only
+      one of them missing → it is ``train[:10%]`` and train is
+      ``train[10%:]``.
+    * ``"folder:/path/to/root"``, your own image files, see ``image_folder``.
+  data_dir: optional. MedMNIST: directory searched first for
+    ``<name>.npz`` (then ``$JAXBN_DATA_DIR``, then the shipped asset, then a
+    download). ``tfds:``: the TFDS data_dir (default: TFDS's own,
+    ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``). Unused for folders.
+  cache_dir: optional TFDS data_dir for the prepared MedMNIST data (default
+    ``$JAXBN_CACHE_DIR/tensorflow_datasets`` or
+    ``~/.cache/jaxbn/tensorflow_datasets``).
+  download: bool, default True. May MedMNIST/TFDS data be downloaded.
+  augment: bool, default True. Train-time augmentation: a random resized
+    crop (area 80–100 % of the image, aspect ratio 3/4–4/3, sampled on the
+    source image and resized to ``image_size``) and a random horizontal flip.
+    Both are label-preserving for chest X-rays, fundus, dermatoscopy, blood
+    cells and histology; the flip is off by default for OrganA/C/S-MNIST,
+    whose classes include left/right organs.
+  hflip: optional bool overriding that per-data-set flip default.
+  shuffle_buffer: int, default 10_000 (capped at the shard size).
+  cache: bool, default True. Keep the decoded source images (28-px uint8 for
+    MedMNIST, a few MB) in memory after the first epoch; set False for large
+    data sets with big images (e.g. ``tfds:patch_camelyon``, ~7 GB decoded).
+
+Per example: decode → gray→RGB (tile) → resize to ``image_size`` (bilinear;
+antialiased when shrinking; aspect ratio not kept) → [augment] → scale to
+[0, 1] → normalise with the checkpoint's ``mean``/``std`` (on [0, 1]
+pixels) → batch → prefetch. Crop and flip are drawn on the source image, and
+the per-channel affine scaling/normalisation, which commutes exactly with
+bilinear resizing, is applied before the resize when the source is the
+smaller image (MedMNIST's 28 px): same output, a fraction of the work.
+
+Multi-host: process ``i`` of ``n`` reads the ``i``-th of ``n`` disjoint,
+near-equal slices of each split (``tfds.even_splits``); ``batch_size`` is the
+per-process batch. Evaluation pads every process to the same number of
+batches, so all processes run the same number of steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import math
+import os
+import sys
+from typing import Callable, Iterator, Sequence
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+try:  # TF must not grab the accelerator that JAX uses.
+  tf.config.set_visible_devices([], "GPU")
+except (RuntimeError, ValueError):  # Already initialised, or no GPU support.
+  pass
+
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+from jaxbn.data import image_folder  # pylint: disable=g-import-not-at-top
+from jaxbn.data import medmnist  # pylint: disable=g-import-not-at-top
+
+SPLITS = ("train", "val", "test")
+TFDS_PREFIX = "tfds:"
+FOLDER_PREFIX = "folder:"
+RRC_SCALE = (0.8, 1.0)
+RRC_RATIO = (3 / 4, 4 / 3)
+
+_DEFAULTS = dict(
+    name="pneumoniamnist",
+    data_dir=None,
+    cache_dir=None,
+    download=True,
+    augment=True,
+    hflip=None,
+    shuffle_buffer=10_000,
+    cache=True,
+)
+_SPLIT_ALIASES = {"validation": "val", "valid": "val"}
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """A data config with every field at its default (see module docstring)."""
+  return ml_collections.ConfigDict(dict(_DEFAULTS))
+
+
+def _get(config: ml_collections.ConfigDict, field: str):
+  return config.get(field, _DEFAULTS[field])
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What a model and a trainer need to know about a data set."""
+
+  name: str
+  num_classes: int  # classes, or labels for multi-label data sets
+  multi_label: bool
+  class_names: tuple[str, ...]
+  num_examples: dict[str, int]  # 'train', 'val', 'test' -> size (all processes)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+  """A data set reduced to what the pipeline needs.
+
+  ``read(split, process_index, process_count, shuffle_seed)`` gives that
+  process's slice as {'image': uint8 [h, w, c], 'label': int or 0/1 vector};
+  ``shard_sizes(split, process_count)`` the slice sizes of all processes.
+  """
+
+  info: DatasetInfo
+  hflip_ok: bool
+  read: Callable[[str, int, int, int | None], tf.data.Dataset]
+  shard_sizes: Callable[[str, int], list[int]]
+
+
+# ------------------------------------------------------------------ sources --
+
+
+def _check_info(info: DatasetInfo) -> DatasetInfo:
+  """Build-time sanity checks shared by all sources."""
+  if info.num_classes < 2 and not info.multi_label:
+    raise ValueError(f"{info.name}: {info.num_classes} class(es); need at least 2.")
+  for split in SPLITS:
+    if info.num_examples.get(split, 0) <= 0:
+      raise ValueError(f"Empty split {split!r} in data set {info.name}.")
+  return info
+
+
+def _tfds_reader(builder: tfds.core.DatasetBuilder, splits: dict[str, str],
+                 image_key: str = "image", label_key: str = "label"):
+  """``read`` and ``shard_sizes`` functions for a prepared TFDS builder."""
+
+  def read(split, process_index, process_count, shuffle_seed):
+    shard = tfds.even_splits(splits[split], n=process_count)[process_index]
+    # Ordered data sets (MedMNIST keeps npz order) refuse file shuffling.
+    shuffle_files = shuffle_seed is not None and not builder.info.disable_shuffling
+    ds = builder.as_dataset(
+        split=shard, shuffle_files=shuffle_files,
+        read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed))
+    return ds.map(lambda x: {"image": x[image_key], "label": x[label_key]},
+                  num_parallel_calls=tf.data.AUTOTUNE)
+
+  def shard_sizes(split, process_count):
+    shards = tfds.even_splits(splits[split], n=process_count)
+    return [builder.info.splits[s].num_examples for s in shards]
+
+  return read, shard_sizes
+
+
+def _medmnist_source(name: str, data_dir: str | None, cache_dir: str | None,
+                     download: bool) -> _Source:
+  builder = medmnist.get_builder(name, npz_dir=data_dir, cache_dir=cache_dir,
+                                 download=download)
+  table = builder.medmnist_info
+  info = DatasetInfo(
+      name=name, num_classes=table.num_classes, multi_label=table.multi_label,
+      class_names=table.label_names,
+      num_examples={s: builder.info.splits[s].num_examples for s in SPLITS})
+  read, shard_sizes = _tfds_reader(builder, {s: s for s in SPLITS})
+  return _Source(_check_info(info), table.hflip_ok, read, shard_sizes)
+
+
+def tfds_splits(available: Sequence[str]) -> dict[str, str]:
+  """Maps train/val/test to TFDS split strings, carving missing ones."""
+  if "train" not in available:
+    raise ValueError(f"No 'train' split (has: {', '.join(available)}).")
+  val = next((s for s in ("validation", "val", "valid") if s in available), None)
+  test = "test" if "test" in available else None
+  if val and test:
+    return {"train": "train", "val": val, "test": test}
+  if test:
+    return {"train": "train[10%:]", "val": "train[:10%]", "test": test}
+  if val:
+    return {"train": "train[10%:]", "val": val, "test": "train[:10%]"}
+  return {"train": "train[:80%]", "val": "train[80%:90%]", "test": "train[90%:]"}
+
+
+def _image_label_keys(features: tfds.features.FeaturesDict, name: str
+                      ) -> tuple[str, str]:
+  """The (image, label) feature keys of a TFDS classification data set."""
+  images = [k for k, f in features.items() if isinstance(f, tfds.features.Image)]
+  labels = [k for k, f in features.items()
+            if isinstance(f, tfds.features.ClassLabel)]
+  if len(images) != 1 or len(labels) != 1:
+    pick = lambda keys, k: [k] if k in keys else keys
+    images, labels = pick(images, "image"), pick(labels, "label")
+  if len(images) != 1 or len(labels) != 1:
+    raise ValueError(
+        f"TFDS data set {name!r} is not single-label image classification: "
+        f"need one Image and one ClassLabel feature, found Image {images} and "
+        f"ClassLabel {labels}.")
+  return images[0], labels[0]
+
+
+def _ensure_importlib_resources() -> None:
+  """Lets tensorflow-datasets 4.9 prepare data without the backport.
+
+  TFDS imports ``importlib_resources`` while preparing a data set but only
+  requires it on Python < 3.9; from 3.9 the standard library module has the
+  same API, so alias it when the backport is missing.
+  """
+  try:
+    importlib.import_module("importlib_resources")
+  except ImportError:
+    importlib.import_module("importlib.resources.abc")
+    sys.modules["importlib_resources"] = sys.modules["importlib.resources"]
+
+
+def _catalog_source(name: str, data_dir: str | None, download: bool) -> _Source:
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ValueError(_unknown_name_message(TFDS_PREFIX + name)) from e
+  image_key, label_key = _image_label_keys(builder.info.features, name)
+  if not builder.data_path.exists():
+    if not download:
+      raise FileNotFoundError(
+          f"TFDS data set {name!r} is not prepared in {builder.data_dir_root} "
+          f"and download=False; prepare it there or set config.data_dir.")
+    _ensure_importlib_resources()
+    try:
+      builder.download_and_prepare()
+    except Exception as e:  # pylint: disable=broad-except
+      detail = (str(e).strip().splitlines() or [""])[0][:200]
+      raise RuntimeError(
+          f"Could not download/prepare TFDS data set {name!r} into "
+          f"{builder.data_dir_root} ({type(e).__name__}: {detail}); prepare it "
+          f"where there is network access and point config.data_dir at it."
+      ) from e
+  splits = tfds_splits(list(builder.info.splits))
+  label = builder.info.features[label_key]
+  info = DatasetInfo(
+      name=TFDS_PREFIX + name, num_classes=label.num_classes, multi_label=False,
+      class_names=tuple(label.names),
+      num_examples={s: builder.info.splits[splits[s]].num_examples
+                    for s in SPLITS})
+  read, shard_sizes = _tfds_reader(builder, splits, image_key, label_key)
+  return _Source(_check_info(info), True, read, shard_sizes)
+
+
+def _folder_source(root: str) -> _Source:
+  folder = image_folder.scan(root)
+  info = DatasetInfo(
+      name=FOLDER_PREFIX + folder.root, num_classes=folder.num_classes,
+      multi_label=False, class_names=folder.class_names,
+      num_examples=folder.num_examples)
+
+  def read(split, process_index, process_count, shuffle_seed):
+    del shuffle_seed  # Shuffling happens after reading, in the pipeline.
+    return image_folder.as_dataset(folder, split, process_index=process_index,
+                                   process_count=process_count)
+
+  def shard_sizes(split, process_count):
+    n = folder.num_examples[split]
+    return [image_folder.shard_size(n, i, process_count)
+            for i in range(process_count)]
+
+  return _Source(_check_info(info), True, read, shard_sizes)
+
+
+def _unknown_name_message(name: str) -> str:
+  return (
+      f"Unknown data set {name!r}; use a MedMNIST name "
+      f"({', '.join(medmnist.DATASETS)}), 'tfds:<name>' for a TFDS catalog "
+      f"image-classification data set (e.g. 'tfds:malaria', "
+      f"'tfds:colorectal_histology', 'tfds:patch_camelyon'), or "
+      f"'folder:/path/to/root' for your own images.")
+
+
+@functools.lru_cache(maxsize=16)
+def _load_source(name: str, data_dir: str | None, cache_dir: str | None,
+                 download: bool, env: tuple[str | None, ...]) -> _Source:
+  del env  # Part of the cache key only: search paths depend on it.
+  if name.startswith(TFDS_PREFIX):
+    return _catalog_source(name[len(TFDS_PREFIX):], data_dir, download)
+  if name.startswith(FOLDER_PREFIX):
+    return _folder_source(name[len(FOLDER_PREFIX):])
+  if name in medmnist.DATASETS:
+    return _medmnist_source(name, data_dir, cache_dir, download)
+  raise ValueError(_unknown_name_message(name))
+
+
+def _source(config: ml_collections.ConfigDict) -> _Source:
+  """The (memoised per process) source that ``config`` names."""
+  env = tuple(os.environ.get(k) for k in (
+      medmnist.DATA_DIR_ENV, medmnist.CACHE_DIR_ENV, "TFDS_DATA_DIR"))
+  return _load_source(_get(config, "name"), _get(config, "data_dir"),
+                      _get(config, "cache_dir"), bool(_get(config, "download")),
+                      env)
+
+
+def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
+  """Builds (first call: prepares and checks) the data set; returns its info."""
+  return _source(config).info
+
+
+# ---------------------------------------------------------------- transforms --
+
+
+def _normalizer(mean, std) -> tuple[tf.Tensor, tf.Tensor]:
+  """(scale, offset) with ``pixel * scale + offset == (pixel/255 - mean)/std``."""
+  mean = np.broadcast_to(np.asarray(mean, np.float32).reshape(-1), (3,))
+  std = np.broadcast_to(np.asarray(std, np.float32).reshape(-1), (3,))
+  if np.any(std <= 0):
+    raise ValueError(f"std must be positive, got {std.tolist()}.")
+  scale = 1.0 / (255.0 * std)
+  return tf.constant(scale), tf.constant(-mean / std)
+
+
+def _to_rgb(image: tf.Tensor) -> tf.Tensor:
+  """Gray → 3 equal channels; RGBA → RGB."""
+  channels = image.shape[-1]
+  if channels == 1:
+    return tf.tile(image, [1, 1, 3])
+  if channels == 3:
+    return image
+  if channels == 4:
+    return image[..., :3]
+  image = tf.cond(tf.equal(tf.shape(image)[-1], 1),
+                  lambda: tf.tile(image, [1, 1, 3]), lambda: image[..., :3])
+  image.set_shape([None, None, 3])
+  return image
+
+
+def _resize(image: tf.Tensor, size: int, antialias: bool) -> tf.Tensor:
+  """Bilinear resize to size×size (antialias matters only when shrinking)."""
+  image = tf.image.resize(image, (size, size), method="bilinear",
+                          antialias=antialias)
+  image.set_shape([size, size, image.shape[-1]])
+  return image
+
+
+def _random_crop(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  """Inception-style crop: area RRC_SCALE, aspect ratio RRC_RATIO."""
+  begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+      tf.shape(image),
+      bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+      seed=seed,
+      min_object_covered=0.0,
+      aspect_ratio_range=RRC_RATIO,
+      area_range=RRC_SCALE,
+      max_attempts=10,
+      use_image_if_no_bounding_boxes=True)
+  return tf.slice(image, begin, size)
+
+
+def preprocess(example: dict[str, tf.Tensor], *, image_size: int,
+               scale: tf.Tensor, offset: tf.Tensor, multi_label: bool,
+               augment: bool = False, hflip: bool = False,
+               seed: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+  """One source example → {'image': f32 [S, S, 3] normalised, 'label'}.
+
+  Crop and flip act on the source image (a flip commutes exactly with the
+  symmetric bilinear resize). The affine pixel normalisation is applied on
+  whichever of source and output has fewer pixels: on 2 CPU cores this makes
+  28 → 224 upsampling ~7× faster than normalising the 224-px image.
+
+  Args:
+    example: {'image': uint8 [h, w, c], 'label': int or 0/1 vector}.
+    image_size: output side S.
+    scale, offset: from ``_normalizer``; per channel.
+    multi_label: labels are 0/1 vectors (→ float32) rather than ints (→ int32).
+    augment: random resized crop (needs ``seed``).
+    hflip: random horizontal flip (needs ``seed``).
+    seed: int [2] stateless seed for this example.
+  """
+  image = example["image"]
+  height, width = image.shape[0], image.shape[1]
+  small = height is not None and width is not None and max(height, width) <= image_size
+  if augment or hflip:
+    crop_seed, flip_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 2))
+  if augment:
+    image = _random_crop(image, crop_seed)
+  if hflip:
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+  image = tf.cast(_to_rgb(image), tf.float32)
+  if small:
+    image = _resize(image * scale + offset, image_size, antialias=False)
+  else:
+    image = _resize(image, image_size, antialias=True) * scale + offset
+  label = tf.cast(example["label"], tf.float32 if multi_label else tf.int32)
+  return {"image": image, "label": label}
+
+
+def _options(deterministic: bool) -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = deterministic
+  options.autotune.enabled = True
+  options.experimental_optimization.map_parallelization = True
+  return options
+
+
+# ----------------------------------------------------------------- iterators --
+
+
+def train_iterator(config: ml_collections.ConfigDict, *, batch_size: int,
+                   image_size: int, mean, std, seed: int,
+                   process_index: int = 0, process_count: int = 1
+                   ) -> Iterator[dict[str, np.ndarray]]:
+  """Infinite, shuffled, augmented training batches for this process.
+
+  Shuffling is seeded and differs between epochs; augmentation draws from
+  stateless per-example seeds, so a given ``seed`` gives the same stream on
+  every run. Incomplete last batches of an epoch are not formed (the stream
+  is repeated before batching).
+
+  Yields:
+    {'image': float32 [B, S, S, 3], 'label': int32 [B] (float32 [B, L] for
+    multi-label)}, ``B = batch_size`` (per process), ``S = image_size``.
+  """
+  source = _source(config)
+  size = source.shard_sizes("train", process_count)[process_index]
+  if size == 0:
+    raise ValueError(
+        f"Process {process_index}/{process_count} has no training examples of "
+        f"{source.info.name} ({source.info.num_examples['train']} in all).")
+  scale, offset = _normalizer(mean, std)
+  augment = bool(_get(config, "augment"))
+  hflip = _get(config, "hflip")
+  hflip = augment and (source.hflip_ok if hflip is None else bool(hflip))
+
+  ds = source.read("train", process_index, process_count, seed)
+  if _get(config, "cache"):
+    ds = ds.cache()
+  buffer = max(1, min(int(_get(config, "shuffle_buffer")), size))
+  ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+  base_seed = tf.constant([seed, process_index], tf.int64)
+
+  def process(index, example):
+    example_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
+    return preprocess(example, image_size=image_size, scale=scale,
+                      offset=offset, multi_label=source.info.multi_label,
+                      augment=augment, hflip=hflip, seed=example_seed)
+
+  ds = ds.enumerate().map(process, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(batch_size, drop_remainder=True)
+  ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_options(deterministic=True))
+  return iter(tfds.as_numpy(ds))
+
+
+def num_eval_batches(num_examples: Sequence[int], batch_size: int) -> int:
+  """Batches every process runs: enough for the largest shard."""
+  return max(1, math.ceil(max(num_examples) / batch_size))
+
+
+def eval_iterator(config: ml_collections.ConfigDict, split: str, *,
+                  batch_size: int, image_size: int, mean, std,
+                  process_index: int = 0, process_count: int = 1
+                  ) -> Iterator[dict[str, np.ndarray]]:
+  """One deterministic pass over this process's part of ``split``.
+
+  Every process yields the same number of full batches (that of the largest
+  shard); the tail is padded with zero images whose 'mask' is 0.
+
+  Yields:
+    {'image': float32 [B, S, S, 3], 'label': int32 [B] (float32 [B, L]),
+    'mask': float32 [B] (1 for real examples, 0 for padding)}.
+  """
+  split = _SPLIT_ALIASES.get(split, split)
+  if split not in SPLITS:
+    raise ValueError(f"Unknown split {split!r}; use one of {', '.join(SPLITS)}.")
+  source = _source(config)
+  sizes = source.shard_sizes(split, process_count)
+  scale, offset = _normalizer(mean, std)
+
+  def process(example):
+    out = preprocess(example, image_size=image_size, scale=scale,
+                     offset=offset, multi_label=source.info.multi_label)
+    out["mask"] = tf.constant(1.0)
+    return out
+
+  ds = source.read(split, process_index, process_count, None)
+  ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE)
+  num_padding = (num_eval_batches(sizes, batch_size) * batch_size
+                 - sizes[process_index])
+  padding = {k: tf.zeros(s.shape, s.dtype) for k, s in ds.element_spec.items()}
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(num_padding))
+  ds = ds.batch(batch_size, drop_remainder=True)
+  ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_options(deterministic=True))
+  return iter(tfds.as_numpy(ds))

@@ -1,0 +1,60 @@
+r"""jaxbn's command line: ``python -m jaxbn.main --config=configs/bn_only.py --workdir=DIR``.
+
+Overrides: ``--config.finetune.lr=3e-4`` for any field, or
+``--config=configs/bn_only.py:model.arch=resnet50,data.name=retinamnist``.
+On several hosts (TPU pod slice, SLURM) every process runs the same command;
+``jax.distributed.initialize()`` is called when a multi-process environment is
+detected (or ``--coordinator``/``--num_processes``/``--process_id`` are given).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.json.")
+flags.DEFINE_string("coordinator", None, "host:port of process 0 for multi-process runs.")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def _multi_process_env() -> bool:
+  return any(
+      os.environ.get(v) for v in ("TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS")
+  ) or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # Keep TensorFlow (input pipeline only) off the accelerators.
+  import tensorflow as tf
+
+  tf.config.set_visible_devices([], "GPU")
+  import jax
+
+  if FLAGS.coordinator or FLAGS.num_processes:
+    jax.distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+  elif _multi_process_env():
+    jax.distributed.initialize()
+  logging.info("JAX process %d/%d, %d local / %d global devices (%s).", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(),
+               jax.devices()[0].platform)
+
+  from jaxbn import train
+
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (ValueError, train.TrainingError, FileNotFoundError) as e:
+    logging.error("%s", e)
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)

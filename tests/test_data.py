@@ -1,0 +1,414 @@
+"""Tests of the input pipeline (jaxbn.data): MedMNIST, TFDS catalog, folders."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import ml_collections
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow_datasets as tfds
+
+from jaxbn import data as jaxbn_data
+from jaxbn.data import image_folder
+from jaxbn.data import medmnist
+from jaxbn.data import pipeline
+
+ASSET = os.path.join(medmnist.PACKAGE_ASSET_DIR, "pneumoniamnist.npz")
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, tmp_path_factory):
+  """No user data dirs; every cache in tmp."""
+  monkeypatch.delenv(medmnist.DATA_DIR_ENV, raising=False)
+  monkeypatch.setenv(medmnist.CACHE_DIR_ENV,
+                     str(tmp_path_factory.getbasetemp() / "jaxbn_cache"))
+
+
+@pytest.fixture(scope="module")
+def pneumonia_config(tmp_path_factory):
+  return ml_collections.ConfigDict(dict(
+      name="pneumoniamnist", data_dir=None, download=False,
+      cache_dir=str(tmp_path_factory.mktemp("tfds")), augment=True,
+      shuffle_buffer=1000, cache=True))
+
+
+@pytest.fixture(scope="module")
+def pneumonia_npz():
+  with np.load(ASSET) as npz:
+    return {k: npz[k] for k in npz.files}
+
+
+def _normalised(images_uint8: np.ndarray, mean=MEAN, std=STD) -> np.ndarray:
+  """Reference normalisation of gray uint8 [N, h, w] images."""
+  x = np.repeat(images_uint8[..., None].astype(np.float32) / 255.0, 3, axis=-1)
+  return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def _eval_all(config, split, process_index=0, process_count=1, batch_size=100,
+              image_size=28):
+  batches = list(pipeline.eval_iterator(
+      config, split, batch_size=batch_size, image_size=image_size, mean=MEAN,
+      std=STD, process_index=process_index, process_count=process_count))
+  return batches
+
+
+def _real(batches, key):
+  return np.concatenate([b[key][b["mask"] == 1] for b in batches])
+
+
+def _write_synthetic_npz(path, num_labels, *, multi_label, bad_label=None,
+                         sizes=(20, 6, 5), rgb=False, seed=0):
+  rng = np.random.default_rng(seed)
+  arrays = {}
+  for split, n in zip(medmnist.SPLITS, sizes):
+    shape = (n, 28, 28, 3) if rgb else (n, 28, 28)
+    arrays[f"{split}_images"] = rng.integers(0, 256, shape, dtype=np.uint8)
+    if multi_label:
+      labels = rng.integers(0, 2, (n, num_labels), dtype=np.uint8)
+    else:
+      labels = rng.integers(0, num_labels, (n, 1), dtype=np.uint8)
+    arrays[f"{split}_labels"] = labels
+  if bad_label is not None:
+    arrays["val_labels"][3, 0] = bad_label
+  np.savez(path, **arrays)
+  return arrays
+
+
+def _trust_md5(monkeypatch, name, path):
+  """Lets a synthetic npz stand in for the official file in this test."""
+  entry = dataclasses.replace(medmnist.DATASETS[name], md5=medmnist.md5sum(path))
+  monkeypatch.setitem(medmnist.DATASETS, name, entry)
+
+
+# ---------------------------------------------------------------- MedMNIST --
+
+
+def test_shipped_pneumoniamnist_loads_offline(pneumonia_config):
+  assert medmnist.md5sum(ASSET) == medmnist.DATASETS["pneumoniamnist"].md5
+  info = pipeline.get_dataset_info(pneumonia_config)
+  assert info == pipeline.DatasetInfo(
+      name="pneumoniamnist", num_classes=2, multi_label=False,
+      class_names=("normal", "pneumonia"),
+      num_examples={"train": 4708, "val": 524, "test": 624})
+  assert jaxbn_data.get_dataset_info is pipeline.get_dataset_info
+
+
+def test_train_batches_shapes_dtypes_and_determinism(pneumonia_config):
+  kwargs = dict(batch_size=16, image_size=64, mean=MEAN, std=STD)
+  first = next(pipeline.train_iterator(pneumonia_config, seed=3, **kwargs))
+  again = next(pipeline.train_iterator(pneumonia_config, seed=3, **kwargs))
+  other = next(pipeline.train_iterator(pneumonia_config, seed=4, **kwargs))
+  assert set(first) == {"image", "label"}
+  assert first["image"].shape == (16, 64, 64, 3)
+  assert first["image"].dtype == np.float32
+  assert first["label"].shape == (16,) and first["label"].dtype == np.int32
+  assert set(np.unique(first["label"])) <= {0, 1}
+  np.testing.assert_array_equal(first["image"], again["image"])
+  assert not np.array_equal(first["image"], other["image"])
+  # Gray input: after normalisation the channels are affine images of each
+  # other; pixel 0 lies in the normalised range of [0, 1] inputs.
+  lo, hi = _normalised(np.array([[0, 255]], np.uint8))[0]
+  assert np.all(first["image"] >= lo - 1e-4) and np.all(first["image"] <= hi + 1e-4)
+  ch0 = (first["image"][..., 0] * STD[0] + MEAN[0])
+  ch2 = (first["image"][..., 2] * STD[2] + MEAN[2])
+  np.testing.assert_allclose(ch0, ch2, atol=1e-5)
+
+
+def test_train_epoch_is_a_reshuffled_permutation(pneumonia_config, pneumonia_npz):
+  config = ml_collections.ConfigDict(pneumonia_config.to_dict())
+  config.augment = False
+  it = pipeline.train_iterator(config, batch_size=4708, image_size=28, mean=0.0,
+                               std=1.0, seed=0)
+  epoch1, epoch2 = next(it), next(it)
+  expected = np.sort(pneumonia_npz["train_labels"][:, 0])
+  np.testing.assert_array_equal(np.sort(epoch1["label"]), expected)
+  assert not np.array_equal(epoch1["label"], epoch2["label"])  # Reshuffled.
+  # No augmentation and no resize (28 → 28): exact pixels, scaled to [0, 1].
+  images = np.sort(epoch1["image"][..., 0].reshape(4708, -1), axis=0)
+  ref = np.sort(pneumonia_npz["train_images"].reshape(4708, -1) / 255.0, axis=0)
+  np.testing.assert_allclose(images, ref, atol=1e-6)
+
+
+def test_eval_padding_and_mask_cover_every_example_once(pneumonia_config,
+                                                         pneumonia_npz):
+  batches = _eval_all(pneumonia_config, "test", batch_size=100)
+  assert len(batches) == 7  # ceil(624 / 100)
+  for b in batches:
+    assert b["image"].shape == (100, 28, 28, 3) and b["image"].dtype == np.float32
+    assert b["label"].dtype == np.int32 and b["mask"].dtype == np.float32
+  masks = np.concatenate([b["mask"] for b in batches])
+  np.testing.assert_array_equal(masks, np.r_[np.ones(624), np.zeros(76)])
+  # Real examples come in npz order, normalised exactly as documented.
+  np.testing.assert_array_equal(_real(batches, "label"),
+                                pneumonia_npz["test_labels"][:, 0])
+  np.testing.assert_allclose(_real(batches, "image"),
+                             _normalised(pneumonia_npz["test_images"]), atol=1e-5)
+  assert np.all(batches[-1]["image"][24:] == 0)
+  assert len(_eval_all(pneumonia_config, "validation", batch_size=524)) == 1
+
+
+@pytest.mark.parametrize("process_count", [2, 3])
+def test_per_host_shards_are_disjoint_and_cover_the_split(
+    pneumonia_config, pneumonia_npz, process_count):
+  shards = [_eval_all(pneumonia_config, "val", i, process_count, batch_size=64)
+            for i in range(process_count)]
+  assert len({len(s) for s in shards}) == 1  # Same number of steps everywhere.
+  labels = np.concatenate([_real(s, "label") for s in shards])
+  images = np.concatenate([_real(s, "image") for s in shards])
+  assert len(labels) == 524
+  np.testing.assert_array_equal(labels, pneumonia_npz["val_labels"][:, 0])
+  np.testing.assert_allclose(images, _normalised(pneumonia_npz["val_images"]),
+                             atol=1e-5)
+
+
+def test_train_shards_are_disjoint_and_cover_train(pneumonia_config,
+                                                   pneumonia_npz):
+  config = ml_collections.ConfigDict(pneumonia_config.to_dict())
+  config.augment = False
+  seen = []
+  for i in range(2):
+    batch = next(pipeline.train_iterator(
+        config, batch_size=2354, image_size=28, mean=0.0, std=1.0, seed=0,
+        process_index=i, process_count=2))
+    seen.append(np.round(batch["image"][..., 0] * 255).astype(np.uint8))
+  # Two shards of 2354 whose multiset union is the whole train split: disjoint.
+  union = np.sort(np.concatenate(seen).reshape(4708, -1), axis=0)
+  np.testing.assert_array_equal(
+      union, np.sort(pneumonia_npz["train_images"].reshape(4708, -1), axis=0))
+
+
+def test_md5_mismatch_is_a_one_line_error(tmp_path):
+  data_dir = tmp_path / "npz"
+  data_dir.mkdir()
+  corrupt = bytearray(open(ASSET, "rb").read())
+  corrupt[1000] ^= 0xFF
+  (data_dir / "pneumoniamnist.npz").write_bytes(bytes(corrupt))
+  config = ml_collections.ConfigDict(dict(
+      name="pneumoniamnist", data_dir=str(data_dir), download=False,
+      cache_dir=str(tmp_path / "tfds")))
+  with pytest.raises(ValueError, match="MD5 mismatch") as e:
+    pipeline.get_dataset_info(config)
+  message = str(e.value)
+  assert "\n" not in message
+  assert str(data_dir / "pneumoniamnist.npz") in message
+  assert medmnist.DATASETS["pneumoniamnist"].md5 in message
+  assert "download" in message
+
+
+def test_missing_npz_offline_names_file_and_directory(tmp_path):
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(FileNotFoundError) as e:
+    medmnist.get_builder("pneumoniamnist", npz_dir=str(empty),
+                         cache_dir=str(tmp_path / "tfds"), download=False,
+                         use_package_asset=False)
+  message = str(e.value)
+  assert "\n" not in message
+  assert "pneumoniamnist.npz" in message and f"place it in {empty}" in message
+  # Through the pipeline, for a set that is not shipped.
+  config = ml_collections.ConfigDict(dict(
+      name="retinamnist", data_dir=str(empty), download=False,
+      cache_dir=str(tmp_path / "tfds")))
+  with pytest.raises(FileNotFoundError, match="retinamnist.npz"):
+    pipeline.get_dataset_info(config)
+
+
+def test_failed_download_gives_the_same_hint(tmp_path, monkeypatch):
+  def offline(self, url):
+    raise ConnectionError(f"Could not resolve host for {url}\nmore detail")
+
+  monkeypatch.setattr(tfds.download.DownloadManager, "download", offline)
+  with pytest.raises(FileNotFoundError, match="downloading failed") as e:
+    medmnist.get_builder("breastmnist", npz_dir=str(tmp_path),
+                         cache_dir=str(tmp_path / "tfds"), download=True)
+  assert "breastmnist.npz" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_multi_label_chestmnist_style(tmp_path, monkeypatch):
+  path = tmp_path / "chestmnist.npz"
+  arrays = _write_synthetic_npz(path, 14, multi_label=True)
+  _trust_md5(monkeypatch, "chestmnist", str(path))
+  config = ml_collections.ConfigDict(dict(
+      name="chestmnist", data_dir=str(tmp_path), download=False,
+      cache_dir=str(tmp_path / "tfds"), shuffle_buffer=100))
+  info = pipeline.get_dataset_info(config)
+  assert info.multi_label and info.num_classes == 14
+  assert info.class_names[0] == "atelectasis" and len(info.class_names) == 14
+  assert info.num_examples == {"train": 20, "val": 6, "test": 5}
+  batch = next(pipeline.train_iterator(config, batch_size=8, image_size=32,
+                                       mean=MEAN, std=STD, seed=0))
+  assert batch["label"].shape == (8, 14) and batch["label"].dtype == np.float32
+  assert set(np.unique(batch["label"])) <= {0.0, 1.0}
+  batches = _eval_all(config, "test", batch_size=4)
+  assert len(batches) == 2
+  np.testing.assert_array_equal(_real(batches, "label"), arrays["test_labels"])
+
+
+def test_mislabelled_npz_is_rejected(tmp_path, monkeypatch):
+  path = tmp_path / "breastmnist.npz"
+  _write_synthetic_npz(path, 2, multi_label=False, bad_label=7)
+  _trust_md5(monkeypatch, "breastmnist", str(path))
+  config = ml_collections.ConfigDict(dict(
+      name="breastmnist", data_dir=str(tmp_path), download=False,
+      cache_dir=str(tmp_path / "tfds")))
+  with pytest.raises(ValueError, match=r"Mislabelled.*val_labels.*row 3"):
+    pipeline.get_dataset_info(config)
+
+
+def test_rgb_medmnist_from_data_dir(tmp_path, monkeypatch):
+  path = tmp_path / "bloodmnist.npz"
+  arrays = _write_synthetic_npz(path, 8, multi_label=False, rgb=True)
+  _trust_md5(monkeypatch, "bloodmnist", str(path))
+  monkeypatch.setenv(medmnist.DATA_DIR_ENV, str(tmp_path))  # Found via env.
+  config = ml_collections.ConfigDict(dict(
+      name="bloodmnist", download=False, cache_dir=str(tmp_path / "tfds")))
+  batches = _eval_all(config, "val", batch_size=6)
+  expected = ((arrays["val_images"] / 255.0 - MEAN) / STD).astype(np.float32)
+  np.testing.assert_allclose(_real(batches, "image"), expected, atol=1e-5)
+
+
+def test_unknown_names_list_the_choices():
+  with pytest.raises(ValueError, match="pneumoniamnist.*tfds:") as e:
+    pipeline.get_dataset_info(ml_collections.ConfigDict(dict(name="cifar11")))
+  assert "folder:" in str(e.value)
+  with pytest.raises(ValueError, match="Unknown data set 'tfds:no_such_set_x'"):
+    pipeline.get_dataset_info(
+        ml_collections.ConfigDict(dict(name="tfds:no_such_set_x")))
+  with pytest.raises(ValueError, match="Unknown split"):
+    pipeline.eval_iterator(ml_collections.ConfigDict(dict(name="cifar11")),
+                           "dev", batch_size=2, image_size=8, mean=0, std=1)
+
+
+# ------------------------------------------------------------ TFDS catalog --
+
+
+class JaxbnTestTinyImages(tfds.core.GeneratorBasedBuilder):
+  """A catalog-style data set with only a 'train' split (3 classes)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self,
+        features=tfds.features.FeaturesDict({
+            "id": tfds.features.Text(),
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "label": tfds.features.ClassLabel(names=["a", "b", "c"]),
+        }),
+        supervised_keys=("image", "label"))
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    rng = np.random.default_rng(0)
+    for i in range(50):
+      size = (int(rng.integers(20, 40)), int(rng.integers(20, 40)), 3)
+      yield i, {"id": str(i), "label": i % 3,
+                "image": rng.integers(0, 256, size, dtype=np.uint8)}
+
+
+def test_tfds_catalog_dataset_carves_missing_splits(tmp_path):
+  config = ml_collections.ConfigDict(dict(
+      name="tfds:jaxbn_test_tiny_images", data_dir=str(tmp_path)))
+  info = pipeline.get_dataset_info(config)
+  assert info.num_classes == 3 and info.class_names == ("a", "b", "c")
+  assert info.num_examples == {"train": 40, "val": 5, "test": 5}
+  batch = next(pipeline.train_iterator(config, batch_size=8, image_size=24,
+                                       mean=MEAN, std=STD, seed=0))
+  assert batch["image"].shape == (8, 24, 24, 3)
+  batches = _eval_all(config, "test", batch_size=4, image_size=24)
+  assert _real(batches, "label").shape == (5,)
+
+
+def test_tfds_split_mapping():
+  assert pipeline.tfds_splits(["train", "validation", "test"]) == {
+      "train": "train", "val": "validation", "test": "test"}
+  assert pipeline.tfds_splits(["train", "test"])["val"] == "train[:10%]"
+  assert pipeline.tfds_splits(["train"]) == {
+      "train": "train[:80%]", "val": "train[80%:90%]", "test": "train[90%:]"}
+
+
+# ------------------------------------------------------------ image folder --
+
+
+def _png(path, size=(10, 12), mode="RGB", seed=0):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  rng = np.random.default_rng(seed)
+  shape = (size[1], size[0]) + ((3,) if mode == "RGB" else ())
+  Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(path)
+
+
+def _make_split_folder(root):
+  for split, n in (("train", 4), ("val", 2), ("test", 2)):
+    for c, cls in enumerate(("dog", "cat")):
+      for i in range(n):
+        ext = "jpg" if i == 1 else "png"
+        _png(os.path.join(root, split, cls, f"{i}.{ext}"),
+             size=(10 + i, 12), mode="L" if c else "RGB", seed=i)
+
+
+def test_image_folder_split_layout(tmp_path):
+  root = str(tmp_path / "xray")
+  _make_split_folder(root)
+  (tmp_path / "xray" / "train" / "cat" / "notes.txt").write_text("ignored")
+  config = ml_collections.ConfigDict(dict(name=f"folder:{root}"))
+  info = pipeline.get_dataset_info(config)
+  assert info.class_names == ("cat", "dog") and info.num_classes == 2
+  assert info.num_examples == {"train": 8, "val": 4, "test": 4}
+  batch = next(pipeline.train_iterator(config, batch_size=4, image_size=16,
+                                       mean=MEAN, std=STD, seed=0))
+  assert batch["image"].shape == (4, 16, 16, 3)
+  batches = _eval_all(config, "val", batch_size=3, image_size=16)
+  np.testing.assert_array_equal(_real(batches, "label"), [0, 0, 1, 1])
+  halves = [_real(_eval_all(config, "train", i, 2, batch_size=3, image_size=16),
+                  "label") for i in range(2)]
+  np.testing.assert_array_equal(np.concatenate(halves), [0] * 4 + [1] * 4)
+
+
+def test_image_folder_single_layout_is_stratified_and_deterministic(tmp_path):
+  for cls in ("benign", "malignant"):
+    for i in range(10):
+      _png(str(tmp_path / cls / f"{i:02d}.png"), size=(8, 8), seed=i)
+  first = image_folder.scan(str(tmp_path))
+  again = image_folder.scan(str(tmp_path))
+  assert first.files == again.files
+  assert first.num_examples == {"train": 16, "val": 2, "test": 2}
+  for split in ("val", "test"):
+    np.testing.assert_array_equal(first.labels[split], [0, 1])
+  all_files = sum((list(first.files[s]) for s in image_folder.SPLITS), [])
+  assert len(set(all_files)) == 20
+
+
+def test_image_folder_errors(tmp_path):
+  one = tmp_path / "one"
+  _png(str(one / "only" / "a.png"))
+  with pytest.raises(ValueError, match=r"Found 1 class folder\(s\) \(only\) in .*one"):
+    image_folder.scan(str(one))
+
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with pytest.raises(ValueError, match="Found 0 class folder"):
+    image_folder.scan(str(empty))
+
+  no_images = tmp_path / "no_images"
+  _png(str(no_images / "a" / "x.png"))
+  (no_images / "b").mkdir()
+  with pytest.raises(ValueError, match="Empty class folder .*no_images/b"):
+    image_folder.scan(str(no_images))
+
+  corrupt = tmp_path / "corrupt"
+  _make_split_folder(str(corrupt))
+  bad = corrupt / "val" / "cat" / "broken.png"
+  bad.write_bytes(open(corrupt / "val" / "cat" / "0.png", "rb").read()[:40])
+  with pytest.raises(ValueError, match="corrupt image file.*broken.png"):
+    pipeline.get_dataset_info(
+        ml_collections.ConfigDict(dict(name=f"folder:{corrupt}")))
+
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    image_folder.scan(str(tmp_path / "nowhere"))

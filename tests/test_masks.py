@@ -1,0 +1,427 @@
+"""Tests for jaxbn.masks: label trees, counts and the partitioned optimizer."""
+
+from __future__ import annotations
+
+import doctest
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxbn import masks
+
+# --------------------------------------------------------------------------- #
+# A small network jaxbn did not define, with Flax's default names.
+# --------------------------------------------------------------------------- #
+
+
+class _Block(nn.Module):
+
+  @nn.compact
+  def __call__(self, x, train):
+    x = nn.Conv(8, (3, 3), use_bias=False)(x)  # Block_0/Conv_0
+    x = nn.BatchNorm(use_running_average=not train, use_scale=False)(x)  # bias only
+    return nn.relu(x)
+
+
+class _RunningScale(nn.Module):
+  """Not a BatchNorm: owns mean/var statistics, but its `scale` has another shape."""
+
+  @nn.compact
+  def __call__(self, x):
+    self.variable("batch_stats", "mean", jnp.zeros, (8,))
+    self.variable("batch_stats", "var", jnp.ones, (8,))
+    return x * self.param("scale", nn.initializers.ones, (1,))
+
+
+class TinyNet(nn.Module):
+  num_classes: int = 3
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Conv(8, (3, 3))(x)  # Conv_0
+    x = nn.relu(nn.BatchNorm(use_running_average=not train)(x))  # BatchNorm_0
+    x = _Block(name="Block_0")(x, train)
+    x = nn.BatchNorm(use_running_average=not train, name="my_norm")(x)
+    x = _RunningScale(name="odd")(x)
+    x = nn.LayerNorm()(x)  # LayerNorm_0: 1-D scale/bias but no statistics
+    return nn.Dense(self.num_classes)(x.mean((1, 2)))  # Dense_0
+
+
+TINY_STAGES = {
+    "Conv_0": 0,
+    "BatchNorm_0": 0,
+    "Block_0": 1,
+    "my_norm": 2,
+    "odd": 2,
+    "LayerNorm_0": 2,
+    "Dense_0": 3,
+}
+
+ALL = {
+    "Conv_0/kernel", "Conv_0/bias",
+    "BatchNorm_0/scale", "BatchNorm_0/bias",
+    "Block_0/Conv_0/kernel", "Block_0/BatchNorm_0/bias",
+    "my_norm/scale", "my_norm/bias",
+    "odd/scale",
+    "LayerNorm_0/scale", "LayerNorm_0/bias",
+    "Dense_0/kernel", "Dense_0/bias",
+}  # fmt: skip
+BN_SCALE = {"BatchNorm_0/scale", "my_norm/scale"}
+BN_BIAS = {"BatchNorm_0/bias", "Block_0/BatchNorm_0/bias", "my_norm/bias"}
+BN = BN_SCALE | BN_BIAS
+HEAD = {"Dense_0/kernel", "Dense_0/bias"}
+LAYER_NORM = {"LayerNorm_0/scale", "LayerNorm_0/bias"}
+
+
+def _path(keypath) -> str:
+  return "/".join(str(k.key) for k in keypath if isinstance(k, jax.tree_util.DictKey))
+
+
+def _trainable(labels) -> set[str]:
+  leaves = jax.tree_util.tree_flatten_with_path(labels)[0]
+  return {_path(kp) for kp, label in leaves if label == masks.TRAINABLE}
+
+
+def _expected(params, trainable: set[str]):
+  return jax.tree_util.tree_map_with_path(
+      lambda kp, _: masks.TRAINABLE if _path(kp) in trainable else masks.FROZEN, params
+  )
+
+
+def _concrete(abstract_variables, seed: int = 0):
+  """Random params and neutral statistics without compiling `init` (keeps tests fast)."""
+  rng = np.random.default_rng(seed)
+  fill = {"mean": np.zeros, "var": np.ones}
+
+  def leaf(keypath, x):
+    name = _path(keypath).rsplit("/", 1)[-1]
+    if name in fill and _path(keypath[:1]) == "batch_stats":
+      return jnp.asarray(fill[name](x.shape, x.dtype))
+    return jnp.asarray(0.5 * rng.standard_normal(x.shape), x.dtype)
+
+  return jax.tree_util.tree_map_with_path(leaf, abstract_variables)
+
+
+CONTAINERS = {"dict": lambda t: t, "FrozenDict": flax.core.freeze}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  """Abstract variables (ShapeDtypeStructs): labels only need shapes."""
+  variables = jax.eval_shape(TinyNet().init, jax.random.key(0), jnp.zeros((2, 8, 8, 3)))
+  assert _trainable(_expected(variables["params"], ALL)) == ALL  # the fixture is as drawn
+  return variables
+
+
+# --------------------------------------------------------------------------- #
+# Label trees on the small network.
+# --------------------------------------------------------------------------- #
+
+CASES = {
+    "full": ALL,
+    "bn": BN,
+    "bn_scale": BN_SCALE,
+    "bn_bias": BN_BIAS,
+    "head": HEAD,
+    "bn+head": BN | HEAD,
+    "bn_scale+head": BN_SCALE | HEAD,
+    " bn_bias + head ": BN_BIAS | HEAD,
+    "from_stage(0)": ALL,
+    "from_stage(2)": {p for p in ALL if TINY_STAGES[p.split("/")[0]] >= 2},
+    "from_stage(3)": HEAD,
+    "regex:.*/kernel": {p for p in ALL if p.endswith("/kernel")},
+    "regex:Block_0/.+|Dense_0/bias": {"Block_0/Conv_0/kernel", "Block_0/BatchNorm_0/bias",
+                                      "Dense_0/bias"},
+    "bn_scale+regex:LayerNorm_0/.*": BN_SCALE | LAYER_NORM,
+}
+
+
+@pytest.mark.parametrize("container", CONTAINERS)
+@pytest.mark.parametrize("strategy", CASES)
+def test_label_tree_exact(tiny, strategy, container):
+  wrap = CONTAINERS[container]
+  params, batch_stats = wrap(tiny["params"]), wrap(tiny["batch_stats"])
+  labels = masks.make_labels(
+      params, strategy, batch_stats=batch_stats, stage_of=TINY_STAGES.__getitem__
+  )
+  assert labels == _expected(params, CASES[strategy])
+  assert jax.tree.structure(labels) == jax.tree.structure(params)
+  assert type(labels) is type(params)
+  assert type(labels["Block_0"]) is type(params["Block_0"])
+
+
+def test_selectors_add_up(tiny):
+  params, stats = tiny["params"], tiny["batch_stats"]
+  run = lambda s: _trainable(masks.make_labels(params, s, batch_stats=stats,
+                                               stage_of=TINY_STAGES.__getitem__))
+  assert run(masks.regex(r"Dense_0/.*") + "bn") == HEAD | BN
+  assert run("bn_scale" + masks.regex(r"LayerNorm_0/.*")) == BN_SCALE | LAYER_NORM
+  assert run(["bn_bias", masks.from_stage(3)]) == BN_BIAS | HEAD
+  assert run(masks.regex(r"Conv_0/.*", r"odd/.*")) == {"Conv_0/kernel", "Conv_0/bias", "odd/scale"}
+  assert masks.parse_strategy("bn+from_stage(2)").name == "bn+from_stage(2)"
+
+
+def test_bn_detection_is_structural_not_by_name(tiny):
+  labels = masks.make_labels(tiny["params"], "bn", batch_stats=tiny["batch_stats"])
+  picked = _trainable(labels)
+  assert "my_norm/scale" in picked  # a BN with a custom name
+  assert not picked & LAYER_NORM  # 1-D scale/bias but no statistics
+  assert "odd/scale" not in picked  # statistics, but shape mismatch
+  # Renaming every top-level module does not change what is found.
+  rename = {k: f"m{i}" for i, k in enumerate(tiny["params"])}
+  params = {rename[k]: v for k, v in tiny["params"].items()}
+  stats = {rename[k]: v for k, v in tiny["batch_stats"].items()}
+  count_renamed = masks.count(params, masks.make_labels(params, "bn", batch_stats=stats))
+  assert count_renamed == masks.count(tiny["params"], labels)
+
+
+def test_custom_norm_predicate(tiny):
+  params = tiny["params"]
+  layer_norm = masks.norm_by_name(r"LayerNorm_\d+")
+  # No batch_stats needed when the caller opts in to a predicate.
+  assert _trainable(masks.make_labels(params, "bn", is_norm=layer_norm)) == LAYER_NORM
+  both = lambda *a: masks.is_batchnorm(*a) or layer_norm(*a)
+  labels = masks.make_labels(params, "bn_scale", batch_stats=tiny["batch_stats"], is_norm=both)
+  assert _trainable(labels) == BN_SCALE | {"LayerNorm_0/scale"}
+
+
+def test_head_resolution(tiny):
+  params = tiny["params"]
+  head = lambda h: _trainable(masks.make_labels(params, "head", head=h))
+  assert head(None) == HEAD  # the only top-level module with a 2-D kernel
+  assert head("Dense_0") == HEAD  # a top-level module
+  assert head("Dense_0/kernel") == {"Dense_0/kernel"}  # a path
+  assert head(r"Dense_\d+/.*") == HEAD  # a regex
+  assert head("Block_0/Conv_0") == {"Block_0/Conv_0/kernel"}  # a nested module
+
+
+def test_head_detection_ignores_key_order():
+  params = {"z_body": {"kernel": jnp.zeros((3, 3, 1, 4))}, "a_fc": {"kernel": jnp.zeros((4, 2))}}
+  labels = masks.make_labels(params, "head")
+  assert _trainable(labels) == {"a_fc/kernel"}
+
+
+def test_boxed_params_are_supported():
+  class Boxed(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.BatchNorm(use_running_average=True)(x)
+      init = nn.with_partitioning(nn.initializers.lecun_normal(), (None, "model"))
+      return nn.Dense(2, kernel_init=init)(x)
+
+  variables = jax.eval_shape(Boxed().init, jax.random.key(0), jnp.zeros((1, 4)))
+  labels = masks.make_labels(variables["params"], "bn+head", batch_stats=variables["batch_stats"])
+  assert masks.count(variables["params"], labels) == (4 + 4 + 4 * 2 + 2, 18)
+
+
+# --------------------------------------------------------------------------- #
+# Helpers.
+# --------------------------------------------------------------------------- #
+
+
+def test_mask_count_summary(tiny):
+  params, stats = tiny["params"], tiny["batch_stats"]
+  labels = masks.make_labels(params, "bn+head", batch_stats=stats)
+  mask = masks.trainable_mask(labels)
+  assert jax.tree.structure(mask) == jax.tree.structure(params)
+  assert mask["my_norm"]["scale"] is True and mask["Conv_0"]["kernel"] is False
+  total = sum(x.size for x in jax.tree.leaves(params))
+  expected = 8 + 8 + 8 + 8 + 8 + (8 * 3 + 3)  # BN scale/bias x3 (Block_0 bias only) + head
+  assert masks.count(params, labels) == (expected, total)
+  # A prefix label tree counts whole subtrees.
+  prefix = {k: (masks.TRAINABLE if k == "Block_0" else masks.FROZEN) for k in params}
+  assert masks.count(params, prefix) == (3 * 3 * 8 * 8 + 8, total)
+
+  table = masks.summary(params, labels)
+  lines = table.splitlines()
+  assert lines[0].split() == ["module", "trainable", "total", "%"]
+  assert lines[-1].split()[:3] == ["total", f"{expected:,}", f"{total:,}"]
+  assert any(line.split()[:2] == ["my_norm", "16"] for line in lines)
+  assert len(lines) == len(params) + 2
+  nested = masks.summary(params, labels, depth=2)
+  assert "Block_0/BatchNorm_0" in nested
+
+
+def test_docstring_examples_run():
+  result = doctest.testmod(masks, optionflags=doctest.NORMALIZE_WHITESPACE)
+  assert result.attempted > 10 and result.failed == 0
+
+
+# --------------------------------------------------------------------------- #
+# The optimizer: frozen leaves stay put and hold no state.
+# --------------------------------------------------------------------------- #
+
+
+def _opt_state_sizes(opt_state) -> tuple[int, int]:
+  """(float scalars, other scalars) held by an optimizer state."""
+  leaves = jax.tree.leaves(opt_state)
+  floats = sum(x.size for x in leaves if jnp.issubdtype(x.dtype, jnp.floating))
+  return floats, sum(x.size for x in leaves) - floats
+
+
+_X = jax.random.normal(jax.random.key(1), (4, 8, 8, 3))
+_Y = jnp.array([0, 1, 2, 1])
+
+
+@jax.jit
+def _loss_and_grads(params, batch_stats):
+  """Cross-entropy of TinyNet with eval-mode BN; compiled once for every case below."""
+
+  def loss_fn(p):
+    logits = TinyNet().apply({"params": p, "batch_stats": batch_stats}, _X)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, _Y).mean()
+
+  return jax.value_and_grad(loss_fn)(params)
+
+
+@pytest.mark.parametrize(
+    "strategy, container",
+    [("bn+head", "dict"), ("bn+head", "FrozenDict"), ("bn_scale+from_stage(3)", "dict")],
+)
+def test_adam_steps_move_only_trainable_leaves(tiny, strategy, container):
+  wrap = CONTAINERS[container]
+  variables = _concrete(tiny)
+  params, batch_stats = wrap(variables["params"]), wrap(variables["batch_stats"])
+  tx, labels = masks.build(
+      params, strategy, optax.adam(1e-2), batch_stats=batch_stats,
+      stage_of=TINY_STAGES.__getitem__,
+  )
+  trainable, _ = masks.count(params, labels)
+  opt_state = tx.init(params)
+  floats, others = _opt_state_sizes(opt_state)
+  assert floats == 2 * trainable  # mu and nu of trainable leaves only
+  assert others <= 2  # Adam's step count
+
+  update = jax.jit(tx.update)
+  new = params
+  for _ in range(3):
+    loss, grads = _loss_and_grads(flax.core.unfreeze(new), variables["batch_stats"])
+    updates, opt_state = update(wrap(grads), opt_state, new)
+    new = optax.apply_updates(new, updates)
+  assert np.isfinite(loss)
+  assert type(new) is type(params)
+
+  for (kp, old), new_leaf, label in zip(
+      jax.tree_util.tree_flatten_with_path(params)[0],
+      jax.tree.leaves(new),
+      jax.tree.leaves(labels),
+  ):
+    if label == masks.FROZEN:
+      assert np.array_equal(old, new_leaf), _path(kp)  # bit-identical
+    else:
+      assert not np.allclose(old, new_leaf), _path(kp)
+
+
+# --------------------------------------------------------------------------- #
+# Bad input.
+# --------------------------------------------------------------------------- #
+
+
+def test_unknown_strategy_lists_valid_ones(tiny):
+  with pytest.raises(ValueError, match=r"Unknown strategy term 'fc'.*full, bn, bn_scale, bn_bias, "
+                                       r"head, from_stage\(<k>\), regex:<pattern>"):
+    masks.make_labels(tiny["params"], "bn+fc", batch_stats=tiny["batch_stats"])
+  for bad in ["", "bn+", "from_stage(x)", "BN"]:
+    with pytest.raises(ValueError, match="Unknown strategy term"):
+      masks.parse_strategy(bad)
+  with pytest.raises(TypeError, match="strategy must be"):
+    masks.make_labels(tiny["params"], [])
+
+
+def test_bn_without_batch_stats_is_an_error(tiny):
+  for strategy in ["bn", "bn_scale+head", "bn_bias"]:
+    with pytest.raises(ValueError, match=r"need batch_stats.*norm_by_name"):
+      masks.make_labels(tiny["params"], strategy)
+  # Strategies that do not look at norms need no statistics.
+  assert masks.make_labels(tiny["params"], "head")
+
+
+def test_bn_with_wrong_batch_stats_is_an_error(tiny):
+  with pytest.raises(ValueError, match=r"'bn' selects no parameter.*batch_stats top level: "
+                                       r".*params"):
+    masks.make_labels(tiny["params"], "bn", batch_stats=tiny)  # whole variables
+
+
+def test_head_not_found_errors(tiny):
+  params = tiny["params"]
+  with pytest.raises(ValueError, match=r"Head 'classifier' \(from head=\).*Dense_0"):
+    masks.make_labels(params, "bn+head", batch_stats=tiny["batch_stats"], head="classifier")
+  two_dense = {**params, "Dense_1": {"kernel": jnp.zeros((3, 3)), "bias": jnp.zeros(3)}}
+  with pytest.raises(ValueError, match=r"several top-level modules hold a 2-D 'kernel': "
+                                       r"Dense_0, Dense_1.*head="):
+    masks.make_labels(two_dense, "head")
+  no_dense = {k: v for k, v in params.items() if k != "Dense_0"}
+  with pytest.raises(ValueError, match=r"no top-level module holds a 2-D 'kernel'"):
+    masks.make_labels(no_dense, "head")
+  with pytest.raises(ValueError, match=r"Pass variables\['params'\]"):
+    masks.make_labels(tiny, "head")
+
+
+def test_other_errors(tiny):
+  params = tiny["params"]
+  with pytest.raises(ValueError, match=r"from_stage\(k\) needs stage_of="):
+    masks.make_labels(params, "from_stage(1)")
+  with pytest.raises(ValueError, match=r"'from_stage\(9\)' selects no parameter"):
+    masks.make_labels(params, "from_stage(9)", stage_of=TINY_STAGES.__getitem__)
+  with pytest.raises(ValueError, match=r"'regex:fc/.\*' selects no parameter.*paths look like"):
+    masks.make_labels(params, "regex:fc/.*")
+
+
+# --------------------------------------------------------------------------- #
+# jaxbn's own backbones (abstract shapes only: no FLOPs).
+# --------------------------------------------------------------------------- #
+
+
+def _jaxbn_variables(arch: str, num_classes: int = 2):
+  models = pytest.importorskip("jaxbn.models")
+  return models.init_shapes(models.create_model(arch, num_classes=num_classes), input_size=32)
+
+
+@pytest.fixture(scope="module")
+def resnet50():
+  return _jaxbn_variables("resnet50")
+
+
+def test_resnet50_counts(resnet50):
+  params, stats = resnet50["params"], resnet50["batch_stats"]
+  head = 2048 * 2 + 2
+  count = lambda s, **kw: masks.make_labels(params, s, batch_stats=stats, **kw)
+  assert masks.count(params, count("bn"))[0] == 53_120
+  assert masks.count(params, count("bn_scale"))[0] == 53_120 // 2
+  assert masks.count(params, count("bn_bias"))[0] == 53_120 // 2
+  assert masks.count(params, count("bn+head", arch="resnet50"))[0] == 53_120 + head
+  assert masks.count(params, count("bn+head"))[0] == 53_120 + head  # auto-detected fc
+  assert masks.count(params, count("full"))[0] == 23_512_130
+
+
+def test_resnet50_from_stage_4_is_layer4_and_fc(resnet50):
+  params = resnet50["params"]
+  labels = masks.make_labels(params, "from_stage(4)", arch="resnet50")
+  expected = {k for k in params if k.startswith("layer4_")} | {"fc"}
+  assert len(expected) == 4
+  paths = {_path(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
+  assert labels == _expected(params, {p for p in paths if p.split("/")[0] in expected})
+
+
+def test_resnet50_opt_state_has_no_frozen_moments(resnet50):
+  params, stats = resnet50["params"], resnet50["batch_stats"]
+  tx, labels = masks.build(params, "bn+head", optax.adam(1e-3), batch_stats=stats, arch="resnet50")
+  opt_state = jax.eval_shape(tx.init, params)
+  floats, others = _opt_state_sizes(opt_state)
+  assert floats == 2 * (53_120 + 2048 * 2 + 2)
+  assert others <= 2
+
+
+def test_densenet121_bn_count_matches_paper():
+  variables = _jaxbn_variables("densenet121")
+  labels = masks.make_labels(
+      variables["params"], "bn+head", batch_stats=variables["batch_stats"], arch="densenet121"
+  )
+  bn_only = masks.make_labels(variables["params"], "bn", batch_stats=variables["batch_stats"])
+  assert masks.count(variables["params"], bn_only)[0] == 83_648  # Kanavati & Tsuneki, Keras
+  assert masks.count(variables["params"], labels)[0] == 83_648 + 1024 * 2 + 2
