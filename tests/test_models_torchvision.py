@@ -48,6 +48,16 @@ ATOL = 1e-4
 # --------------------------------------------------------------------------- #
 
 
+# These graphs run once on tiny inputs: skipping XLA's backend optimisation
+# halves their compile time, which dominates this file's run time.
+_FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def run(fn, *args):
+  """``jax.jit(fn)(*args)``, compiled for a single use."""
+  return jax.jit(fn).lower(*args).compile(compiler_options=_FAST_COMPILE)(*args)
+
+
 def images(size: int = 64, batch: int = 2, seed: int = 0) -> np.ndarray:
   return np.random.default_rng(seed).standard_normal((batch, size, size, 3)).astype(np.float32)
 
@@ -70,7 +80,7 @@ def converted(arch: str) -> dict:
 @functools.cache
 def flax_eval_logits(arch: str, size: int) -> np.ndarray:
   model = registry.create_model(arch)
-  return np.asarray(jax.jit(model.apply)(converted(arch), images(size)))
+  return np.asarray(run(model.apply, converted(arch), images(size)))
 
 
 def get_path(tree, path):
@@ -261,37 +271,49 @@ def _assert_batch_stats_match(upd, stats, sd, table):
         err_msg=prefix)
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
-def test_train_mode_batch_stats_match_torch(arch):
-  x = images()
-  model = registry.create_model(arch)
-  apply = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))
-  logits, upd = apply(converted(arch), x)
-  want, stats = tr.forward(arch, state_dict(arch), tr.nhwc_to_nchw(x), train=True)
-  np.testing.assert_allclose(np.asarray(logits), want.numpy(), rtol=0, atol=ATOL)
-  _assert_batch_stats_match(upd, stats, state_dict(arch), tv_weights.key_table(arch))
-
-
-def test_train_mode_batch_stats_match_torch_densenet():
-  """Same check on a shallow DenseNet (DenseNet-121's train graph is slow to compile)."""
-  block_config = (2, 3, 2, 2)
+def _small_case(family: str):
+  """A shallow variant (fast to compile), its state dict, key table and reference."""
   b = tr.StateDictBuilder(seed=7)
-  tr.densenet_state_dict(b, block_config, num_classes=10)
-  sd = b.state_dict
-  table = tv_weights.densenet_key_table(block_config)
-  model = densenet.DenseNet(block_config=block_config, num_classes=10)
+  if family == "resnet":  # bottleneck blocks, projection in every stage
+    stage_sizes = (1, 2, 1, 1)
+    tr.resnet_state_dict(b, stage_sizes, bottleneck=True, num_classes=10)
+    model = resnet.ResNet(stage_sizes=stage_sizes, bottleneck=True, num_classes=10)
+    table = tv_weights.resnet_key_table(stage_sizes, bottleneck=True)
+    forward = functools.partial(tr.resnet_forward, stage_sizes=stage_sizes, bottleneck=True)
+  else:
+    block_config = (2, 3, 2, 2)
+    tr.densenet_state_dict(b, block_config, num_classes=10)
+    model = densenet.DenseNet(block_config=block_config, num_classes=10)
+    table = tv_weights.densenet_key_table(block_config)
+    forward = functools.partial(tr.densenet_forward, block_config=block_config)
   variables = convert.apply_key_table(
-      tr.to_numpy(sd), table, registry.init_shapes(model), arch="densenet-tiny")
+      tr.to_numpy(b.state_dict), table, registry.init_shapes(model), arch=f"small {family}")
+  return model, variables, b.state_dict, table, forward
+
+
+@pytest.mark.parametrize("case", ["resnet18", "small_bottleneck_resnet", "small_densenet"])
+def test_train_mode_batch_stats_match_torch(case):
+  """Train-mode logits and every BN's statistics update.
+
+  Full-size ResNet-18; shallow bottleneck ResNet / DenseNet (their full-size
+  train graphs take long to compile, and eval parity covers the full topology).
+  """
   x = images()
+  if case == "resnet18":
+    model, variables, sd = registry.create_model(case), converted(case), state_dict(case)
+    table = tv_weights.key_table(case)
+    forward = functools.partial(
+        tr.resnet_forward, stage_sizes=(2, 2, 2, 2), bottleneck=False)
+  else:
+    model, variables, sd, table, forward = _small_case(case.split("_")[-1])
+    eval_want = forward(tr.Reference(sd), tr.nhwc_to_nchw(x))
+    np.testing.assert_allclose(
+        np.asarray(run(model.apply, variables, x)), eval_want.numpy(), rtol=0, atol=ATOL)
 
-  eval_want, _ = tr.densenet_forward(tr.Reference(sd), tr.nhwc_to_nchw(x), block_config)
-  np.testing.assert_allclose(
-      np.asarray(jax.jit(model.apply)(variables, x)), eval_want.numpy(), rtol=0, atol=ATOL)
-
-  logits, upd = jax.jit(
-      functools.partial(model.apply, train=True, mutable=["batch_stats"]))(variables, x)
+  logits, upd = run(
+      functools.partial(model.apply, train=True, mutable=["batch_stats"]), variables, x)
   ref = tr.Reference(sd, train=True)
-  want = tr.densenet_forward(ref, tr.nhwc_to_nchw(x), block_config)
+  want = forward(ref, tr.nhwc_to_nchw(x))
   np.testing.assert_allclose(np.asarray(logits), want.numpy(), rtol=0, atol=ATOL)
   _assert_batch_stats_match(upd, ref.stats, sd, table)
 
@@ -300,9 +322,9 @@ def test_use_running_average_overrides_train():
   """train=True with use_running_average=True: eval BN, statistics untouched."""
   model = registry.create_model("resnet18")
   variables = converted("resnet18")
-  logits, upd = jax.jit(functools.partial(
-      model.apply, train=True, use_running_average=True, mutable=["batch_stats"]))(
-          variables, images())
+  logits, upd = run(functools.partial(
+      model.apply, train=True, use_running_average=True, mutable=["batch_stats"]),
+      variables, images())
   np.testing.assert_allclose(np.asarray(logits), flax_eval_logits("resnet18", 64), atol=1e-5)
   jax.tree_util.tree_map(np.testing.assert_array_equal, upd["batch_stats"],
                          variables["batch_stats"])
@@ -318,7 +340,7 @@ def test_resnet50_feature_extractor():
       "resnet50", tr.to_numpy(state_dict("resnet50")), num_classes=0)
   assert "fc" not in variables["params"]
   model = registry.create_model("resnet50", num_classes=0)
-  features = np.asarray(jax.jit(model.apply)(variables, images()))
+  features = np.asarray(run(model.apply, variables, images()))
   assert features.shape == (2, 2048) and features.dtype == np.float32
   # The pooled features are what the ImageNet head sees.
   fc = converted("resnet50")["params"]["fc"]
@@ -331,11 +353,11 @@ def test_bfloat16_compute_keeps_float32_params():
   shapes = registry.init_shapes(model)
   assert {x.dtype for x in jax.tree_util.tree_leaves(shapes)} == {jnp.dtype(jnp.float32)}
   variables = converted("resnet18")
-  logits, upd = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))(
-      variables, images())
+  logits, upd = run(
+      functools.partial(model.apply, train=True, mutable=["batch_stats"]), variables, images())
   assert logits.dtype == jnp.float32
   assert {x.dtype for x in jax.tree_util.tree_leaves(upd)} == {jnp.dtype(jnp.float32)}
-  eval_logits = np.asarray(jax.jit(model.apply)(variables, images()))
+  eval_logits = np.asarray(run(model.apply, variables, images()))
   reference = flax_eval_logits("resnet18", 64)
   assert np.isfinite(eval_logits).all()
   assert np.abs(eval_logits - reference).max() < 0.05 * np.abs(reference).max()
@@ -350,7 +372,8 @@ def test_dropout_only_in_train_mode():
   drop_b = frozen_bn(variables, x, rngs={"dropout": jax.random.key(2)})
   assert not np.allclose(drop_a, drop_b)
   # Without train, dropout is off: no rng needed, deterministic.
-  np.testing.assert_array_equal(jax.jit(model.apply)(variables, x), model.apply(variables, x))
+  eval_apply = jax.jit(model.apply)
+  np.testing.assert_array_equal(eval_apply(variables, x), eval_apply(variables, x))
 
 
 def test_densenet_memory_efficient_is_a_pure_remat():
@@ -363,8 +386,8 @@ def test_densenet_memory_efficient_is_a_pure_remat():
   def loss(model, params):
     return model.apply({**variables, "params": params}, x).sum()
 
-  g_plain = jax.jit(jax.grad(functools.partial(loss, plain)))(variables["params"])
-  g_remat = jax.jit(jax.grad(functools.partial(loss, remat)))(variables["params"])
+  g_plain = run(jax.grad(functools.partial(loss, plain)), variables["params"])
+  g_remat = run(jax.grad(functools.partial(loss, remat)), variables["params"])
   jax.tree_util.tree_map(
       functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6), g_plain, g_remat)
 

@@ -201,21 +201,34 @@ def _decode(path: tf.Tensor) -> tf.Tensor:
 
 
 def as_dataset(folder: ImageFolder, split: str, *, process_index: int = 0,
-               process_count: int = 1) -> tf.data.Dataset:
-  """{'image': uint8 [h, w, 3], 'label': int32 []} for one split, in order.
+               process_count: int = 1, shuffle_seed: int | None = None
+               ) -> tf.data.Dataset:
+  """{'image': uint8 [h, w, 3], 'label': int32 []} for one split.
 
   Process ``i`` of ``n`` gets the contiguous ``i``-th of ``n`` near-equal
-  slices, so the shards are disjoint and together cover the split.
+  slices, so the shards are disjoint and together cover the split. The order
+  is the sorted file order unless ``shuffle_seed`` is given: then the file
+  list is reshuffled every epoch, before any image is decoded.
   """
   files, labels = folder.files[split], folder.labels[split]
-  bounds = np.linspace(0, len(files), process_count + 1).round().astype(int)
-  lo, hi = bounds[process_index], bounds[process_index + 1]
-  ds = tf.data.Dataset.from_tensor_slices(
-      {"image": list(files[lo:hi]), "label": labels[lo:hi]})
+  lo, hi = _shard_bounds(len(files), process_index, process_count)
+  ds = tf.data.Dataset.from_tensor_slices({
+      "image": tf.constant(files[lo:hi], tf.string, shape=[hi - lo]),
+      "label": tf.constant(labels[lo:hi], tf.int32, shape=[hi - lo]),
+  })
+  if shuffle_seed is not None and hi > lo:
+    ds = ds.shuffle(hi - lo, seed=shuffle_seed, reshuffle_each_iteration=True)
   return ds.map(lambda x: {"image": _decode(x["image"]), "label": x["label"]},
                 num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def shard_size(num_examples: int, process_index: int, process_count: int) -> int:
+def _shard_bounds(num_examples: int, process_index: int, process_count: int
+                  ) -> tuple[int, int]:
   bounds = np.linspace(0, num_examples, process_count + 1).round().astype(int)
-  return int(bounds[process_index + 1] - bounds[process_index])
+  return int(bounds[process_index]), int(bounds[process_index + 1])
+
+
+def shard_size(num_examples: int, process_index: int, process_count: int) -> int:
+  """Examples of process ``process_index`` out of ``process_count``."""
+  lo, hi = _shard_bounds(num_examples, process_index, process_count)
+  return hi - lo

@@ -188,21 +188,26 @@ def same_padding(
   return tuple(pad(int(size)) for size in input_size)
 
 
-def stage_of(name: str, stage_sizes: Sequence[int]) -> int:
-  """Stage of a top-level module: stem 0, MBConv stage k → k, head conv/BN 7, ``fc`` 8."""
+def stage_of(name: str, blocks_per_stage: Sequence[int]) -> int:
+  """Stage of a top-level module: stem 0, MBConv stage k → k, head conv/BN 7, ``fc`` 8.
+
+  ``blocks_per_stage`` is :func:`stage_sizes` of the variant (block names are
+  numbered across stages, as in the checkpoints).
+  """
   if name in ("conv_stem", "bn0"):
     return 0
   if name.startswith("blocks_"):
     index = int(name[len("blocks_"):])
-    bounds = [sum(stage_sizes[:k]) for k in range(1, len(stage_sizes) + 1)]
-    for stage, bound in enumerate(bounds, 1):
-      if index < bound:
+    end = 0
+    for stage, size in enumerate(blocks_per_stage, 1):
+      end += size
+      if index < end:
         return stage
-    raise ValueError(f"{name!r}: the network has only {bounds[-1]} blocks.")
+    raise ValueError(f"{name!r}: the network has only {end} blocks.")
   if name in ("conv_head", "bn1"):
-    return len(stage_sizes)
+    return len(blocks_per_stage)
   if name == "fc":
-    return len(stage_sizes) + 1
+    return len(blocks_per_stage) + 1
   raise ValueError(f"{name!r} is not a top-level EfficientNet-Lite module.")
 
 
@@ -311,7 +316,7 @@ def _spec(name: str) -> ModelSpec:
       mean=MEAN,
       std=STD,
       head="fc",
-      stage_of=functools.partial(stage_of, stage_sizes=stage_sizes(depth)),
+      stage_of=functools.partial(stage_of, blocks_per_stage=stage_sizes(depth)),
       num_stages=NUM_STAGES,
   )
 
