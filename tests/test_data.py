@@ -24,6 +24,7 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def _isolated_env(monkeypatch, tmp_path_factory):
   """No user data dirs; every cache in tmp."""
   monkeypatch.delenv(medmnist.DATA_DIR_ENV, raising=False)
+  monkeypatch.setenv(medmnist.OFFLINE_ENV, "1")
   monkeypatch.setenv(medmnist.CACHE_DIR_ENV,
                      str(tmp_path_factory.getbasetemp() / "jaxbn_cache"))
 
@@ -198,23 +199,35 @@ def test_missing_npz_offline_names_file_and_directory(tmp_path):
   message = str(e.value)
   assert "\n" not in message
   assert "pneumoniamnist.npz" in message and f"place it in {empty}" in message
+  assert "download=False" in message
   # Through the pipeline, for a set that is not shipped.
   config = ml_collections.ConfigDict(dict(
       name="retinamnist", data_dir=str(empty), download=False,
       cache_dir=str(tmp_path / "tfds")))
   with pytest.raises(FileNotFoundError, match="retinamnist.npz"):
     pipeline.get_dataset_info(config)
+  config.download = True  # $JAXBN_OFFLINE=1 (set for all tests) still wins.
+  with pytest.raises(FileNotFoundError, match="JAXBN_OFFLINE is set"):
+    pipeline.get_dataset_info(config)
 
 
-def test_failed_download_gives_the_same_hint(tmp_path, monkeypatch):
-  def offline(self, url):
+def test_offline_or_failed_download_gives_the_same_hint(tmp_path, monkeypatch):
+  def failed_download(self, url):
     raise ConnectionError(f"Could not resolve host for {url}\nmore detail")
 
-  monkeypatch.setattr(tfds.download.DownloadManager, "download", offline)
+  # Never touch the network: fake an offline probe, then a failed download.
+  monkeypatch.delenv(medmnist.OFFLINE_ENV)
+  monkeypatch.setattr(tfds.download.DownloadManager, "download", failed_download)
+  monkeypatch.setattr(medmnist, "unreachable", lambda url: "zenodo.org: offline")
+  kwargs = dict(npz_dir=str(tmp_path), cache_dir=str(tmp_path / "tfds"),
+                download=True)
+  with pytest.raises(FileNotFoundError, match="cannot be downloaded .*offline"):
+    medmnist.get_builder("breastmnist", **kwargs)
+  monkeypatch.setattr(medmnist, "unreachable", lambda url: None)
   with pytest.raises(FileNotFoundError, match="downloading failed") as e:
-    medmnist.get_builder("breastmnist", npz_dir=str(tmp_path),
-                         cache_dir=str(tmp_path / "tfds"), download=True)
+    medmnist.get_builder("breastmnist", **kwargs)
   assert "breastmnist.npz" in str(e.value) and "\n" not in str(e.value)
+  assert f"place it in {tmp_path}" in str(e.value)
 
 
 def test_multi_label_chestmnist_style(tmp_path, monkeypatch):
@@ -235,6 +248,11 @@ def test_multi_label_chestmnist_style(tmp_path, monkeypatch):
   batches = _eval_all(config, "test", batch_size=4)
   assert len(batches) == 2
   np.testing.assert_array_equal(_real(batches, "label"), arrays["test_labels"])
+  # More processes than examples: empty shards still run the same steps.
+  shards = [_eval_all(config, "test", i, 8, batch_size=2) for i in range(8)]
+  assert {len(s) for s in shards} == {1}
+  np.testing.assert_array_equal(
+      np.concatenate([_real(s, "label") for s in shards]), arrays["test_labels"])
 
 
 def test_mislabelled_npz_is_rejected(tmp_path, monkeypatch):
@@ -258,6 +276,22 @@ def test_rgb_medmnist_from_data_dir(tmp_path, monkeypatch):
   batches = _eval_all(config, "val", batch_size=6)
   expected = ((arrays["val_images"] / 255.0 - MEAN) / STD).astype(np.float32)
   np.testing.assert_allclose(_real(batches, "image"), expected, atol=1e-5)
+
+
+SHARED_RETINA = "/work/shared/data/medmnist/retinamnist.npz"
+
+
+@pytest.mark.skipif(not os.path.exists(SHARED_RETINA),
+                    reason="no local copy of the official retinamnist.npz")
+def test_official_retinamnist_from_data_dir(tmp_path):
+  config = ml_collections.ConfigDict(dict(
+      name="retinamnist", data_dir=os.path.dirname(SHARED_RETINA),
+      download=False, cache_dir=str(tmp_path / "tfds")))
+  info = pipeline.get_dataset_info(config)
+  assert (info.num_classes, info.multi_label) == (5, False)
+  assert info.num_examples == {"train": 1080, "val": 120, "test": 400}
+  batches = _eval_all(config, "val", batch_size=64, image_size=32)
+  assert len(batches) == 2 and int(sum(b["mask"].sum() for b in batches)) == 120
 
 
 def test_unknown_names_list_the_choices():
@@ -358,6 +392,9 @@ def test_image_folder_split_layout(tmp_path):
   halves = [_real(_eval_all(config, "train", i, 2, batch_size=3, image_size=16),
                   "label") for i in range(2)]
   np.testing.assert_array_equal(np.concatenate(halves), [0] * 4 + [1] * 4)
+  shards = [_eval_all(config, "test", i, 6, batch_size=2, image_size=16)
+            for i in range(6)]
+  assert sum(int(b["mask"].sum()) for s in shards for b in s) == 4
 
 
 def test_image_folder_single_layout_is_stratified_and_deterministic(tmp_path):

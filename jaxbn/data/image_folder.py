@@ -86,7 +86,7 @@ def _list_classes(directory: str) -> dict[str, list[str]]:
   return files
 
 
-def _carve(files: list[str], fractions: tuple[float, ...], seed: int
+def _carve(files: list[str], fractions: list[float], seed: int
            ) -> list[list[str]]:
   """Deterministically splits one class's files into len(fractions)+1 parts."""
   order = np.random.default_rng(seed).permutation(len(files))

@@ -18,8 +18,9 @@ Where the ``.npz`` comes from (first hit wins):
 2. ``$JAXBN_DATA_DIR``;
 3. the package asset ``jaxbn/data/assets/`` (only PneumoniaMNIST is shipped);
 4. the official Zenodo URL through the TFDS download manager, unless
-   ``download=False``. Offline with no copy, a one-line ``FileNotFoundError``
-   names the file and the directory to put it in.
+   ``download=False`` or ``$JAXBN_OFFLINE=1``. Offline with no copy, a
+   one-line ``FileNotFoundError`` names the file and the directory to put it
+   in.
 
 Every file is checked against the official md5 before use; a mismatch is a
 one-line ``ValueError`` naming the file, both md5s and the fix. The prepared
@@ -39,7 +40,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import socket
 from typing import Iterator
+import urllib.parse
+import urllib.request
 
 from etils import epath
 import numpy as np
@@ -49,6 +53,7 @@ ZENODO_URL = "https://zenodo.org/records/10519652/files"
 HOMEPAGE = "https://medmnist.com/"
 DATA_DIR_ENV = "JAXBN_DATA_DIR"
 CACHE_DIR_ENV = "JAXBN_CACHE_DIR"
+OFFLINE_ENV = "JAXBN_OFFLINE"  # "1": never download (as jaxbn.weights.hub).
 PACKAGE_ASSET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 SPLITS = ("train", "val", "test")
 IMAGE_SIZE = 28
@@ -195,6 +200,11 @@ def get_info(name: str) -> MedMNISTInfo:
   return DATASETS[name]
 
 
+def offline() -> bool:
+  """True when ``$JAXBN_OFFLINE`` forbids downloads."""
+  return os.environ.get(OFFLINE_ENV, "") not in ("", "0")
+
+
 def default_cache_dir() -> str:
   """Where prepared TFDS data goes: ``$JAXBN_CACHE_DIR/tensorflow_datasets``."""
   root = os.environ.get(CACHE_DIR_ENV) or os.path.join("~", ".cache", "jaxbn")
@@ -243,15 +253,33 @@ def verify_md5(path: str, info: MedMNISTInfo) -> None:
         f"official 28-px release - delete it and download {info.url} again.")
 
 
-def missing_file_message(info: MedMNISTInfo, searched: list[str],
-                         reason: str) -> str:
+def missing_file_message(info: MedMNISTInfo, npz_dir: str | None,
+                         searched: list[str], reason: str) -> str:
   """One line: which file is missing, where we looked, where to put it."""
-  target = searched[0] if searched else f"${DATA_DIR_ENV}"
+  target = npz_dir or os.environ.get(DATA_DIR_ENV)
+  where = (f"place it in {target}" if target else
+           f"place it in a directory and point config.data_dir (or "
+           f"${DATA_DIR_ENV}) at it")
   return (
       f"MedMNIST file {info.filename} not found (looked in: "
       f"{', '.join(searched) or 'nowhere'}) and {reason}; download {info.url} "
-      f"(md5 {info.md5}) and place it in {target} (config.data_dir or "
-      f"${DATA_DIR_ENV}).")
+      f"(md5 {info.md5}) and {where}.")
+
+
+def unreachable(url: str, timeout: float = 5.0) -> str | None:
+  """Why ``url``'s host cannot be reached, or None if it (or a proxy) can.
+
+  A quick probe: offline, the download manager would otherwise spend minutes
+  retrying before it gives up.
+  """
+  if urllib.request.getproxies().get("https"):
+    return None  # Let the proxy decide.
+  host = urllib.parse.urlparse(url).hostname
+  try:
+    socket.create_connection((host, 443), timeout=timeout).close()
+    return None
+  except OSError as e:
+    return f"{host} is unreachable: {type(e).__name__}: {e}"
 
 
 def _check_labels(labels: np.ndarray, info: MedMNISTInfo, split: str,
@@ -374,16 +402,22 @@ class MedMNIST(tfds.core.GeneratorBasedBuilder):
       return path
     searched = search_dirs(self._npz_dir,
                            use_package_asset=self._use_package_asset)
-    if not self._download:
+    if not self._download or offline():
+      why = f"${OFFLINE_ENV} is set" if offline() else "download=False"
       raise FileNotFoundError(missing_file_message(
-          info, searched, "downloading is disabled (download=False)"))
+          info, self._npz_dir, searched, f"downloading is disabled ({why})"))
+    reason = unreachable(info.url)
+    if reason:
+      raise FileNotFoundError(missing_file_message(
+          info, self._npz_dir, searched, f"cannot be downloaded ({reason})"))
     try:
       return os.fspath(dl_manager.download(info.url))
     except Exception as e:  # pylint: disable=broad-except
-      detail = (str(e).strip().splitlines() or [""])[0][:200]
+      detail = (str(e).strip().splitlines() or [""])[0]
+      detail = detail if len(detail) <= 160 else detail[:160] + "..."
       raise FileNotFoundError(missing_file_message(
-          info, searched, f"downloading failed ({type(e).__name__}: {detail})")
-      ) from e
+          info, self._npz_dir, searched,
+          f"downloading failed ({type(e).__name__}: {detail})")) from e
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     info = self.medmnist_info

@@ -34,7 +34,8 @@ field; missing fields take these defaults):
   cache_dir: optional TFDS data_dir for the prepared MedMNIST data (default
     ``$JAXBN_CACHE_DIR/tensorflow_datasets`` or
     ``~/.cache/jaxbn/tensorflow_datasets``).
-  download: bool, default True. May MedMNIST/TFDS data be downloaded.
+  download: bool, default True. May MedMNIST/TFDS data be downloaded
+    (``$JAXBN_OFFLINE=1`` forbids it too).
   augment: bool, default True. Train-time augmentation: a random resized
     crop (area 80–100 % of the image, aspect ratio 3/4–4/3, sampled on the
     source image and resized to ``image_size``) and a random horizontal flip.
@@ -265,10 +266,11 @@ def _catalog_source(name: str, data_dir: str | None, download: bool) -> _Source:
     raise ValueError(_unknown_name_message(TFDS_PREFIX + name)) from e
   image_key, label_key = _image_label_keys(builder.info, name)
   if not builder.data_path.exists():
-    if not download:
+    if not download or medmnist.offline():
+      why = f"${medmnist.OFFLINE_ENV} is set" if download else "download=False"
       raise FileNotFoundError(
           f"TFDS data set {name!r} is not prepared in {builder.data_dir_root} "
-          f"and download=False; prepare it there or set config.data_dir.")
+          f"and {why}; prepare it there or set config.data_dir.")
     _ensure_importlib_resources()
     try:
       builder.download_and_prepare()
@@ -336,7 +338,8 @@ def _load_source(name: str, data_dir: str | None, cache_dir: str | None,
 def _source(config: ml_collections.ConfigDict) -> _Source:
   """The (memoised per process) source that ``config`` names."""
   env = tuple(os.environ.get(k) for k in (
-      medmnist.DATA_DIR_ENV, medmnist.CACHE_DIR_ENV, "TFDS_DATA_DIR"))
+      medmnist.DATA_DIR_ENV, medmnist.CACHE_DIR_ENV, medmnist.OFFLINE_ENV,
+      "TFDS_DATA_DIR"))
   return _load_source(_get(config, "name"), _get(config, "data_dir"),
                       _get(config, "cache_dir"), bool(_get(config, "download")),
                       env)
@@ -456,6 +459,12 @@ def _should_cache(cache: bool | None, source: _Source, num_examples: int) -> boo
 # ----------------------------------------------------------------- iterators --
 
 
+def _check_process(process_index: int, process_count: int) -> None:
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"Need 0 <= process_index < process_count, got "
+                     f"{process_index} and {process_count}.")
+
+
 def train_iterator(config: ml_collections.ConfigDict, *, batch_size: int,
                    image_size: int, mean, std, seed: int,
                    process_index: int = 0, process_count: int = 1
@@ -464,13 +473,14 @@ def train_iterator(config: ml_collections.ConfigDict, *, batch_size: int,
 
   Shuffling is seeded and differs between epochs; augmentation draws from
   stateless per-example seeds, so a given ``seed`` gives the same stream on
-  every run. Incomplete last batches of an epoch are not formed (the stream
-  is repeated before batching).
+  every run. The stream is repeated before batching, so batches run across
+  epoch boundaries and none is partial.
 
   Yields:
     {'image': float32 [B, S, S, 3], 'label': int32 [B] (float32 [B, L] for
     multi-label)}, ``B = batch_size`` (per process), ``S = image_size``.
   """
+  _check_process(process_index, process_count)
   source = _source(config)
   size = source.shard_sizes("train", process_count)[process_index]
   if size == 0:
@@ -522,6 +532,7 @@ def eval_iterator(config: ml_collections.ConfigDict, split: str, *,
   split = _SPLIT_ALIASES.get(split, split)
   if split not in SPLITS:
     raise ValueError(f"Unknown split {split!r}; use one of {', '.join(SPLITS)}.")
+  _check_process(process_index, process_count)
   source = _source(config)
   sizes = source.shard_sizes(split, process_count)
   scale, offset = _normalizer(mean, std)

@@ -44,6 +44,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxbn.models import norm as norm_lib
+from jaxbn.models.layers import DepthwiseConv
 from jaxbn.models.registry import ModelSpec
 
 ModuleDef = Any
@@ -217,6 +218,8 @@ class MBConvBlock(nn.Module):
   config: BlockConfig
   conv: ModuleDef
   norm: ModuleDef
+  dtype: Any = jnp.float32
+  depthwise_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x):
@@ -226,10 +229,10 @@ class MBConvBlock(nn.Module):
       x = self.conv(cfg.hidden_features, (1, 1), kernel_init=conv_init, name="expand_conv")(x)
       x = nn.relu6(self.norm(name="bn0")(x))
     padding = same_padding(x.shape[1:3], cfg.kernel_size, cfg.stride)
-    x = self.conv(
-        cfg.hidden_features, (cfg.kernel_size, cfg.kernel_size), cfg.stride,
-        padding=padding, feature_group_count=cfg.hidden_features,
-        kernel_init=depthwise_init, name="depthwise_conv",
+    x = DepthwiseConv(
+        (cfg.kernel_size, cfg.kernel_size), cfg.stride, padding=padding,
+        kernel_init=depthwise_init, dtype=self.dtype, impl=self.depthwise_impl,
+        name="depthwise_conv",
     )(x)
     x = nn.relu6(self.norm(name="bn1")(x))
     x = self.conv(cfg.out_features, (1, 1), kernel_init=conv_init, name="project_conv")(x)
@@ -252,6 +255,8 @@ class EfficientNetLite(nn.Module):
     dropout_rate: dropout on the pooled features before ``fc`` (train only).
       The checkpoints were trained with 0.2 (Lite0/1) or 0.3 (Lite2-4).
     bn_momentum: Flax BN momentum (running = m * running + (1 - m) * batch).
+    depthwise_impl: see :class:`jaxbn.models.layers.DepthwiseConv` ("auto" is
+      right everywhere; "conv"/"shifts" force one lowering).
   """
 
   width_multiplier: float = 1.0
@@ -261,6 +266,7 @@ class EfficientNetLite(nn.Module):
   norm: str = "bn"
   dropout_rate: float = 0.0
   bn_momentum: float = BN_MOMENTUM
+  depthwise_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool = False, use_running_average: bool | None = None):
@@ -288,7 +294,10 @@ class EfficientNetLite(nn.Module):
     x = nn.relu6(norm(name="bn0")(x))
 
     for index, config in enumerate(block_configs(self.width_multiplier, self.depth_multiplier)):
-      x = MBConvBlock(config=config, conv=conv, norm=norm, name=block_name(index))(x)
+      x = MBConvBlock(
+          config=config, conv=conv, norm=norm, dtype=self.dtype,
+          depthwise_impl=self.depthwise_impl, name=block_name(index),
+      )(x)
 
     x = conv(HEAD_FEATURES, (1, 1), kernel_init=conv_init, name="conv_head")(x)
     x = nn.relu6(norm(name="bn1")(x))
