@@ -9,6 +9,7 @@ detected (or ``--coordinator``/``--num_processes``/``--process_id`` are given).
 
 from __future__ import annotations
 
+import logging as pylogging
 import os
 import sys
 
@@ -30,9 +31,21 @@ def _multi_process_env() -> bool:
   ) or int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
+class _QuietLibraries(pylogging.Filter):
+  """Drops INFO chatter of orbax/TFDS (kept: their warnings and errors)."""
+
+  NOISY = ("/orbax/", "/tensorflow_datasets/", "/absl/logging/")
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return record.levelno >= pylogging.WARNING or not any(
+        n in record.pathname for n in self.NOISY
+    )
+
+
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   # Keep TensorFlow (input pipeline only) off the accelerators.
   import tensorflow as tf
 

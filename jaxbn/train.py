@@ -71,16 +71,15 @@ def build_optimizer(
     config: ml_collections.ConfigDict, stage: ml_collections.ConfigDict, num_steps: int, labels: Any
 ) -> optax.GradientTransformation:
   """The stage's optimizer: trainable leaves get it, frozen ones ``set_to_zero``."""
+  warmup = stage.warmup_steps
   if stage.schedule == "cosine":
-    lr = optax.warmup_cosine_decay_schedule(
-        0.0, stage.lr, stage.warmup_steps, max(num_steps, stage.warmup_steps + 1), 0.0
-    )
-  elif stage.schedule in ("constant", "plateau"):  # plateau scales on the host
-    lr = optax.linear_schedule(0.0, stage.lr, stage.warmup_steps) if stage.warmup_steps else stage.lr
-    if stage.warmup_steps:
-      lr = optax.join_schedules([lr, optax.constant_schedule(stage.lr)], [stage.warmup_steps])
+    lr = optax.cosine_decay_schedule(stage.lr, max(1, num_steps - warmup))
+  elif stage.schedule in ("constant", "plateau"):  # plateau scales lr_scale on the host
+    lr = optax.constant_schedule(stage.lr)
   else:
     raise ValueError(f"Unknown schedule {stage.schedule!r}: constant | cosine | plateau.")
+  if warmup:
+    lr = optax.join_schedules([optax.linear_schedule(0.0, stage.lr, warmup), lr], [warmup])
   if config.optimizer == "adam":
     tx = optax.adam(lr)
   elif config.optimizer == "adamw":

@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from jaxbn import data as jaxbn_data
@@ -306,6 +307,36 @@ def test_unknown_names_list_the_choices():
                            "dev", batch_size=2, image_size=8, mean=0, std=1)
 
 
+# -------------------------------------------------------------- transforms --
+
+
+@pytest.mark.parametrize("shape,size", [((28, 28, 1), 64), ((40, 30, 3), 24)])
+def test_preprocess_equals_the_documented_order(shape, size):
+  """decode → RGB → resize → scale → normalise, whatever order it runs in."""
+  image = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+  scale, offset = pipeline._normalizer(MEAN, STD)  # pylint: disable=protected-access
+  example = {"image": tf.constant(image), "label": tf.constant(1)}
+  out = pipeline.preprocess(example, image_size=size, scale=scale,
+                            offset=offset, multi_label=False)["image"].numpy()
+  rgb = np.repeat(image, 3, axis=-1) if shape[-1] == 1 else image
+  resized = tf.image.resize(rgb.astype(np.float32), (size, size),
+                            antialias=size < max(shape[:2])).numpy()
+  np.testing.assert_allclose(out, (resized / 255.0 - MEAN) / STD, atol=1e-4)
+  # The flip is drawn on the source image; it equals flipping the output.
+  flips = [pipeline.preprocess(example, image_size=size, scale=scale,
+                               offset=offset, multi_label=False, hflip=True,
+                               seed=tf.constant([i, 0]))["image"].numpy()
+           for i in range(8)]
+  mirrored = [np.allclose(f, out[:, ::-1], atol=1e-4) for f in flips]
+  same = [np.allclose(f, out, atol=1e-4) for f in flips]
+  assert all(m or s for m, s in zip(mirrored, same)) and any(mirrored) and any(same)
+
+
+def test_flip_default_is_off_where_it_swaps_labels():
+  assert not medmnist.DATASETS["organamnist"].hflip_ok
+  assert medmnist.DATASETS["pneumoniamnist"].hflip_ok
+
+
 # ------------------------------------------------------------ TFDS catalog --
 
 
@@ -336,9 +367,12 @@ class JaxbnTestTinyImages(tfds.core.GeneratorBasedBuilder):
                 "image": rng.integers(0, 256, size, dtype=np.uint8)}
 
 
-def test_tfds_catalog_dataset_carves_missing_splits(tmp_path):
+def test_tfds_catalog_dataset_carves_missing_splits(tmp_path, monkeypatch):
   config = ml_collections.ConfigDict(dict(
       name="tfds:jaxbn_test_tiny_images", data_dir=str(tmp_path)))
+  with pytest.raises(FileNotFoundError, match="not prepared .*JAXBN_OFFLINE"):
+    pipeline.get_dataset_info(config)
+  monkeypatch.delenv(medmnist.OFFLINE_ENV)  # Preparing it needs no network.
   info = pipeline.get_dataset_info(config)
   assert info.num_classes == 3 and info.class_names == ("a", "b", "c")
   assert info.num_examples == {"train": 40, "val": 5, "test": 5}

@@ -403,7 +403,7 @@ class MedMNIST(tfds.core.GeneratorBasedBuilder):
     searched = search_dirs(self._npz_dir,
                            use_package_asset=self._use_package_asset)
     if not self._download or offline():
-      why = f"${OFFLINE_ENV} is set" if offline() else "download=False"
+      why = "download=False" if not self._download else f"${OFFLINE_ENV} is set"
       raise FileNotFoundError(missing_file_message(
           info, self._npz_dir, searched, f"downloading is disabled ({why})"))
     reason = unreachable(info.url)

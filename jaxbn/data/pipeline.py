@@ -42,7 +42,8 @@ field; missing fields take these defaults):
     Both are label-preserving for chest X-rays, fundus, dermatoscopy, blood
     cells and histology; the flip is off by default for OrganA/C/S-MNIST,
     whose classes include left/right organs.
-  hflip: optional bool overriding that per-data-set flip default.
+  hflip: optional bool overriding that per-data-set flip default (flips
+    only happen with ``augment``).
   shuffle_buffer: int, default 10_000 (capped at the shard size).
   cache: optional bool. Keep this process's decoded training images (before
     resize/augmentation, so 28-px uint8 for MedMNIST: 3.7 MB for

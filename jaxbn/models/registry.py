@@ -36,7 +36,7 @@ class ModelSpec:
   """How to build one named architecture and feed it pretrained-style inputs."""
 
   name: str
-  family: str  # "resnet" | "densenet" | "efficientnet_lite"
+  family: str  # "resnet" | "densenet" | "efficientnet_lite" | "cbr"
   build: Callable[..., nn.Module]  # build(num_classes=..., dtype=..., norm=..., dropout_rate=...)
   input_size: int = 224
   mean: tuple[float, float, float] = IMAGENET_MEAN  # on [0, 1] pixels
@@ -53,10 +53,10 @@ class ModelSpec:
 
 def _specs() -> dict[str, ModelSpec]:
   # Imported lazily so that ``import jaxbn.models.registry`` stays cheap.
-  from jaxbn.models import densenet, efficientnet_lite, resnet
+  from jaxbn.models import cbr, densenet, efficientnet_lite, resnet
 
   specs: dict[str, ModelSpec] = {}
-  for module in (resnet, densenet, efficientnet_lite):
+  for module in (resnet, densenet, efficientnet_lite, cbr):
     specs.update(module.SPECS)
   return specs
 

@@ -1,0 +1,106 @@
+"""The CBR family of small conv nets from Transfusion (Raghu et al., 2019).
+
+Each block is conv → BN → ReLU → 3x3 stride-2 max-pool; convs are stride 1 with
+'SAME' padding; then global average pooling and one dense layer ``fc``:
+
+=========== ====== ===============================================
+name        kernel channels
+=========== ====== ===============================================
+cbr_large_t 7x7    32, 64, 128, 256, 512 (no pool after the 5th)
+cbr_large_w 7x7    64, 128, 256, 512
+cbr_small   7x7    32, 64, 128, 256
+cbr_tiny    5x5    64, 128, 256, 512
+=========== ====== ===============================================
+
+Top-level modules are ``conv{i}``/``bn{i}`` (i = 1..n, block i = stage i) and ``fc``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxbn.models import norm as norm_lib
+from jaxbn.models.registry import ModelSpec
+
+BN_EPSILON = 1e-5
+
+
+class CBR(nn.Module):
+  """conv-BN-ReLU-maxpool stack with a linear head (NHWC).
+
+  Attributes:
+    features: output channels of each block.
+    kernel_size: square conv kernel size.
+    pool_last: whether the last block is followed by a max-pool.
+    num_classes, dtype, norm, dropout_rate, bn_momentum: as for every jaxbn model.
+  """
+
+  features: Sequence[int]
+  kernel_size: int
+  pool_last: bool = True
+  num_classes: int = 1000
+  dtype: Any = jnp.float32
+  norm: str = "bn"
+  dropout_rate: float = 0.0
+  bn_momentum: float = norm_lib.TORCH_BN_MOMENTUM
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, use_running_average: bool | None = None):
+    use_ra = use_running_average if use_running_average is not None else not train
+    x = jnp.asarray(x, self.dtype)
+    for i, features in enumerate(self.features, 1):
+      x = nn.Conv(
+          features, (self.kernel_size, self.kernel_size), padding="SAME", use_bias=False,
+          dtype=self.dtype, param_dtype=jnp.float32, name=f"conv{i}",
+      )(x)
+      x = norm_lib.make_norm(
+          self.norm, use_running_average=use_ra, epsilon=BN_EPSILON, momentum=self.bn_momentum,
+          dtype=self.dtype, name=f"bn{i}",
+      )(x)
+      x = nn.relu(x)
+      if i < len(self.features) or self.pool_last:
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    if self.num_classes == 0:
+      return x
+    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="fc")(x)
+    return jnp.asarray(x, jnp.float32)
+
+
+def _stage_of(num_blocks: int):
+  def stage_of(name: str) -> int:
+    if name == "fc":
+      return num_blocks + 1
+    if name.startswith(("conv", "bn")) and name.lstrip("convbn").isdigit():
+      return int(name.lstrip("convbn"))
+    raise ValueError(f"{name!r} is not a top-level CBR module.")
+
+  return stage_of
+
+
+_VARIANTS = {
+    "cbr_large_t": ((32, 64, 128, 256, 512), 7, False),
+    "cbr_large_w": ((64, 128, 256, 512), 7, True),
+    "cbr_small": ((32, 64, 128, 256), 7, True),
+    "cbr_tiny": ((64, 128, 256, 512), 5, True),
+}
+
+
+def _build(features, kernel_size, pool_last):
+  def build(**kwargs) -> CBR:
+    return CBR(features=features, kernel_size=kernel_size, pool_last=pool_last, **kwargs)
+
+  return build
+
+
+SPECS = {
+    name: ModelSpec(
+        name=name, family="cbr", build=_build(*v), input_size=224, head="fc",
+        stage_of=_stage_of(len(v[0])), num_stages=len(v[0]),
+    )
+    for name, v in _VARIANTS.items()
+}

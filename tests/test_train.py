@@ -1,0 +1,198 @@
+"""Trainer: masked steps, BN-statistics modes, data parallelism, checkpoints, resume."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxbn import config as config_lib, masks, step as step_lib, train
+from jaxbn.checkpoint import RunCheckpoints
+from jaxbn.models import create_model, init_variables
+from jaxbn.parallel import DataParallel
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_config(**overrides):
+  c = config_lib.base_config()
+  c.model.arch = "cbr_small"
+  c.model.init = "random"
+  c.model.dropout_rate = 0.0
+  c.data.image_size = 28
+  c.data.augment = False
+  c.batch_size = 32
+  c.eval_batch_size = 64
+  c.warmup = config_lib.stage("head", 1, 1e-3)
+  c.finetune = config_lib.stage("bn+head", 1, 1e-3)
+  c.max_steps = 8
+  c.eval_every_steps = 4
+  c.eval_max_batches = 2
+  c.log_every_steps = 1
+  for k, v in overrides.items():
+    config_lib.apply_overrides(c, f"{k}={v}")
+  return c
+
+
+@pytest.fixture(scope="module")
+def setup():
+  model = create_model("cbr_small", num_classes=2)
+  variables = jax.tree.map(np.asarray, init_variables(model, jax.random.key(0), 32))
+  rng = np.random.default_rng(0)
+  batch = {
+      "image": rng.normal(size=(16, 32, 32, 3)).astype(np.float32),
+      "label": rng.integers(0, 2, size=(16,)).astype(np.int32),
+  }
+  return model, variables, batch
+
+
+def run_steps(model, variables, batch, strategy, bn_stats, par, n=3, opt=None):
+  labels = masks.make_labels(variables["params"], strategy, batch_stats=variables["batch_stats"])
+  tx = masks.make_optimizer(opt or optax.adam(1e-2), labels)
+  state = step_lib.TrainState(
+      step=jnp.asarray(0, jnp.int32), params=variables["params"],
+      batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
+  )
+  step = par.compile_train(step_lib.make_train_step(
+      model, tx, labels, bn_stats=bn_stats, multi_label=False, axis_name=par.axis_name))
+  state = par.put_state(state)
+  for _ in range(n):
+    state, _ = step(state, par.put_batch(batch), jax.random.key(1), 1.0)
+  return jax.tree.map(np.asarray, par.get_state(state)), labels
+
+
+@pytest.mark.parametrize("bn_stats", ["frozen", "batch"])
+def test_frozen_leaves_identical_and_bn_stats_mode(setup, bn_stats):
+  model, variables, batch = setup
+  par = DataParallel("jit", devices=jax.devices()[:1])
+  state, labels = run_steps(model, variables, batch, "bn+head", bn_stats, par)
+  flat_new = jax.tree_util.tree_leaves_with_path(state.params)
+  flat_old = dict(jax.tree_util.tree_leaves_with_path(variables["params"]))
+  flat_lab = dict(jax.tree_util.tree_leaves_with_path(labels))
+  for path, new in flat_new:
+    if flat_lab[path] == masks.FROZEN:
+      np.testing.assert_array_equal(new, flat_old[path])
+    else:
+      assert not np.array_equal(new, flat_old[path]), path
+  stats_same = jax.tree.map(np.array_equal, state.batch_stats, variables["batch_stats"])
+  assert all(jax.tree.leaves(stats_same)) == (bn_stats == "frozen")
+
+
+@pytest.mark.parametrize("bn_stats", ["frozen", "batch"])
+def test_eight_device_mesh_equals_one_device(setup, bn_stats):
+  model, variables, batch = setup
+  assert jax.device_count() == 8
+  # SGD: Adam's normalisation would amplify float noise in near-zero gradients.
+  sgd = optax.sgd(0.1)
+  one, _ = run_steps(model, variables, batch, "full", bn_stats,
+                     DataParallel("jit", jax.devices()[:1]), opt=sgd)
+  eight, _ = run_steps(model, variables, batch, "full", bn_stats, DataParallel("jit"), opt=sgd)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), one, eight)
+
+
+def test_pmap_matches_jit(setup):
+  # Frozen statistics: per-device BN has nothing to disagree about, so the two
+  # paths compute the same step. (With batch statistics pmap normalises each
+  # device's shard on its own while jit uses the global batch.)
+  model, variables, batch = setup
+  sgd = optax.sgd(0.1)
+  a, _ = run_steps(model, variables, batch, "bn+head", "frozen", DataParallel("jit"), opt=sgd)
+  b, _ = run_steps(model, variables, batch, "bn+head", "frozen", DataParallel("pmap"), opt=sgd)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), a, b)
+
+
+def test_orbax_round_trip(setup, tmp_path):
+  model, variables, batch = setup
+  state, _ = run_steps(model, variables, batch, "bn+head", "batch",
+                       DataParallel("jit", jax.devices()[:1]), n=2)
+  ckpts = RunCheckpoints(str(tmp_path), keep=1)
+  ckpts.save(2, state, {"loop": {"stage": 0}, "state_stage": 0}, best=True)
+  ckpts.wait()
+  restored = ckpts.restore_state(jax.tree.map(np.zeros_like, state))
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert int(restored.step) == 2
+  assert ckpts.restore_meta()["state_stage"] == 0
+  best, _ = ckpts.restore_best(state.variables)
+  np.testing.assert_array_equal(best["params"]["fc"]["kernel"], state.params["fc"]["kernel"])
+  ckpts.close()
+
+
+def test_end_to_end_results(tmp_path):
+  results = train.train_and_evaluate(tiny_config(), str(tmp_path))
+  on_disk = json.loads((tmp_path / "results.json").read_text())
+  assert on_disk["test_auc"] == pytest.approx(results["test_auc"])
+  assert 0.0 <= results["test_auc"] <= 1.0 and 0.0 <= results["test_acc"] <= 1.0
+  assert results["total_steps"] == 8
+  assert results["trainable_params_per_stage"]["warmup"] == 256 * 2 + 2
+  bn = 2 * (32 + 64 + 128 + 256)
+  assert results["trainable_params"] == bn + 256 * 2 + 2
+  assert [h["step"] for h in results["history"]] == [4, 8]
+  assert results["best_step"] in (4, 8)
+  assert (tmp_path / "best").is_dir() and (tmp_path / "checkpoints").is_dir()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  config = tiny_config(**{"finetune.lr": 1e30, "max_steps": 40, "warmup.epochs": 0.03})
+  with pytest.raises(train.TrainingError, match="NaN") as err:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert "last good checkpoint" in str(err.value)
+  ckpts = RunCheckpoints(str(tmp_path))
+  step = ckpts.latest_step()
+  assert step is not None
+  meta = ckpts.restore_meta(step)
+  assert all(np.isfinite(h["val_loss"]) for h in meta["loop"]["history"])
+  assert not (tmp_path / "results.json").exists()
+
+
+def test_unknown_config_key_is_an_error():
+  with pytest.raises(ValueError, match="Unknown config key 'model.archh'"):
+    config_lib.apply_overrides(config_lib.base_config(), "model.archh=resnet50")
+
+
+def test_batch_not_divisible_by_devices(tmp_path):
+  with pytest.raises(ValueError, match="not divisible by the 8 devices"):
+    train.train_and_evaluate(tiny_config(batch_size=12), str(tmp_path))
+
+
+def _main_cmd(workdir):
+  return [
+      sys.executable, "-m", "jaxbn.main", "--config=configs/bn_only.py", f"--workdir={workdir}",
+      "--config.model.arch=cbr_small", "--config.model.init=random", "--config.data.image_size=28",
+      "--config.data.augment=False", "--config.batch_size=32", "--config.max_steps=12",
+      "--config.eval_every_steps=3", "--config.eval_max_batches=1", "--config.warmup.epochs=0.02",
+      "--config.model.dropout_rate=0.0",
+  ]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_results(tmp_path):
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
+  straight = tmp_path / "straight"
+  subprocess.run(_main_cmd(straight), cwd=REPO, env=env, check=True, capture_output=True)
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(_main_cmd(killed), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while time.time() < deadline and not (killed / "checkpoints" / "6").is_dir():
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (killed / "results.json").exists(), "the run finished before it could be killed"
+  resumed = subprocess.run(_main_cmd(killed), cwd=REPO, env=env, check=True, capture_output=True,
+                           text=True)
+  assert "Resuming from" in resumed.stderr
+  a = json.loads((straight / "results.json").read_text())
+  b = json.loads((killed / "results.json").read_text())
+  for key in ("test_auc", "test_acc", "test_loss", "best_val_auc", "best_step", "total_steps"):
+    assert a[key] == pytest.approx(b[key], rel=1e-5), key
+  assert [h["val_loss"] for h in a["history"]] == pytest.approx(
+      [h["val_loss"] for h in b["history"]], rel=1e-5)
