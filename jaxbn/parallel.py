@@ -49,8 +49,14 @@ class DataParallel:
   def put_state(self, tree: Any) -> Any:
     if self.mode == "jit":
       return jax.device_put(tree, self.replicated)
+    # One copy per local device along a new leading axis, as pmap expects.
     local = [d for d in self.devices if d.process_index == jax.process_index()]
-    return jax.device_put_replicated(tree, local)
+    stacked = NamedSharding(Mesh(np.asarray(local), ("local",)), P("local"))
+    return jax.tree.map(
+        lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(local),) + np.shape(x)),
+                                 stacked),
+        tree,
+    )
 
   def put_batch(self, batch: dict[str, np.ndarray]) -> Any:
     """A process-local batch → device arrays (global under jit)."""

@@ -28,6 +28,10 @@ import torch.nn.functional as F
 
 StateDict = dict[str, torch.Tensor]
 
+# The reference runs tiny batches: with torch's default intra-op pool, thread
+# hand-offs (spinning on a busy 2-core CI machine) cost 20-50x the work itself.
+torch.set_num_threads(1)
+
 # Architectures, written out independently of jaxbn so the tests are a real check.
 RESNETS: dict[str, tuple[tuple[int, ...], bool]] = {  # stage sizes, bottleneck
     "resnet18": ((2, 2, 2, 2), False),
