@@ -7,7 +7,7 @@ Usage::
   python -m jaxbn.convert --arch efficientnet_lite0 --num_classes 2 --out DIR
 
 ``--num_classes`` -1 (default) keeps the ImageNet head, 0 drops it, N builds a
-new randomly initialised N-way head.
+new zero-initialised N-way head.
 """
 
 from __future__ import annotations
@@ -20,15 +20,12 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("arch", None, "Architecture, e.g. resnet50, densenet121, efficientnet_lite0.")
 flags.DEFINE_string("src", None, "Local .pth/.safetensors file (default: the known checkpoint).")
 flags.DEFINE_string("out", None, "Output directory for the orbax checkpoint.")
-flags.DEFINE_integer("num_classes", -1, "-1 keep the ImageNet head, 0 drop it, N new head.")
-flags.DEFINE_integer("seed", 0, "Seed of a new head.")
+flags.DEFINE_integer("num_classes", -1, "-1 keep the ImageNet head, 0 drop it, N new (zero) head.")
 flags.mark_flags_as_required(["arch", "out"])
 
 
 def main(argv: list[str]) -> None:
   del argv
-  import jax
-
   from jaxbn.models import count_params, get_spec
   from jaxbn.weights import convert, hub, store
 
@@ -37,7 +34,7 @@ def main(argv: list[str]) -> None:
     path = FLAGS.src or hub.fetch(FLAGS.arch)
     state_dict = convert.load_state_dict(path)
     variables = convert.convert_state_dict(
-        FLAGS.arch, state_dict, num_classes=num_classes, rng=jax.random.key(FLAGS.seed)
+        FLAGS.arch, state_dict, num_classes=num_classes
     )
   except ValueError as e:  # CheckpointError and unknown --arch
     sys.exit(f"error: {e}")

@@ -63,7 +63,7 @@ def initial_variables(config: ml_collections.ConfigDict, model, num_outputs: int
     return jax.tree.map(np.asarray, init_variables(model, rng))
   source = None if init == "imagenet" else init
   return convert.load_pretrained(
-      config.model.arch, source, num_classes=num_outputs, rng=rng, norm=config.model.norm
+      config.model.arch, source, num_classes=num_outputs, norm=config.model.norm
   )
 
 

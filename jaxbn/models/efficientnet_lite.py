@@ -100,7 +100,9 @@ VARIANTS: dict[str, tuple[float, float, int, float]] = {
 # dense_kernel_initializer is U(±1 / sqrt(out_features)).
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 depthwise_init = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
-dense_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_out", "uniform")
+# PyTorch's nn.Linear default, U(±1/sqrt(fan_in)). (The TF reference uses
+# fan_out, which gives huge logits for a 2-way head on 1280 features.)
+dense_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 @dataclasses.dataclass(frozen=True)

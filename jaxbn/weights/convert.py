@@ -229,7 +229,6 @@ def convert_state_dict(
     state_dict: Mapping[str, np.ndarray],
     *,
     num_classes: int | None = None,
-    rng: jax.Array | None = None,
     **model_kwargs: Any,
 ) -> dict[str, Any]:
   """Converts a torch state dict into variables for ``create_model(arch, ...)``.
@@ -238,9 +237,8 @@ def convert_state_dict(
     arch: registered architecture name.
     state_dict: torch key → numpy array (see :func:`load_state_dict`).
     num_classes: ``None`` keeps the checkpoint's head; ``0`` drops it (feature
-      extractor); any other value must differ from or equal the checkpoint's
-      head: equal keeps it, different builds a new randomly initialised head.
-    rng: key for a new head (default ``PRNGKey(0)``).
+      extractor); the checkpoint's class count keeps its head; any other
+      count builds a new, zero-initialised head (:func:`zero_head`).
     **model_kwargs: forwarded to ``create_model`` (they must not change shapes).
   """
   from jaxbn.weights import torchvision
@@ -267,11 +265,18 @@ def convert_state_dict(
       skip_torch=skip,
   )
   if num_classes > 0 and not keep_head:
-    fresh = registry.init_variables(model, rng if rng is not None else jax.random.key(0))
-    variables["params"][spec.head] = jax.tree_util.tree_map(
-        np.asarray, fresh["params"][spec.head]
-    )
+    variables["params"][spec.head] = zero_head(expected["params"][spec.head])
   return variables
+
+
+def zero_head(head_shapes: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """A new classifier with all-zero weights (big_vision's ``head_zeroinit``).
+
+  Fine-tuning then starts from uniform predictions instead of the large random
+  logits a fresh dense layer gives on 1000-2048 unnormalised features, and the
+  first updates of a head-only warm-up are well scaled for any backbone.
+  """
+  return {k: np.zeros(v.shape, v.dtype) for k, v in head_shapes.items()}
 
 
 def _without_head(expected: Mapping[str, Any], head: str) -> dict[str, Any]:
@@ -283,7 +288,6 @@ def load_pretrained(
     source: str | os.PathLike[str] | None = None,
     *,
     num_classes: int | None = None,
-    rng: jax.Array | None = None,
     **model_kwargs: Any,
 ) -> dict[str, Any]:
   """Variables for ``arch`` from a local file, or the known checkpoint (cached).
@@ -297,8 +301,8 @@ def load_pretrained(
   if source is not None and os.path.isdir(source):
     from jaxbn.weights import store
 
-    return store.restore_variables(source, arch, num_classes=num_classes, rng=rng, **model_kwargs)
+    return store.restore_variables(source, arch, num_classes=num_classes, **model_kwargs)
   path = source if source is not None else hub.fetch(arch)
   return convert_state_dict(
-      arch, load_state_dict(path), num_classes=num_classes, rng=rng, **model_kwargs
+      arch, load_state_dict(path), num_classes=num_classes, **model_kwargs
   )

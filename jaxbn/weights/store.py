@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxbn.models import registry
-from jaxbn.weights.convert import CheckpointError
+from jaxbn.weights.convert import CheckpointError, zero_head
 
 MANIFEST = "jaxbn.json"
 
@@ -68,13 +68,13 @@ def restore_variables(
     arch: str | None = None,
     *,
     num_classes: int | None = None,
-    rng: jax.Array | None = None,
     **model_kwargs: Any,
 ) -> dict[str, Any]:
   """Restores variables saved by :func:`save_variables`.
 
   ``arch`` must match the manifest (``None`` accepts it). ``num_classes``
-  ``None`` keeps the saved head, ``0`` drops it, another value builds a new one.
+  ``None`` keeps the saved head, ``0`` drops it, another value builds a new,
+  zero-initialised one.
   """
   directory = pathlib.Path(directory).absolute()
   manifest = read_manifest(directory)
@@ -94,6 +94,5 @@ def restore_variables(
     variables["params"].pop(head, None)
     if num_classes > 0:
       model = registry.create_model(arch, num_classes=num_classes, **model_kwargs)
-      fresh = registry.init_variables(model, rng if rng is not None else jax.random.key(0))
-      variables["params"][head] = jax.tree_util.tree_map(np.asarray, fresh["params"][head])
+      variables["params"][head] = zero_head(registry.init_shapes(model)["params"][head])
   return variables
