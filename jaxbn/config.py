@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
 def stage(strategy: str, epochs: float, lr: float, schedule: str = "constant") -> ml_collections.ConfigDict:
@@ -42,13 +43,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.norm = "bn"
   c.model.dropout_rate = 0.2
 
+  # Fields of jaxbn.data.pipeline (its module docstring documents them).
   c.data = ml_collections.ConfigDict()
   c.data.name = "pneumoniamnist"  # MedMNIST name | tfds:NAME | folder:/path
-  c.data.data_dir = ""  # where MedMNIST npz / TFDS data live ("" = defaults)
+  c.data.data_dir = placeholder(str)  # MedMNIST npz / TFDS data (None = defaults)
+  c.data.cache_dir = placeholder(str)  # where prepared TFDS data are cached
+  c.data.download = True  # allow downloading a missing MedMNIST/TFDS dataset
   c.data.image_size = 64
   c.data.augment = True
+  c.data.hflip = placeholder(bool)  # None = per-dataset default
   c.data.shuffle_buffer = 10_000
-  c.data.cache = True
+  c.data.cache = placeholder(bool)  # None = cache in memory when it fits
 
   c.batch_size = 64  # global, split over all devices
   c.eval_batch_size = 256
@@ -61,7 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
   # used and never updated; the paper's default), "batch" = batch statistics
   # with a moving-average update of the running ones.
   c.bn_stats = "frozen"
-  c.bn_momentum = 0.9  # Flax convention (= PyTorch momentum 0.1); used with "batch"
+  # Flax convention (running = m * running + (1 - m) * batch; PyTorch's 0.1 is
+  # Flax's 0.9); used with "batch". 0 = the architecture's default.
+  c.bn_momentum = 0.0
 
   c.warmup = stage("head", 1, 1e-3)
   c.finetune = stage("bn+head", 10, 1e-3)

@@ -47,12 +47,14 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16
 def build_model(config: ml_collections.ConfigDict, num_outputs: int):
   if config.model.dtype not in DTYPES:
     raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.model.dtype!r}.")
+  extra = {"bn_momentum": config.bn_momentum} if config.bn_momentum else {}
   return create_model(
       config.model.arch,
       num_classes=num_outputs,
       dtype=DTYPES[config.model.dtype],
       norm=config.model.norm,
       dropout_rate=config.model.dropout_rate,
+      **extra,
   )
 
 

@@ -138,6 +138,7 @@ class DenseNet(nn.Module):
     dropout_rate: dropout on the pooled features before the classifier.
     memory_efficient: rematerialise dense layers in the backward pass (as
       torchvision's option of the same name): less memory, more compute.
+    bn_momentum: Flax BN momentum (torch's 0.1 is Flax's 0.9, the default).
   """
 
   block_config: Sequence[int] = BLOCK_CONFIGS["densenet121"]
@@ -149,6 +150,7 @@ class DenseNet(nn.Module):
   norm: str = "bn"
   dropout_rate: float = 0.0
   memory_efficient: bool = False
+  bn_momentum: float = norm_lib.TORCH_BN_MOMENTUM
 
   @nn.compact
   def __call__(self, x, train: bool = False, use_running_average: bool | None = None):
@@ -163,7 +165,7 @@ class DenseNet(nn.Module):
     )
     norm = functools.partial(
         norm_lib.make_norm, self.norm, use_running_average=use_ra,
-        epsilon=BN_EPSILON, dtype=self.dtype,
+        epsilon=BN_EPSILON, momentum=self.bn_momentum, dtype=self.dtype,
     )
     features = block_features(self.block_config, self.growth_rate, self.num_init_features)
 

@@ -137,6 +137,7 @@ class ResNet(nn.Module):
     dtype: compute dtype; parameters and BN statistics stay float32.
     norm: normalisation layer name, see :func:`jaxbn.models.norm.make_norm`.
     dropout_rate: dropout on the pooled features before ``fc`` (train only).
+    bn_momentum: Flax BN momentum (torch's 0.1 is Flax's 0.9, the default).
   """
 
   stage_sizes: Sequence[int]
@@ -145,6 +146,7 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   norm: str = "bn"
   dropout_rate: float = 0.0
+  bn_momentum: float = norm_lib.TORCH_BN_MOMENTUM
 
   @nn.compact
   def __call__(self, x, train: bool = False, use_running_average: bool | None = None):
@@ -164,7 +166,7 @@ class ResNet(nn.Module):
     )
     norm = functools.partial(
         norm_lib.make_norm, self.norm, use_running_average=use_ra,
-        epsilon=BN_EPSILON, dtype=self.dtype,
+        epsilon=BN_EPSILON, momentum=self.bn_momentum, dtype=self.dtype,
     )
     block_cls: Callable[..., nn.Module] = BottleneckBlock if self.bottleneck else BasicBlock
     expansion = block_expansion(self.bottleneck)

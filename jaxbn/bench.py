@@ -1,0 +1,141 @@
+r"""Benchmarks: train-step time of fine-tuning strategies, side by side.
+
+  python -m jaxbn.bench --archs=resnet50,efficientnet_lite0 \
+      --strategies=full,bn+head,head --batch_size=32 --image_size=112
+
+Every (arch, strategy) train step is compiled first, then the steps are timed
+round-robin (one repetition of each in turn, ``--reps`` times) so that all
+configurations see the same machine conditions; the table reports the median
+time per step, images/s and the ratio to ``full`` of the same architecture.
+Absolute times mean something only on an accelerator; on CPU read the ratios.
+The step is jaxbn's real one (``jaxbn.step.make_train_step``, BN statistics
+frozen as in the paper, optimizer built by ``jaxbn.masks``), on synthetic data.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("archs", ["resnet50", "efficientnet_lite0"], "Architectures.")
+flags.DEFINE_list("strategies", ["full", "bn+head", "head"], "jaxbn.masks strategies.")
+flags.DEFINE_integer("batch_size", 32, "Global batch size.")
+flags.DEFINE_integer("image_size", 112, "Square input size.")
+flags.DEFINE_integer("reps", 10, "Timed steps per configuration.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+flags.DEFINE_enum("bn_stats", "frozen", ["frozen", "batch"], "BN statistics mode.")
+flags.DEFINE_string("out", None, "Optional JSON file for the measurements.")
+
+
+def build_step(arch: str, strategy: str, batch_size: int, image_size: int, dtype, bn_stats: str):
+  """A compiled train step, its initial state and a batch, for one configuration."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+
+  from jaxbn import masks, step as step_lib
+  from jaxbn.models import create_model, init_variables
+
+  model = create_model(arch, num_classes=2, dtype=dtype)
+  variables = init_variables(model, jax.random.key(0), 64)
+  labels = masks.make_labels(variables["params"], strategy, batch_stats=variables["batch_stats"],
+                             arch=arch)
+  tx = masks.make_optimizer(optax.adam(1e-4), labels)
+  state = step_lib.TrainState(
+      step=jnp.zeros((), jnp.int32), params=variables["params"],
+      batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
+  )
+  fn = jax.jit(
+      step_lib.make_train_step(model, tx, labels, bn_stats=bn_stats, multi_label=False),
+      donate_argnums=(0,),
+  )
+  rng = np.random.default_rng(0)
+  batch = {
+      "image": jnp.asarray(rng.normal(size=(batch_size, image_size, image_size, 3)), jnp.float32),
+      "label": jnp.asarray(rng.integers(0, 2, size=(batch_size,)), jnp.int32),
+  }
+  trainable, total = masks.count(variables["params"], labels)
+  return fn, state, batch, trainable, total
+
+
+def run_benchmark(archs, strategies, *, batch_size, image_size, reps, dtype="float32",
+                  bn_stats="frozen", progress=True) -> list[dict]:
+  import jax
+  import jax.numpy as jnp
+  from tqdm.auto import tqdm
+
+  dt = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
+  configs = [(a, s) for a in archs for s in strategies]
+  runs = {}
+  for arch, strategy in tqdm(configs, desc="compile", disable=not progress):
+    fn, state, batch, trainable, total = build_step(arch, strategy, batch_size, image_size, dt,
+                                                    bn_stats)
+    t0 = time.perf_counter()
+    state, m = fn(state, batch, jax.random.key(0), 1.0)
+    jax.block_until_ready(m)
+    compile_s = time.perf_counter() - t0
+    state, m = fn(state, batch, jax.random.key(0), 1.0)  # one warm step
+    jax.block_until_ready(m)
+    runs[(arch, strategy)] = dict(fn=fn, state=state, batch=batch, times=[], trainable=trainable,
+                                  total=total, compile_s=compile_s)
+  with tqdm(total=reps * len(configs), desc="timing", disable=not progress) as bar:
+    for _ in range(reps):
+      for key in configs:
+        r = runs[key]
+        t0 = time.perf_counter()
+        r["state"], m = r["fn"](r["state"], r["batch"], jax.random.key(0), 1.0)
+        jax.block_until_ready((r["state"], m))
+        r["times"].append(time.perf_counter() - t0)
+        bar.update()
+  rows = []
+  for arch, strategy in configs:
+    r = runs[(arch, strategy)]
+    med = statistics.median(r["times"])
+    full = runs.get((arch, "full"))
+    rows.append({
+        "arch": arch, "strategy": strategy, "batch_size": batch_size, "image_size": image_size,
+        "dtype": dtype, "bn_stats": bn_stats, "device": jax.devices()[0].device_kind,
+        "ms_per_step": round(1e3 * med, 2), "images_per_s": round(batch_size / med, 1),
+        "ratio_to_full": round(med / statistics.median(full["times"]), 3) if full else None,
+        "trainable_params": r["trainable"], "total_params": r["total"],
+        "compile_s": round(r["compile_s"], 1), "reps": reps,
+    })
+  return rows
+
+
+def markdown(rows: list[dict]) -> str:
+  lines = [
+      "| arch | strategy | trainable params | ms/step | images/s | × full step |",
+      "|---|---|---:|---:|---:|---:|",
+  ]
+  for r in rows:
+    ratio = f"{r['ratio_to_full']:.2f}" if r["ratio_to_full"] is not None else "—"
+    lines.append(f"| {r['arch']} | {r['strategy']} | {r['trainable_params']:,} | "
+                 f"{r['ms_per_step']:.1f} | {r['images_per_s']:.1f} | {ratio} |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  import jax
+
+  rows = run_benchmark(FLAGS.archs, FLAGS.strategies, batch_size=FLAGS.batch_size,
+                       image_size=FLAGS.image_size, reps=FLAGS.reps, dtype=FLAGS.dtype,
+                       bn_stats=FLAGS.bn_stats)
+  print(f"\nTrain step, batch {FLAGS.batch_size}, {FLAGS.image_size}px, {FLAGS.dtype}, BN "
+        f"statistics {FLAGS.bn_stats}, {jax.device_count()} x {jax.devices()[0].device_kind}, "
+        f"median of {FLAGS.reps} round-robin repetitions:\n")
+  print(markdown(rows))
+  if FLAGS.out:
+    from jaxbn.weights.store import write_json_atomic
+
+    write_json_atomic(FLAGS.out, rows)
+
+
+if __name__ == "__main__":
+  app.run(main)

