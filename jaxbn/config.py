@@ -23,8 +23,8 @@ def stage(strategy: str, epochs: float, lr: float, schedule: str = "constant") -
   return ml_collections.ConfigDict(
       dict(
           strategy=strategy,  # jaxbn.masks strategy for this stage
-          epochs=epochs,  # maximum epochs (0 skips the stage)
-          lr=lr,
+          epochs=float(epochs),  # maximum epochs (0 skips the stage)
+          lr=float(lr),
           schedule=schedule,  # constant | cosine | plateau
           warmup_steps=0,  # linear lr warm-up at the start of the stage
           early_stopping_patience=0,  # evaluations without val improvement; 0 = off
