@@ -34,6 +34,9 @@ def stage(strategy: str, epochs: float, lr: float, schedule: str = "constant") -
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  # What `python -m jaxbn.main` does with this config: "train" (jaxbn.train);
+  # other tasks register in jaxbn.main.TASKS.
+  c.task = "train"
   c.seed = 0
 
   c.model = ml_collections.ConfigDict()

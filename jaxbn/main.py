@@ -9,6 +9,7 @@ detected (or ``--coordinator``/``--num_processes``/``--process_id`` are given).
 
 from __future__ import annotations
 
+import importlib
 import logging as pylogging
 import os
 import sys
@@ -29,6 +30,12 @@ def _multi_process_env() -> bool:
   return any(
       os.environ.get(v) for v in ("TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS")
   ) or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+# config.task -> (module, function(config, workdir)).
+TASKS = {
+    "train": ("jaxbn.train", "train_and_evaluate"),
+}
 
 
 class _QuietLibraries(pylogging.Filter):
@@ -62,8 +69,13 @@ def main(argv: list[str]) -> None:
 
   from jaxbn import train
 
+  task = FLAGS.config.get("task", "train")
+  if task not in TASKS:
+    sys.exit(f"error: unknown config.task {task!r}; known: {', '.join(sorted(TASKS))}.")
+  module_name, function = TASKS[task]
+  run = getattr(importlib.import_module(module_name), function)
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    run(FLAGS.config, FLAGS.workdir)
   except (ValueError, train.TrainingError, FileNotFoundError) as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")

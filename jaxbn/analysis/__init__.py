@@ -1,0 +1,1 @@
+"""Analyses of trained models: transferability, representation similarity, filters."""
