@@ -22,9 +22,8 @@ import jax
 import numpy as np
 
 from jaxbn.models import registry
+from jaxbn.weights.keys import KeyTable, Path
 
-Path = tuple[str, ...]
-KeyTable = dict[str, Path]
 
 # Keys PyTorch keeps that have no Flax counterpart.
 IGNORED_SUFFIXES = ("num_batches_tracked",)

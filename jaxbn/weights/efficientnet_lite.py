@@ -20,31 +20,10 @@ against the checkpoint and the model are done by :mod:`jaxbn.weights.convert`;
 from __future__ import annotations
 
 from jaxbn.models import efficientnet_lite
-
-Path = tuple[str, ...]
-KeyTable = dict[str, Path]
-
-# torch BN tensor name → (collection, Flax leaf).
-_BN_LEAVES = {
-    "weight": ("params", "scale"),
-    "bias": ("params", "bias"),
-    "running_mean": ("batch_stats", "mean"),
-    "running_var": ("batch_stats", "var"),
-}
+from jaxbn.weights.keys import KeyTable, add_bn, add_conv, add_linear
 
 
-def _conv(table: KeyTable, torch_prefix: str, flax_path: Path) -> None:
-  table[f"{torch_prefix}.weight"] = ("params", *flax_path, "kernel")
 
-
-def _bn(table: KeyTable, torch_prefix: str, flax_path: Path) -> None:
-  for torch_name, (collection, leaf) in _BN_LEAVES.items():
-    table[f"{torch_prefix}.{torch_name}"] = (collection, *flax_path, leaf)
-
-
-def _linear(table: KeyTable, torch_prefix: str, flax_path: Path) -> None:
-  table[f"{torch_prefix}.weight"] = ("params", *flax_path, "kernel")
-  table[f"{torch_prefix}.bias"] = ("params", *flax_path, "bias")
 
 
 def key_table(arch: str) -> KeyTable:
@@ -56,19 +35,19 @@ def key_table(arch: str) -> KeyTable:
     )
   width, depth, _, _ = efficientnet_lite.VARIANTS[arch]
   table: KeyTable = {}
-  _conv(table, "_conv_stem", ("conv_stem",))
-  _bn(table, "_bn0", ("bn0",))
+  add_conv(table, "_conv_stem", ("conv_stem",))
+  add_bn(table, "_bn0", ("bn0",))
   for index, config in enumerate(efficientnet_lite.block_configs(width, depth)):
     torch_block = f"_blocks.{index}"
     flax_block = efficientnet_lite.block_name(index)
     if config.expand_ratio != 1:
-      _conv(table, f"{torch_block}._expand_conv", (flax_block, "expand_conv"))
-      _bn(table, f"{torch_block}._bn0", (flax_block, "bn0"))
-    _conv(table, f"{torch_block}._depthwise_conv", (flax_block, "depthwise_conv"))
-    _bn(table, f"{torch_block}._bn1", (flax_block, "bn1"))
-    _conv(table, f"{torch_block}._project_conv", (flax_block, "project_conv"))
-    _bn(table, f"{torch_block}._bn2", (flax_block, "bn2"))
-  _conv(table, "_conv_head", ("conv_head",))
-  _bn(table, "_bn1", ("bn1",))
-  _linear(table, "_fc", ("fc",))
+      add_conv(table, f"{torch_block}._expand_conv", (flax_block, "expand_conv"))
+      add_bn(table, f"{torch_block}._bn0", (flax_block, "bn0"))
+    add_conv(table, f"{torch_block}._depthwise_conv", (flax_block, "depthwise_conv"))
+    add_bn(table, f"{torch_block}._bn1", (flax_block, "bn1"))
+    add_conv(table, f"{torch_block}._project_conv", (flax_block, "project_conv"))
+    add_bn(table, f"{torch_block}._bn2", (flax_block, "bn2"))
+  add_conv(table, "_conv_head", ("conv_head",))
+  add_bn(table, "_bn1", ("bn1",))
+  add_linear(table, "_fc", ("fc",))
   return table

@@ -21,17 +21,7 @@ import re
 from typing import Sequence
 
 from jaxbn.models import densenet, resnet
-
-Path = tuple[str, ...]
-KeyTable = dict[str, Path]
-
-# torch BN tensor name → (collection, Flax leaf).
-_BN_LEAVES = {
-    "weight": ("params", "scale"),
-    "bias": ("params", "bias"),
-    "running_mean": ("batch_stats", "mean"),
-    "running_var": ("batch_stats", "var"),
-}
+from jaxbn.weights.keys import KeyTable, add_bn, add_conv, add_linear
 
 # Old DenseNet checkpoints (the files torchvision still downloads) name the
 # dense-layer modules ``norm.1``/``conv.2`` instead of ``norm1``/``conv2``;
@@ -48,59 +38,47 @@ def normalise_legacy_key(key: str) -> str:
   return match.group(1) + match.group(2) if match else key
 
 
-def _conv(table: KeyTable, torch_prefix: str, flax_path: Path) -> None:
-  table[f"{torch_prefix}.weight"] = ("params", *flax_path, "kernel")
-
-
-def _bn(table: KeyTable, torch_prefix: str, flax_path: Path) -> None:
-  for torch_name, (collection, leaf) in _BN_LEAVES.items():
-    table[f"{torch_prefix}.{torch_name}"] = (collection, *flax_path, leaf)
-
-
-def _linear(table: KeyTable, torch_prefix: str, flax_path: Path) -> None:
-  table[f"{torch_prefix}.weight"] = ("params", *flax_path, "kernel")
-  table[f"{torch_prefix}.bias"] = ("params", *flax_path, "bias")
 
 
 def resnet_key_table(stage_sizes: Sequence[int], bottleneck: bool) -> KeyTable:
   """Key table of a torchvision ResNet with ``stage_sizes`` blocks in layer1..layer4."""
   table: KeyTable = {}
-  _conv(table, "conv1", ("conv1",))
-  _bn(table, "bn1", ("bn1",))
+  add_conv(table, "conv1", ("conv1",))
+  add_bn(table, "bn1", ("bn1",))
   num_convs = 3 if bottleneck else 2
   for stage, num_blocks in enumerate(stage_sizes, 1):
     for index in range(num_blocks):
       torch_block = f"layer{stage}.{index}"
       flax_block = resnet.block_name(stage, index)
       for j in range(1, num_convs + 1):
-        _conv(table, f"{torch_block}.conv{j}", (flax_block, f"conv{j}"))
-        _bn(table, f"{torch_block}.bn{j}", (flax_block, f"bn{j}"))
+        add_conv(table, f"{torch_block}.conv{j}", (flax_block, f"conv{j}"))
+        add_bn(table, f"{torch_block}.bn{j}", (flax_block, f"bn{j}"))
       # torchvision projects the shortcut in the first block of every stage
       # except layer1 of basic-block ResNets (64 → 64 channels, stride 1).
       if index == 0 and (stage > 1 or bottleneck):
-        _conv(table, f"{torch_block}.downsample.0", (flax_block, "downsample_conv"))
-        _bn(table, f"{torch_block}.downsample.1", (flax_block, "downsample_bn"))
-  _linear(table, "fc", ("fc",))
+        add_conv(table, f"{torch_block}.downsample.0", (flax_block, "downsample_conv"))
+        add_bn(table, f"{torch_block}.downsample.1", (flax_block, "downsample_bn"))
+  add_linear(table, "fc", ("fc",))
   return table
 
 
 def densenet_key_table(block_config: Sequence[int]) -> KeyTable:
   """Key table of a torchvision DenseNet with ``block_config`` dense layers per block."""
   table: KeyTable = {}
-  _conv(table, "features.conv0", ("conv0",))
-  _bn(table, "features.norm0", ("norm0",))
+  add_conv(table, "features.conv0", ("conv0",))
+  add_bn(table, "features.norm0", ("norm0",))
   for b, num_layers in enumerate(block_config, 1):
     for l in range(1, num_layers + 1):
       torch_layer = f"features.denseblock{b}.denselayer{l}"
       flax_layer = (f"denseblock{b}", f"denselayer{l}")
       for j in (1, 2):
-        _bn(table, f"{torch_layer}.norm{j}", (*flax_layer, f"norm{j}"))
-        _conv(table, f"{torch_layer}.conv{j}", (*flax_layer, f"conv{j}"))
+        add_bn(table, f"{torch_layer}.norm{j}", (*flax_layer, f"norm{j}"))
+        add_conv(table, f"{torch_layer}.conv{j}", (*flax_layer, f"conv{j}"))
     if b < len(block_config):
-      _bn(table, f"features.transition{b}.norm", (f"transition{b}", "norm"))
-      _conv(table, f"features.transition{b}.conv", (f"transition{b}", "conv"))
-  _bn(table, "features.norm5", ("norm5",))
-  _linear(table, "classifier", ("classifier",))
+      add_bn(table, f"features.transition{b}.norm", (f"transition{b}", "norm"))
+      add_conv(table, f"features.transition{b}.conv", (f"transition{b}", "conv"))
+  add_bn(table, "features.norm5", ("norm5",))
+  add_linear(table, "classifier", ("classifier",))
   return table
 
 
