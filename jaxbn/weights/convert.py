@@ -199,15 +199,31 @@ def key_table(arch: str) -> KeyTable:
 
 
 def guess_architecture(state_dict: Mapping[str, np.ndarray]) -> str | None:
-  """The registered architecture whose key table matches ``state_dict`` exactly."""
-  keys = {k for k in state_dict if not k.endswith(IGNORED_SUFFIXES)}
-  keys = {_normalise_legacy_key(k) for k in keys}
+  """The registered architecture whose key table and shapes match ``state_dict``.
+
+  Key names alone cannot tell e.g. EfficientNet-Lite1 from Lite2 (same block
+  count, other widths), so among the architectures with the same key set the
+  one whose parameter shapes also fit is returned.
+  """
+  sd = {_normalise_legacy_key(k): v for k, v in state_dict.items()
+        if not k.endswith(IGNORED_SUFFIXES)}
+  same_keys = []
   for name in registry.available_models():
     try:
-      if set(key_table(name)) == keys:
-        return name
+      if set(key_table(name)) == set(sd):
+        same_keys.append(name)
     except (ValueError, NotImplementedError):
       continue
+  for name in same_keys:
+    table = key_table(name)
+    head_bias = [k for k in head_keys(name) if k.endswith("bias")]
+    classes = int(np.shape(sd[head_bias[0]])[0]) if head_bias else 1000
+    expected = _flatten(registry.init_shapes(registry.create_model(name, num_classes=classes)))
+    if all(
+        _to_flax(np.empty(np.shape(v), np.uint8), table[k]).shape == tuple(expected[table[k]].shape)
+        for k, v in sd.items()
+    ):
+      return name
   return None
 
 
