@@ -13,6 +13,11 @@ plain renaming::
     denseblock1 … denseblock4 / denselayer1 … denselayerN / norm1, conv1, norm2, conv2
     transition1 … transition3 / norm, conv
     norm5, classifier
+
+TruncatedTL (``truncate_at``, :func:`cut_points`): ``transition1`` …
+``transition3``, right after that transition (its 2x2 average pool
+included); the dense blocks, transitions and ``norm5`` after the cut are
+never created and the model ends with global average pooling + ``classifier``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxbn.models import norm as norm_lib
-from jaxbn.models.registry import ModelSpec
+from jaxbn.models.registry import CutPoint, ModelSpec, find_cut
 
 ModuleDef = Any
 
@@ -70,6 +75,17 @@ def block_features(
     out = features[-1] + num_layers * growth_rate
     features.append(out // 2 if i < len(block_config) - 1 else out)
   return features
+
+
+@functools.lru_cache(maxsize=None)
+def cut_points(num_blocks: int = 4) -> tuple[CutPoint, ...]:
+  """The TruncatedTL cuts: right after ``transition1`` … ``transition{num_blocks-1}``."""
+  kept: tuple[str, ...] = ("conv0", "norm0")
+  cuts = []
+  for k in range(1, num_blocks):
+    kept += (f"denseblock{k}", f"transition{k}")
+    cuts.append(CutPoint(f"transition{k}", "block", kept))
+  return tuple(cuts)
 
 
 class DenseLayer(nn.Module):
@@ -139,6 +155,8 @@ class DenseNet(nn.Module):
     memory_efficient: rematerialise dense layers in the backward pass (as
       torchvision's option of the same name): less memory, more compute.
     bn_momentum: Flax BN momentum (torch's 0.1 is Flax's 0.9, the default).
+    truncate_at: TruncatedTL cut ``transition{k}`` (:func:`cut_points`); None
+      builds the full network.
   """
 
   block_config: Sequence[int] = BLOCK_CONFIGS["densenet121"]
@@ -151,6 +169,7 @@ class DenseNet(nn.Module):
   dropout_rate: float = 0.0
   memory_efficient: bool = False
   bn_momentum: float = norm_lib.TORCH_BN_MOMENTUM
+  truncate_at: str | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = False, use_running_average: bool | None = None):
@@ -159,6 +178,7 @@ class DenseNet(nn.Module):
     ``train`` and ``use_running_average`` behave as in :class:`jaxbn.models.resnet.ResNet`.
     """
     use_ra = use_running_average if use_running_average is not None else not train
+    cut = find_cut(cut_points(len(self.block_config)), self.truncate_at, "DenseNet")
     conv = functools.partial(
         nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
         kernel_init=conv_init,
@@ -182,8 +202,11 @@ class DenseNet(nn.Module):
       )(x)
       if i < len(self.block_config):
         x = Transition(features=features[i], conv=conv, norm=norm, name=f"transition{i}")(x)
+      if cut is not None and cut.last == f"transition{i}":
+        break  # blocks, transitions and norm5 after the cut are never created
 
-    x = nn.relu(norm(name="norm5")(x))
+    if cut is None:
+      x = nn.relu(norm(name="norm5")(x))
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     if self.num_classes == 0:
       return x
@@ -203,6 +226,7 @@ def _spec(name: str) -> ModelSpec:
       head="classifier",
       stage_of=stage_of,
       num_stages=4,
+      cuts=functools.partial(cut_points, len(BLOCK_CONFIGS[name])),
   )
 
 

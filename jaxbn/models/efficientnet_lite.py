@@ -26,6 +26,12 @@ underscore, so :mod:`jaxbn.weights.efficientnet_lite` is a plain renaming::
     conv_stem, bn0, blocks_0 … blocks_{N-1}, conv_head, bn1, fc
     blocks_i: [expand_conv, bn0,] depthwise_conv, bn1, project_conv, bn2
 
+TruncatedTL (``truncate_at``, :func:`cut_points`): block level ``stage1`` …
+``stage7`` (after that MBConv stage), layer level ``blocks_i`` (after that MBConv
+block). The blocks after the cut and ``conv_head``/``bn1`` are never created;
+the truncated model ends with global average pooling + ``fc`` on the cut's
+output (an MBConv output: linear bottleneck, no activation).
+
 Usage::
 
     model = EfficientNetLite(width_multiplier=1.1, depth_multiplier=1.2, num_classes=2)
@@ -45,7 +51,7 @@ import jax.numpy as jnp
 
 from jaxbn.models import norm as norm_lib
 from jaxbn.models.layers import DepthwiseConv
-from jaxbn.models.registry import ModelSpec
+from jaxbn.models.registry import CutPoint, ModelSpec, find_cut
 
 ModuleDef = Any
 
@@ -214,6 +220,24 @@ def stage_of(name: str, blocks_per_stage: Sequence[int]) -> int:
   raise ValueError(f"{name!r} is not a top-level EfficientNet-Lite module.")
 
 
+@functools.lru_cache(maxsize=None)
+def cut_points(depth_multiplier: float = 1.0) -> tuple[CutPoint, ...]:
+  """The TruncatedTL cuts: ``stage1`` … ``stage7``, then ``blocks_0`` … ``blocks_{N-1}``.
+
+  ``stage{k}`` and the ``blocks_i`` ending stage k build the same model.
+  """
+  stem = ("conv_stem", "bn0")
+  blocks = [block_name(i) for i in range(sum(stage_sizes(depth_multiplier)))]
+  cuts = []
+  end = 0
+  for stage, n in enumerate(stage_sizes(depth_multiplier), 1):
+    end += n
+    cuts.append(CutPoint(f"stage{stage}", "block", stem + tuple(blocks[:end])))
+  for i in range(len(blocks)):
+    cuts.append(CutPoint(blocks[i], "layer", stem + tuple(blocks[: i + 1])))
+  return tuple(cuts)
+
+
 class MBConvBlock(nn.Module):
   """Inverted residual: [1x1 expand,] kxk depthwise (strided), 1x1 project; no SE."""
 
@@ -259,6 +283,7 @@ class EfficientNetLite(nn.Module):
     bn_momentum: Flax BN momentum (running = m * running + (1 - m) * batch).
     depthwise_impl: see :class:`jaxbn.models.layers.DepthwiseConv` ("auto" is
       right everywhere; "conv"/"shifts" force one lowering).
+    truncate_at: TruncatedTL cut (:func:`cut_points`); None builds the full network.
   """
 
   width_multiplier: float = 1.0
@@ -269,6 +294,7 @@ class EfficientNetLite(nn.Module):
   dropout_rate: float = 0.0
   bn_momentum: float = BN_MOMENTUM
   depthwise_impl: str = "auto"
+  truncate_at: str | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = False, use_running_average: bool | None = None):
@@ -282,6 +308,7 @@ class EfficientNetLite(nn.Module):
         ``train=True, use_running_average=True`` fine-tunes with frozen statistics).
     """
     use_ra = use_running_average if use_running_average is not None else not train
+    cut = find_cut(cut_points(self.depth_multiplier), self.truncate_at, "EfficientNet-Lite")
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32)
     norm = functools.partial(
         norm_lib.make_norm, self.norm, use_running_average=use_ra,
@@ -300,9 +327,12 @@ class EfficientNetLite(nn.Module):
           config=config, conv=conv, norm=norm, dtype=self.dtype,
           depthwise_impl=self.depthwise_impl, name=block_name(index),
       )(x)
+      if cut is not None and cut.last == block_name(index):
+        break  # later blocks and conv_head/bn1 are never created
 
-    x = conv(HEAD_FEATURES, (1, 1), kernel_init=conv_init, name="conv_head")(x)
-    x = nn.relu6(norm(name="bn1")(x))
+    if cut is None:
+      x = conv(HEAD_FEATURES, (1, 1), kernel_init=conv_init, name="conv_head")(x)
+      x = nn.relu6(norm(name="bn1")(x))
 
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # global average pool
     if self.num_classes == 0:
@@ -329,6 +359,7 @@ def _spec(name: str) -> ModelSpec:
       head="fc",
       stage_of=functools.partial(stage_of, blocks_per_stage=stage_sizes(depth)),
       num_stages=NUM_STAGES,
+      cuts=functools.partial(cut_points, depth),
   )
 
 

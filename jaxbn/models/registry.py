@@ -49,6 +49,37 @@ class ModelSpec:
   # num_stages + 1 = the head. Used by ``masks.from_stage`` and truncation.
   stage_of: Callable[[str], int] | None = None
   num_stages: int = 4
+  # The valid ``truncate_at`` cuts in network order (see :class:`CutPoint`);
+  # None: the family cannot be truncated.
+  cuts: Callable[[], tuple["CutPoint", ...]] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class CutPoint:
+  """One place where a backbone can be cut (TruncatedTL, ``truncate_at=name``).
+
+  The truncated model keeps the top-level modules ``kept`` (in network order;
+  the stem first), drops everything after them and ends with global average
+  pooling + the family's head (``spec.head``, a new dense layer).
+
+  Attributes:
+    name: what ``truncate_at`` takes, e.g. ``"layer3"``, ``"layer3_3"``,
+      ``"transition2"``, ``"stage4"``, ``"blocks_7"``.
+    level: ``"block"`` (after a stage: the coarse search) or ``"layer"``
+      (after one residual / MBConv block: the fine search).
+    kept: the top-level modules of the truncated model, head excluded. Two
+      cuts with the same ``kept`` (``layer3`` and ``layer3_5`` of ResNet-50)
+      build the same model.
+  """
+
+  name: str
+  level: str
+  kept: tuple[str, ...]
+
+  @property
+  def last(self) -> str:
+    """The last kept top-level module: the truncated model ends right after it."""
+    return self.kept[-1]
 
 
 def _specs() -> dict[str, ModelSpec]:
@@ -74,6 +105,55 @@ def get_spec(name: str) -> ModelSpec:
   return specs[name]
 
 
+def cut_points(name: str, level: str | None = None) -> list[str]:
+  """Valid ``truncate_at`` values of ``name`` in network order.
+
+  ``level``: ``"block"`` (after a stage), ``"layer"`` (after one residual /
+  MBConv block) or None (both, block-level names first). See
+  :func:`get_cut` for what each name keeps.
+  """
+  cuts = _cuts(name)
+  if level is None:
+    return [c.name for c in cuts if c.level == "block"] + [
+        c.name for c in cuts if c.level == "layer"
+    ]
+  if level not in ("block", "layer"):
+    raise ValueError(f"level must be 'block', 'layer' or None, got {level!r}.")
+  return [c.name for c in cuts if c.level == level]
+
+
+def _cuts(name: str) -> tuple[CutPoint, ...]:
+  spec = get_spec(name)
+  if spec.cuts is None:
+    raise ValueError(f"{name!r} ({spec.family}) does not support truncate_at.")
+  return spec.cuts()
+
+
+def get_cut(name: str, truncate_at: str) -> CutPoint:
+  """The :class:`CutPoint` called ``truncate_at``; a clear error lists the valid ones."""
+  cut = find_cut(_cuts(name), truncate_at, name)
+  assert cut is not None
+  return cut
+
+
+def find_cut(cuts: Any, truncate_at: str | None, what: str) -> CutPoint | None:
+  """Resolves ``truncate_at`` among ``cuts`` (None: not truncated).
+
+  Raises ValueError naming every valid cut, block level first.
+  """
+  if truncate_at is None:
+    return None
+  for cut in cuts:
+    if cut.name == truncate_at:
+      return cut
+  block = ", ".join(c.name for c in cuts if c.level == "block")
+  layer = ", ".join(c.name for c in cuts if c.level == "layer") or "(none)"
+  raise ValueError(
+      f"Unknown truncate_at={truncate_at!r} for {what}; valid cuts: block level {block}; "
+      f"layer level {layer}; or None for the full model."
+  )
+
+
 def create_model(
     name: str,
     num_classes: int = 1000,
@@ -81,6 +161,7 @@ def create_model(
     dtype: Any = jnp.float32,
     norm: str = "bn",
     dropout_rate: float = 0.0,
+    truncate_at: str | None = None,
     **kwargs: Any,
 ) -> nn.Module:
   """Builds a Flax backbone by name.
@@ -91,9 +172,14 @@ def create_model(
     dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
     norm: normalisation layer, see :mod:`jaxbn.models.norm`.
     dropout_rate: dropout before the head (active only with ``train=True``).
+    truncate_at: TruncatedTL cut (:func:`cut_points`): keep the network up to
+      this point, then global average pooling + the head. None: full model.
     **kwargs: forwarded to the family's module (advanced options).
   """
   spec = get_spec(name)
+  if truncate_at is not None:
+    get_cut(name, truncate_at)  # fail early, listing the valid cuts
+    kwargs["truncate_at"] = truncate_at
   return spec.build(
       num_classes=num_classes, dtype=dtype, norm=norm, dropout_rate=dropout_rate, **kwargs
   )

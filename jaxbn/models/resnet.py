@@ -17,6 +17,14 @@ Usage::
     model = ResNet(stage_sizes=(3, 4, 6, 3), bottleneck=True, num_classes=2)
     variables = model.init(rng, jnp.zeros((1, 224, 224, 3)))
     logits = model.apply(variables, images)            # eval: running statistics
+
+TruncatedTL (``truncate_at``, :func:`cut_points`): block level ``layer1`` …
+``layer3`` (after that stage); layer level ``stem`` and ``layerK_i`` (after
+that residual block; ``layer4``'s last block is the full model). The spec's
+"cut k keeps the stem + k−1 bottlenecks" (k = 1 … 16 for ResNet-50) is the
+k-th layer-level cut: k = 1 ``stem``, k = 2 ``layer1_0``, …, k = 12
+``layer3_3`` (TTL's "layer3[3]"), k = 16 ``layer4_1``. Modules after the cut
+are never created; the truncated model ends with global average pooling + ``fc``.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxbn.models import norm as norm_lib
-from jaxbn.models.registry import ModelSpec
+from jaxbn.models.registry import CutPoint, ModelSpec, find_cut
 
 ModuleDef = Any
 
@@ -79,6 +87,26 @@ def stage_of(name: str) -> int:
   if name == "fc":
     return 5
   raise ValueError(f"{name!r} is not a top-level ResNet module.")
+
+
+@functools.lru_cache(maxsize=None)
+def cut_points(stage_sizes: tuple[int, ...]) -> tuple[CutPoint, ...]:
+  """The TruncatedTL cuts of a ResNet with ``stage_sizes`` blocks per stage.
+
+  Block level ``layer1`` … ``layer{S-1}`` (after a stage); layer level ``stem``
+  then ``layerK_i`` after every residual block but the network's last one.
+  """
+  stem = ("conv1", "bn1")
+  blocks = [block_name(s, i) for s, n in enumerate(stage_sizes, 1) for i in range(n)]
+  cuts = []
+  end = 0
+  for stage, n in enumerate(stage_sizes[:-1], 1):
+    end += n
+    cuts.append(CutPoint(f"layer{stage}", "block", stem + tuple(blocks[:end])))
+  cuts.append(CutPoint("stem", "layer", stem))
+  for k in range(1, len(blocks)):
+    cuts.append(CutPoint(blocks[k - 1], "layer", stem + tuple(blocks[:k])))
+  return tuple(cuts)
 
 
 class BasicBlock(nn.Module):
@@ -138,6 +166,7 @@ class ResNet(nn.Module):
     norm: normalisation layer name, see :func:`jaxbn.models.norm.make_norm`.
     dropout_rate: dropout on the pooled features before ``fc`` (train only).
     bn_momentum: Flax BN momentum (torch's 0.1 is Flax's 0.9, the default).
+    truncate_at: TruncatedTL cut (:func:`cut_points`); None builds the full network.
   """
 
   stage_sizes: Sequence[int]
@@ -147,6 +176,7 @@ class ResNet(nn.Module):
   norm: str = "bn"
   dropout_rate: float = 0.0
   bn_momentum: float = norm_lib.TORCH_BN_MOMENTUM
+  truncate_at: str | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = False, use_running_average: bool | None = None):
@@ -160,6 +190,7 @@ class ResNet(nn.Module):
         ``train=True, use_running_average=True`` fine-tunes with frozen statistics).
     """
     use_ra = use_running_average if use_running_average is not None else not train
+    cut = find_cut(cut_points(tuple(self.stage_sizes)), self.truncate_at, "ResNet")
     conv = functools.partial(
         nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
         kernel_init=conv_init,
@@ -178,15 +209,21 @@ class ResNet(nn.Module):
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=PAD_3x3)
 
     in_features = 64
-    for stage, (num_blocks, width) in enumerate(zip(self.stage_sizes, STAGE_WIDTHS), 1):
-      for index in range(num_blocks):
-        strides = 2 if stage > 1 and index == 0 else 1
-        project = index == 0 and (strides != 1 or in_features != width * expansion)
-        x = block_cls(
-            features=width, conv=conv, norm=norm, strides=strides, project=project,
-            name=block_name(stage, index),
-        )(x)
-        in_features = width * expansion
+    blocks = [
+        (stage, index, width)
+        for stage, (num_blocks, width) in enumerate(zip(self.stage_sizes, STAGE_WIDTHS), 1)
+        for index in range(num_blocks)
+    ]
+    if cut is not None:  # keep the blocks up to the cut; the rest are never created
+      blocks = [b for b in blocks if block_name(b[0], b[1]) in cut.kept]
+    for stage, index, width in blocks:
+      strides = 2 if stage > 1 and index == 0 else 1
+      project = index == 0 and (strides != 1 or in_features != width * expansion)
+      x = block_cls(
+          features=width, conv=conv, norm=norm, strides=strides, project=project,
+          name=block_name(stage, index),
+      )(x)
+      in_features = width * expansion
 
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # adaptive_avg_pool2d(1) + flatten
     if self.num_classes == 0:
@@ -209,6 +246,7 @@ def _spec(name: str) -> ModelSpec:
       head="fc",
       stage_of=stage_of,
       num_stages=4,
+      cuts=functools.partial(cut_points, STAGE_SIZES[name]),
   )
 
 
