@@ -269,12 +269,17 @@ def convert_state_dict(
   if num_classes is None:
     num_classes = ckpt_classes or spec.num_imagenet_classes
   keep_head = num_classes > 0 and num_classes == ckpt_classes
+  # truncate_at (TruncatedTL): the model is a prefix of ``arch``. The checkpoint's
+  # tensors after the cut are dropped by the cut's definition, every other key is
+  # checked as usual; the classifier sat on other features, so the head is new.
+  dropped = cut_keys(arch, table, model_kwargs.get("truncate_at"))
+  keep_head = keep_head and model_kwargs.get("truncate_at") is None
   model = registry.create_model(arch, num_classes=num_classes, **model_kwargs)
   expected = registry.init_shapes(model)
-  skip = (lambda k: False) if keep_head else (lambda k: k in heads)
+  skip = (lambda k: k in dropped) if keep_head else (lambda k: k in heads or k in dropped)
   variables = apply_key_table(
       state_dict,
-      table if keep_head else {k: v for k, v in table.items() if k not in heads},
+      {k: v for k, v in table.items() if k not in dropped and (keep_head or k not in heads)},
       _without_head(expected, spec.head) if not keep_head else expected,
       arch=arch,
       skip_torch=skip,
@@ -282,6 +287,69 @@ def convert_state_dict(
   if num_classes > 0 and not keep_head:
     variables["params"][spec.head] = zero_head(expected["params"][spec.head])
   return variables
+
+
+def cut_keys(arch: str, table: Mapping[str, Path], truncate_at: str | None) -> set[str]:
+  """Torch keys of the modules that the TruncatedTL cut ``truncate_at`` drops.
+
+  Exactly the tensors of the top-level modules after the cut (those not in
+  :attr:`jaxbn.models.registry.CutPoint.kept`), head excluded (the caller
+  replaces it); empty when ``truncate_at`` is None.
+  """
+  if truncate_at is None:
+    return set()
+  kept = set(registry.get_cut(arch, truncate_at).kept) | {registry.get_spec(arch).head}
+  return {k for k, path in table.items() if path[1] not in kept}
+
+
+def truncate_variables(
+    arch: str,
+    variables: Mapping[str, Any],
+    truncate_at: str,
+    *,
+    num_classes: int,
+    **model_kwargs: Any,
+) -> dict[str, Any]:
+  """Cuts the variables of a full ``arch`` to ``create_model(arch, truncate_at=...)``.
+
+  Keeps the top-level modules the cut keeps (every collection), checks that
+  they are exactly the truncated model's (names and shapes; any difference is
+  a :class:`CheckpointError`) and adds a new zero head of ``num_classes``
+  (``0``: none). Used for converted checkpoint directories; ``.pth`` files are
+  cut while converting (:func:`convert_state_dict`).
+  """
+  spec = registry.get_spec(arch)
+  kept = set(registry.get_cut(arch, truncate_at).kept)
+  out = {c: {k: v for k, v in tree.items() if k in kept} for c, tree in variables.items()}
+  model = registry.create_model(arch, num_classes=num_classes, truncate_at=truncate_at,
+                                **model_kwargs)
+  expected = _without_head(registry.init_shapes(model), spec.head)
+  got = {p: tuple(np.shape(v)) for p, v in _flatten(out).items()}
+  want = {p: tuple(v.shape) for p, v in _flatten(expected).items() if p[0] in out}
+  bad = sorted("/".join(p) for p in set(got) ^ set(want))
+  bad += sorted(f"{'/'.join(p)} {got[p]} vs expected {want[p]}"
+                for p in set(got) & set(want) if got[p] != want[p])
+  if bad:
+    raise CheckpointError(
+        f"Variables do not fit {arch} truncated at {truncate_at!r}: {_shorten(bad)}."
+    )
+  if num_classes > 0:
+    out.setdefault("params", {})[spec.head] = zero_head(
+        registry.init_shapes(model)["params"][spec.head])
+  return out
+
+
+def _restore_converted(source, arch: str, *, num_classes: int | None, **model_kwargs: Any):
+  """``store.restore_variables``, cut to the TruncatedTL prefix when ``truncate_at`` is set."""
+  from jaxbn.weights import store
+
+  truncate_at = model_kwargs.pop("truncate_at", None)
+  if truncate_at is None:
+    return store.restore_variables(source, arch, num_classes=num_classes, **model_kwargs)
+  full = store.restore_variables(source, arch, num_classes=0, **model_kwargs)
+  if num_classes is None:
+    num_classes = int(store.read_manifest(source).get("num_classes", 0))
+  return truncate_variables(arch, full, truncate_at, num_classes=num_classes, **model_kwargs)
 
 
 def zero_head(head_shapes: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -316,7 +384,7 @@ def load_pretrained(
   if source is not None and os.path.isdir(source):
     from jaxbn.weights import store
 
-    return store.restore_variables(source, arch, num_classes=num_classes, **model_kwargs)
+    return _restore_converted(source, arch, num_classes=num_classes, **model_kwargs)
   path = source if source is not None else hub.fetch(arch)
   return convert_state_dict(
       arch, load_state_dict(path), num_classes=num_classes, **model_kwargs
