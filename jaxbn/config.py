@@ -45,6 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
   c.model.norm = "bn"
   c.model.dropout_rate = 0.2
+  # TruncatedTL: keep the backbone up to this cut (jaxbn.models.cut_points), then
+  # global average pooling + a new head; None = the full network.
+  c.model.truncate_at = placeholder(str)
 
   # Fields of jaxbn.data.pipeline (its module docstring documents them).
   c.data = ml_collections.ConfigDict()

@@ -54,6 +54,7 @@ def build_model(config: ml_collections.ConfigDict, num_outputs: int):
       dtype=DTYPES[config.model.dtype],
       norm=config.model.norm,
       dropout_rate=config.model.dropout_rate,
+      truncate_at=config.model.get("truncate_at"),
       **extra,
   )
 
@@ -65,7 +66,8 @@ def initial_variables(config: ml_collections.ConfigDict, model, num_outputs: int
     return jax.tree.map(np.asarray, init_variables(model, rng))
   source = None if init == "imagenet" else init
   return convert.load_pretrained(
-      config.model.arch, source, num_classes=num_outputs, norm=config.model.norm
+      config.model.arch, source, num_classes=num_outputs, norm=config.model.norm,
+      truncate_at=config.model.get("truncate_at"),
   )
 
 
