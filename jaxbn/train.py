@@ -27,7 +27,7 @@ from clu import metric_writers, periodic_actions
 from jaxbn import masks, metrics as metrics_lib, step as step_lib
 from jaxbn.checkpoint import RunCheckpoints
 from jaxbn.data import pipeline
-from jaxbn.models import count_params, create_model, get_spec, init_variables
+from jaxbn.models import acnorm, count_params, create_model, get_spec, init_variables
 from jaxbn.parallel import DataParallel
 from jaxbn.weights import convert
 from jaxbn.weights.store import write_json_atomic
@@ -48,6 +48,8 @@ def build_model(config: ml_collections.ConfigDict, num_outputs: int):
   if config.model.dtype not in DTYPES:
     raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.model.dtype!r}.")
   extra = {"bn_momentum": config.bn_momentum} if config.bn_momentum else {}
+  if not extra and acnorm.is_acnorm(config.model.norm):  # AC-Norm's own default (0.81)
+    extra = {"bn_momentum": acnorm.ACNORM_MOMENTUM}
   return create_model(
       config.model.arch,
       num_classes=num_outputs,
@@ -60,7 +62,11 @@ def build_model(config: ml_collections.ConfigDict, num_outputs: int):
 
 
 def initial_variables(config: ml_collections.ConfigDict, model, num_outputs: int, rng) -> Any:
-  """``{'params', 'batch_stats'}`` from ``config.model.init`` with a new head."""
+  """``{'params', 'batch_stats'}`` from ``config.model.init`` with a new head.
+
+  With ``model.norm='acnorm'`` also ``acnorm_source``: from a pretrained BN
+  checkpoint, the same γ, β as the target (``jaxbn.weights.convert``).
+  """
   init = config.model.init
   if init == "random":
     return jax.tree.map(np.asarray, init_variables(model, rng))
@@ -227,6 +233,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   variables = initial_variables(config, model, info.num_classes, init_rng)
   params, batch_stats = variables["params"], variables.get("batch_stats", {})
+  # Collections read but never trained or updated (AC-Norm's acnorm_source).
+  constants = {k: v for k, v in variables.items() if k not in ("params", "batch_stats")}
   labels = [
       masks.make_labels(params, s.strategy, batch_stats=batch_stats, arch=config.model.arch)
       for _, s in stages
@@ -247,9 +255,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     meta = ckpts.restore_meta(last)
     loop = LoopState.from_json(meta["loop"])
     owner = meta["state_stage"]
-    abstract = jax.eval_shape(lambda: _new_state(params, batch_stats, optimizers[owner], 0))
+    abstract = jax.eval_shape(
+        lambda: _new_state(params, batch_stats, optimizers[owner], 0, constants))
     restored = ckpts.restore_state(abstract, last)
     params, batch_stats = restored.params, restored.batch_stats
+    constants = restored.constants
     resumed = (owner, restored)
     logging.info("Resuming from %s at step %d (stage %d).", workdir, last, loop.stage + 1)
 
@@ -269,7 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if resumed is not None and resumed[0] == stage_idx:
       state = resumed[1]
     else:
-      state = _new_state(params, batch_stats, tx, global_step)
+      state = _new_state(params, batch_stats, tx, global_step, constants)
       loop = dataclasses.replace(
           loop, stage=stage_idx, stage_step=0, lr_scale=1.0, stage_best_monitor=math.inf,
           stage_bad_evals=0, plateau_best=math.inf, plateau_bad_evals=0,
@@ -305,7 +315,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   ckpts.wait()
   results = _final_results(config, info, par, eval_step, ckpts, loop, params, batch_stats,
-                           n_total, trainable, global_step, start_time)
+                           n_total, trainable, global_step, start_time, constants)
   if is_chief:
     write_json_atomic(os.path.join(workdir, "results.json"), results)
   writer.flush()
@@ -313,10 +323,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return results
 
 
-def _new_state(params, batch_stats, tx, step: int) -> step_lib.TrainState:
+def _new_state(params, batch_stats, tx, step: int, constants=None) -> step_lib.TrainState:
   return step_lib.TrainState(
       step=jnp.asarray(step, jnp.int32), params=params, batch_stats=batch_stats,
-      opt_state=tx.init(params),
+      opt_state=tx.init(params), constants=dict(constants or {}),
   )
 
 
@@ -338,6 +348,38 @@ def _raise_nan(step: int, ckpts: RunCheckpoints, workdir: str) -> None:
   )
 
 
+def record_evaluation(loop: LoopState, val: dict, stage: ml_collections.ConfigDict,
+                      config: ml_collections.ConfigDict, step: int, wall: float) -> tuple[bool, bool]:
+  """Updates ``loop`` after a validation pass; returns (new best val AUC, stop stage).
+
+  Tracks the best validation AUC (and steps / wall time to it and to
+  ``config.target_auc``), reduce-on-plateau on validation loss (as the
+  paper's Keras callback: ×``plateau_factor`` after ``plateau_patience`` bad
+  evaluations, floored at ``min_lr``) and early stopping on
+  ``config.early_stopping_metric`` with the stage's patience (0 = never).
+  """
+  improved = val["auc"] > loop.best_val_auc
+  if improved:
+    loop.best_val_auc, loop.best_step, loop.wall_to_best = val["auc"], step, wall
+  if loop.steps_to_target < 0 and val["auc"] >= config.target_auc:
+    loop.steps_to_target, loop.wall_to_target = step, wall
+  if stage.schedule == "plateau":
+    if val["loss"] < loop.plateau_best:
+      loop.plateau_best, loop.plateau_bad_evals = val["loss"], 0
+    else:
+      loop.plateau_bad_evals += 1
+      if loop.plateau_bad_evals >= config.plateau_patience:
+        loop.lr_scale = max(loop.lr_scale * config.plateau_factor, config.min_lr / stage.lr)
+        loop.plateau_bad_evals = 0
+  monitor = val["loss"] if config.early_stopping_metric == "val_loss" else -val["auc"]
+  if monitor < loop.stage_best_monitor:
+    loop.stage_best_monitor, loop.stage_bad_evals = monitor, 0
+  else:
+    loop.stage_bad_evals += 1
+  patience = stage.early_stopping_patience
+  return improved, bool(patience) and loop.stage_bad_evals >= patience
+
+
 def _evaluate_and_checkpoint(config, stage, stage_idx: int, loop: LoopState, state, par,
                              eval_step, info, spec, ckpts, writer, global_step, start_time,
                              workdir) -> bool:
@@ -356,26 +398,7 @@ def _evaluate_and_checkpoint(config, stage, stage_idx: int, loop: LoopState, sta
                        "val_loss": val["loss"], "val_auc": val["auc"], "val_acc": val["acc"]})
   logging.info("step %d [%s] val loss %.4f auc %.4f acc %.4f (%.1fs)", global_step, stage_name,
                val["loss"], val["auc"], val["acc"], wall)
-  improved = val["auc"] > loop.best_val_auc
-  if improved:
-    loop.best_val_auc, loop.best_step, loop.wall_to_best = val["auc"], global_step, wall
-  if loop.steps_to_target < 0 and val["auc"] >= config.target_auc:
-    loop.steps_to_target, loop.wall_to_target = global_step, wall
-  # Reduce-on-plateau (on validation loss, as the paper's Keras callback).
-  if stage.schedule == "plateau":
-    if val["loss"] < loop.plateau_best:
-      loop.plateau_best, loop.plateau_bad_evals = val["loss"], 0
-    else:
-      loop.plateau_bad_evals += 1
-      if loop.plateau_bad_evals > config.plateau_patience - 1:
-        loop.lr_scale = max(loop.lr_scale * config.plateau_factor, config.min_lr / stage.lr)
-        loop.plateau_bad_evals = 0
-  monitor = val["loss"] if config.early_stopping_metric == "val_loss" else -val["auc"]
-  if monitor < loop.stage_best_monitor:
-    loop.stage_best_monitor, loop.stage_bad_evals = monitor, 0
-  else:
-    loop.stage_bad_evals += 1
-  stop = bool(stage.early_stopping_patience) and loop.stage_bad_evals >= stage.early_stopping_patience
+  improved, stop = record_evaluation(loop, val, stage, config, global_step, wall)
   if stop:
     logging.info("Early stopping stage %r at step %d.", stage_name, global_step)
   if len(loop.history) % config.checkpoint_every_evals == 0 or improved or stop:
@@ -388,9 +411,10 @@ def _evaluate_and_checkpoint(config, stage, stage_idx: int, loop: LoopState, sta
 
 
 def _final_results(config, info, par, eval_step, ckpts, loop, params, batch_stats, n_total,
-                   trainable_counts, global_step, start_time) -> dict:
-  best = ckpts.restore_best({"params": params, "batch_stats": batch_stats})
-  variables = best[0] if best else {"params": params, "batch_stats": batch_stats}
+                   trainable_counts, global_step, start_time, constants=None) -> dict:
+  last = {**(constants or {}), "params": params, "batch_stats": batch_stats}
+  best = ckpts.restore_best(last)
+  variables = best[0] if best else last
   spec = get_spec(config.model.arch)
   test = evaluate(config, "test", info, spec, par, eval_step, par.put_state(variables))
   wall = loop.elapsed + time.time() - start_time

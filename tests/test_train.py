@@ -196,3 +196,21 @@ def test_killed_run_resumes_to_the_same_results(tmp_path):
     assert a[key] == pytest.approx(b[key], rel=1e-5), key
   assert [h["val_loss"] for h in a["history"]] == pytest.approx(
       [h["val_loss"] for h in b["history"]], rel=1e-5)
+
+
+def test_record_evaluation_plateau_early_stopping_and_targets():
+  config = config_lib.base_config()
+  config.target_auc = 0.8
+  config.plateau_patience, config.plateau_factor, config.min_lr = 1, 0.5, 2e-4
+  stage = config_lib.stage("bn+head", 1, 1e-3, schedule="plateau")
+  stage.early_stopping_patience = 2
+  loop = train.LoopState()
+  evals = [(0.70, 0.9), (0.85, 0.8), (0.84, 0.85), (0.86, 0.82), (0.83, 0.83), (0.82, 0.81)]
+  out = [train.record_evaluation(loop, {"auc": a, "loss": l}, stage, config, 10 * (i + 1), i)
+         for i, (a, l) in enumerate(evals)]
+  assert [o[0] for o in out] == [True, True, False, True, False, False]
+  assert [o[1] for o in out] == [False, False, False, True, True, True]  # 2 evals w/o a better loss
+  assert (loop.best_val_auc, loop.best_step, loop.wall_to_best) == (0.86, 40, 3)
+  assert (loop.steps_to_target, loop.wall_to_target) == (20, 1)
+  # val loss: 0.9, 0.8 (best), 0.85 ↓lr, 0.82 ↓lr, 0.83 ↓lr (floored at min_lr/lr = 0.2), 0.81 ↓
+  assert loop.lr_scale == pytest.approx(0.2)
