@@ -167,6 +167,12 @@ class ResNet(nn.Module):
     dropout_rate: dropout on the pooled features before ``fc`` (train only).
     bn_momentum: Flax BN momentum (torch's 0.1 is Flax's 0.9, the default).
     truncate_at: TruncatedTL cut (:func:`cut_points`); None builds the full network.
+    stage_widths: width of the 3x3 convs of layer1..layer4 (a block outputs
+      ``width * expansion`` channels); None = torchvision's :data:`STAGE_WIDTHS`
+      ``(64, 128, 256, 512)``. Other widths change the parameter shapes of
+      those stages, e.g. Transfusion's "slim" ResNet ``(64, 128, 128, 256)``
+      (:func:`jaxbn.weights.init.slim_widths`); pretrained weights then fit only
+      the stages left at their original width.
   """
 
   stage_sizes: Sequence[int]
@@ -177,6 +183,7 @@ class ResNet(nn.Module):
   dropout_rate: float = 0.0
   bn_momentum: float = norm_lib.TORCH_BN_MOMENTUM
   truncate_at: str | None = None
+  stage_widths: Sequence[int] | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = False, use_running_average: bool | None = None):
@@ -209,9 +216,10 @@ class ResNet(nn.Module):
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=PAD_3x3)
 
     in_features = 64
+    widths = tuple(self.stage_widths or STAGE_WIDTHS)
     blocks = [
         (stage, index, width)
-        for stage, (num_blocks, width) in enumerate(zip(self.stage_sizes, STAGE_WIDTHS), 1)
+        for stage, (num_blocks, width) in enumerate(zip(self.stage_sizes, widths), 1)
         for index in range(num_blocks)
     ]
     if cut is not None:  # keep the blocks up to the cut; the rest are never created

@@ -1,0 +1,340 @@
+r"""Transfusion initialisers (Raghu et al., NeurIPS 2019; methods.md §3).
+
+Every function here takes variable trees (``{'params', 'batch_stats', ...}``
+of numpy arrays) and returns a new tree with exactly the structure and shapes
+of the *target* model's random initialisation; nothing is modified in place.
+
+* :func:`mean_var`: every conv/dense kernel ``W`` whose path also exists in the
+  pretrained variables is drawn iid ``N(mean(W̃), var(W̃))`` from the scalar mean
+  and variance of the pretrained tensor ``W̃`` (one pair per tensor, also when
+  the shapes differ, e.g. a slimmer stage); every BatchNorm is identity
+  (γ=1, β=0, running mean 0, running var 1); the head (``spec.head``, absent
+  from the pretrained tree or replaced) and every other leaf keep the random
+  initialisation (the registered backbones have no conv/dense biases outside
+  the head).
+* :func:`transfuse` (*weight transfusion*): the top-level modules of a
+  contiguous prefix of the network (all their collections: kernels, BN γ/β
+  and running statistics) are copied from the pretrained variables, the rest
+  (the head included) keep the random initialisation. Cut points,
+  :func:`transfer_points`, are defined through ``ModelSpec.stage_of`` so every
+  family gets them:
+
+  ======== ==================================================================
+  cut      copied top-level modules
+  ======== ==================================================================
+  none     nothing (= random init)
+  conv1    the stem: ResNet ``conv1, bn1``; DenseNet ``conv0, norm0``;
+           EfficientNet-Lite ``conv_stem, bn0``; CBR ``conv1, bn1``
+           (alias ``stem``)
+  stageK   the stem and stages 1..K: ResNet ``layer1..layerK``; DenseNet
+           ``denseblock1..K, transition1..K``; EfficientNet-Lite the MBConv
+           blocks of stages 1..K; CBR ``conv1..convK, bn1..bnK``
+  all      every module but the head
+  ======== ==================================================================
+
+  Valid ``stageK``: 1 .. ``num_stages − 1`` (the last stage is ``all``); a
+  ResNet has ``conv1 | stage1 | stage2 | stage3 | all``, EfficientNet-Lite
+  ``stage1`` … ``stage6`` (its ``conv_head``/``bn1`` belong to stage 7).
+* The **slim** variant is a transfusion into a thinner model: ResNet with
+  ``stage_widths`` (``jaxbn.models.resnet.ResNet``) halved in stages 3–4,
+  ``transfer_up_to='stage2'`` (:func:`slim_widths`, ``configs/transfusion_slim.py``).
+  Copied modules must have the pretrained shapes (a clear error otherwise).
+
+In training these are chosen by the config (``jaxbn.train.initial_variables``
+calls :func:`initial_variables` for them)::
+
+    model.init = "mean_var"              # statistics of the registered ImageNet weights
+    model.init = "mean_var:/path.pth"    # ... of any checkpoint load_pretrained reads
+    model.init = "imagenet"; model.transfer_up_to = "stage2"   # weight transfusion
+    model.init = "/path.pth"; model.transfer_up_to = "conv1"   # from any checkpoint
+
+Library use::
+
+    from jaxbn.weights import convert, init
+    model = create_model("resnet50", num_classes=2)
+    random = init_variables(model, jax.random.key(0))
+    pretrained = convert.load_pretrained("resnet50", num_classes=0)
+    v = init.transfuse(random, pretrained, "resnet50", "stage2")
+    v = init.mean_var(random, pretrained, jax.random.key(1), head="fc")
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from jaxbn.models import registry
+
+MEAN_VAR = "mean_var"
+NONE = "none"
+ALL = "all"
+STEM_ALIASES = ("conv1", "stem")
+
+
+# --------------------------------------------------------------------------- #
+# Small tree helpers (nested dicts of arrays).
+# --------------------------------------------------------------------------- #
+
+
+def _flatten(tree: Mapping[str, Any], prefix: tuple = ()) -> dict[tuple, Any]:
+  out: dict[tuple, Any] = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      out.update(_flatten(v, prefix + (k,)))
+    else:
+      out[prefix + (k,)] = v
+  return out
+
+
+def _unflatten(flat: Mapping[tuple, Any]) -> dict[str, Any]:
+  out: dict[str, Any] = {}
+  for path, v in flat.items():
+    node = out
+    for k in path[:-1]:
+      node = node.setdefault(k, {})
+    node[path[-1]] = v
+  return out
+
+
+def _host(tree: Any) -> dict[str, Any]:
+  """A plain nested dict of numpy arrays (FrozenDicts and jax arrays accepted)."""
+  return _unflatten({p: np.asarray(v) for p, v in _flatten(_as_dict(tree)).items()})
+
+
+def _as_dict(tree: Any) -> Any:
+  if isinstance(tree, Mapping):
+    return {k: _as_dict(v) for k, v in tree.items()}
+  return tree
+
+
+def batchnorm_modules(variables: Mapping[str, Any]) -> set[tuple]:
+  """Paths (inside ``params``) of the BatchNorm modules, found structurally.
+
+  A BatchNorm is a ``params`` module whose twin in ``batch_stats`` owns ``mean``
+  and ``var`` (the rule of :mod:`jaxbn.masks`), whatever it is called.
+  """
+  stats = _flatten(_as_dict(variables.get("batch_stats", {})))
+  owners = {p[:-1] for p in stats if p[-1] == "mean"} & {p[:-1] for p in stats if p[-1] == "var"}
+  params = {p[:-1] for p in _flatten(_as_dict(variables.get("params", {})))}
+  return owners & params
+
+
+# --------------------------------------------------------------------------- #
+# Mean-Var.
+# --------------------------------------------------------------------------- #
+
+
+def kernel_stats(pretrained: Mapping[str, Any]) -> dict[tuple, tuple[float, float]]:
+  """``params`` path → (mean, variance) of every conv/dense kernel (ndim ≥ 2)."""
+  flat = _flatten(_as_dict(pretrained.get("params", {})))
+  return {
+      p: (float(np.mean(v, dtype=np.float64)), float(np.var(v, dtype=np.float64)))
+      for p, v in flat.items() if p[-1] == "kernel" and np.ndim(v) >= 2
+  }
+
+
+def mean_var(
+    random: Mapping[str, Any],
+    pretrained: Mapping[str, Any],
+    rng: jax.Array | int,
+    *,
+    head: str | None = None,
+) -> dict[str, Any]:
+  """Mean-Var initialisation (Transfusion): kernels ~ N(mean, var) of the pretrained ones.
+
+  Args:
+    random: the target model's random variables (defines structure and shapes).
+    pretrained: pretrained variables of the same architecture (the head may be
+      missing, e.g. ``load_pretrained(arch, num_classes=0)``).
+    rng: JAX key or int seed for the draws.
+    head: top-level module of the new head (``spec.head``): always keeps its
+      random initialisation, even when ``pretrained`` holds one.
+
+  Returns:
+    New variables: for each conv/dense ``kernel`` path present in both trees,
+    iid normal samples with the pretrained tensor's scalar mean and variance;
+    every BatchNorm (see :func:`batchnorm_modules`) identity — ``scale`` 1,
+    ``bias`` 0, running ``mean`` 0, ``var`` 1; everything else (head, other
+    leaves, other collections) from ``random``.
+  """
+  random = _host(random)
+  stats = kernel_stats(_host(pretrained))
+  seed = int(jax.random.randint(rng, (), 0, 2**31 - 1)) if not isinstance(rng, int) else rng
+  gen = np.random.default_rng(seed)
+  bns = batchnorm_modules(random)
+  out: dict[tuple, Any] = {}
+  for (collection, *path), value in sorted(_flatten(random).items()):
+    path = tuple(path)
+    module, leaf = path[:-1], path[-1]
+    if collection in ("params", "batch_stats") and module in bns:
+      one = leaf in ("scale", "var")
+      if leaf not in ("scale", "bias", "mean", "var"):
+        raise ValueError(f"Unexpected BatchNorm leaf {collection}/{'/'.join(path)}.")
+      out[(collection, *path)] = np.full(value.shape, 1.0 if one else 0.0, value.dtype)
+    elif (collection == "params" and leaf == "kernel" and path in stats
+          and (head is None or path[0] != head)):
+      mean, var = stats[path]
+      draw = gen.normal(mean, np.sqrt(var), size=value.shape)
+      out[(collection, *path)] = draw.astype(value.dtype)
+    else:
+      out[(collection, *path)] = value
+  return _unflatten(out)
+
+
+# --------------------------------------------------------------------------- #
+# Weight transfusion.
+# --------------------------------------------------------------------------- #
+
+
+def _top_level(variables: Mapping[str, Any]) -> list[str]:
+  names: list[str] = []
+  for tree in _as_dict(variables).values():
+    for k in tree:
+      if k not in names:
+        names.append(k)
+  return names
+
+
+def transfer_points(arch: str) -> list[str]:
+  """Valid ``transfer_up_to`` values of ``arch`` in network order (``none`` first)."""
+  spec = registry.get_spec(arch)
+  if spec.stage_of is None:
+    raise ValueError(f"{arch!r} has no stage_of: weight transfusion is not defined for it.")
+  return [NONE, "conv1"] + [f"stage{k}" for k in range(1, spec.num_stages)] + [ALL]
+
+
+def transferred_modules(arch: str, transfer_up_to: str, names: Sequence[str]) -> list[str]:
+  """The top-level modules among ``names`` that ``transfer_up_to`` copies.
+
+  ``names`` are a model's top-level module names (any order); see the module
+  docstring for the cuts. Raises ValueError listing the valid cuts.
+  """
+  spec = registry.get_spec(arch)
+  valid = transfer_points(arch)
+  cut = "conv1" if transfer_up_to in STEM_ALIASES else transfer_up_to
+  if cut not in valid:
+    raise ValueError(
+        f"Unknown transfer_up_to={transfer_up_to!r} for {arch}; valid: {', '.join(valid)} "
+        "(conv1 is also called stem)."
+    )
+  body = [n for n in names if n != spec.head]
+  stages = {n: spec.stage_of(n) for n in body}
+  if cut == NONE:
+    return []
+  if cut == ALL:
+    return body
+  if cut == "conv1":
+    first = min(stages.values())  # 0 for a stem; CBR has none: its block 1
+    return [n for n in body if stages[n] == first]
+  k = int(cut[len("stage"):])
+  return [n for n in body if stages[n] <= k]
+
+
+def transfuse(
+    random: Mapping[str, Any],
+    pretrained: Mapping[str, Any],
+    arch: str,
+    transfer_up_to: str,
+) -> dict[str, Any]:
+  """Weight transfusion: copy the pretrained prefix up to ``transfer_up_to``, keep the rest random.
+
+  Args:
+    random: the target model's random variables (defines structure and shapes;
+      may be a thinner model, e.g. ResNet ``stage_widths``, or truncated).
+    pretrained: pretrained variables of ``arch`` (full width; head optional).
+    arch: registered architecture name (for the cut points).
+    transfer_up_to: ``none | conv1 | stage1 … stage{S-1} | all``.
+
+  Returns:
+    New variables: every collection of each copied module (params and
+    batch_stats alike) from ``pretrained``, everything else from ``random``.
+
+  Raises:
+    ValueError: unknown cut, or a copied module missing from ``pretrained`` or
+      shaped differently from the target (e.g. a slim stage inside the prefix).
+  """
+  random, pretrained = _host(random), _host(pretrained)
+  copied = set(transferred_modules(arch, transfer_up_to, _top_level(random)))
+  flat_p = _flatten(pretrained)
+  out: dict[tuple, Any] = {}
+  bad: list[str] = []
+  for path, value in _flatten(random).items():
+    if len(path) < 2 or path[1] not in copied:
+      out[path] = value
+      continue
+    src = flat_p.get(path)
+    if src is None or np.shape(src) != np.shape(value):
+      got = "missing" if src is None else f"{np.shape(src)}"
+      bad.append(f"{'/'.join(path)}: pretrained {got}, model {np.shape(value)}")
+      continue
+    out[path] = np.array(src, dtype=value.dtype)
+  if bad:
+    shown = "; ".join(bad[:6]) + (f"; … (+{len(bad) - 6} more)" if len(bad) > 6 else "")
+    raise ValueError(
+        f"transfer_up_to={transfer_up_to!r} copies modules that the pretrained {arch} "
+        f"variables do not fit: {shown}. Transfer a shorter prefix or build the model "
+        "with the pretrained widths."
+    )
+  return _unflatten(out)
+
+
+def slim_widths(arch: str, from_stage: int = 3, factor: float = 0.5) -> tuple[int, ...]:
+  """ResNet ``stage_widths`` of the Transfusion "slim" variant: stages ≥ ``from_stage`` × factor."""
+  from jaxbn.models import resnet
+
+  if registry.get_spec(arch).family != "resnet":
+    raise ValueError(f"The slim variant is defined for ResNets, not {arch!r}.")
+  return tuple(w if s < from_stage else max(1, int(round(w * factor)))
+               for s, w in enumerate(resnet.STAGE_WIDTHS, 1))
+
+
+# --------------------------------------------------------------------------- #
+# Config entry point (jaxbn.train.initial_variables).
+# --------------------------------------------------------------------------- #
+
+
+def handles(config) -> bool:
+  """Whether ``config.model`` asks for a Transfusion initialiser (this module's job)."""
+  m = config.model
+  return (str(m.init).split(":", 1)[0] == MEAN_VAR or m.get("transfer_up_to") is not None
+          or bool(m.get("stage_widths")))
+
+
+def initial_variables(config, model, num_outputs: int, rng) -> dict[str, Any]:
+  """Variables for ``config.model.init`` = ``mean_var[:SOURCE]`` or ``transfer_up_to`` set.
+
+  The target's random variables come from ``model.init`` with ``rng`` (the
+  model is built with the config's widths, ``truncate_at`` and head); the
+  pretrained ones from ``jaxbn.weights.convert.load_pretrained`` of the
+  registered ImageNet checkpoint (``imagenet``, ``mean_var``) or of the given
+  path (``init=PATH``, ``mean_var:PATH``), without its head.
+  """
+  from jaxbn.models import init_variables
+  from jaxbn.weights import convert
+
+  del num_outputs  # the head comes with ``model``
+  m = config.model
+  arch, init = m.arch, str(m.init)
+  transfer_up_to = m.get("transfer_up_to")
+  rng_random, rng_draw = jax.random.split(rng)
+  random = _host(init_variables(model, rng_random))
+  if init == "random":
+    if transfer_up_to not in (None, NONE):
+      raise ValueError(
+          f"model.transfer_up_to={transfer_up_to!r} needs pretrained weights: set model.init "
+          "to 'imagenet' or a checkpoint path (init='random' has nothing to transfer).")
+    return random
+  kind, _, source = init.partition(":") if init.startswith(MEAN_VAR) else ("", "", init)
+  source = None if source in ("", "imagenet") else source
+  pretrained = convert.load_pretrained(arch, source, num_classes=0)
+  if kind == MEAN_VAR:
+    if transfer_up_to not in (None, NONE):
+      raise ValueError("model.init='mean_var' and model.transfer_up_to cannot be combined.")
+    return mean_var(random, pretrained, rng_draw, head=registry.get_spec(arch).head)
+  if transfer_up_to is None:
+    raise ValueError(
+        f"model.stage_widths changes the shapes of {arch}: pretrained weights need "
+        "model.transfer_up_to (the slim variant: 'stage2'), or use model.init='random'.")
+  return transfuse(random, pretrained, arch, transfer_up_to)
