@@ -41,13 +41,22 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.arch = "efficientnet_lite0"
-  c.model.init = "imagenet"  # imagenet | random | path to .pth/.safetensors/jaxbn checkpoint dir
+  # imagenet | random | mean_var[:path] (Transfusion, jaxbn.weights.init) |
+  # path to .pth/.safetensors/jaxbn checkpoint dir
+  c.model.init = "imagenet"
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay float32)
   c.model.norm = "bn"
   c.model.dropout_rate = 0.2
   # TruncatedTL: keep the backbone up to this cut (jaxbn.models.cut_points), then
   # global average pooling + a new head; None = the full network.
   c.model.truncate_at = placeholder(str)
+  # Transfusion (jaxbn.weights.init): copy the pretrained weights (model.init) up to
+  # this cut, random init for the rest: none | conv1 | stage1 .. stage{S-1} | all
+  # (ResNet: conv1|stage1|stage2|stage3|all). None = the whole init as usual.
+  c.model.transfer_up_to = placeholder(str)
+  # ResNet only: widths of layer1..4's 3x3 convs, e.g. (64, 128, 128, 256) for
+  # Transfusion's slim variant; None = the standard (64, 128, 256, 512).
+  c.model.stage_widths = placeholder(tuple)
 
   # Fields of jaxbn.data.pipeline (its module docstring documents them).
   c.data = ml_collections.ConfigDict()

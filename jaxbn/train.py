@@ -29,7 +29,7 @@ from jaxbn.checkpoint import RunCheckpoints
 from jaxbn.data import pipeline
 from jaxbn.models import acnorm, count_params, create_model, get_spec, init_variables
 from jaxbn.parallel import DataParallel
-from jaxbn.weights import convert
+from jaxbn.weights import convert, init as init_lib
 from jaxbn.weights.store import write_json_atomic
 
 
@@ -58,6 +58,8 @@ def build_model(config: ml_collections.ConfigDict, num_outputs: int):
       dropout_rate=config.model.dropout_rate,
       truncate_at=config.model.get("truncate_at"),
       **extra,
+      **({"stage_widths": tuple(config.model.stage_widths)}
+         if config.model.get("stage_widths") else {}),
   )
 
 
@@ -68,6 +70,8 @@ def initial_variables(config: ml_collections.ConfigDict, model, num_outputs: int
   checkpoint, the same γ, β as the target (``jaxbn.weights.convert``).
   """
   init = config.model.init
+  if init_lib.handles(config):  # Transfusion: mean_var, transfer_up_to, stage_widths
+    return init_lib.initial_variables(config, model, num_outputs, rng)
   if init == "random":
     return jax.tree.map(np.asarray, init_variables(model, rng))
   source = None if init == "imagenet" else init
