@@ -67,9 +67,13 @@ class DataParallel:
     return jax.tree.map(lambda x: x.reshape((self.num_local, -1) + x.shape[1:]), batch)
 
   def get_state(self, tree: Any) -> Any:
-    """The (replicated) state as host-fetchable arrays without a device axis."""
+    """The (replicated) state as host-fetchable arrays without a device axis.
+
+    pmap: host numpy. ``x[0]`` would be a process-local array, which orbax cannot
+    save with several processes (numpy is written once, by the primary host).
+    """
     if self.mode == "pmap":
-      return jax.tree.map(lambda x: x[0], tree)
+      return jax.tree.map(lambda x: np.asarray(x[0]), tree)
     return tree
 
   def to_host(self, tree: Any) -> Any:
