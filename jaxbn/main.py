@@ -4,7 +4,9 @@ Overrides: ``--config.finetune.lr=3e-4`` for any field, or
 ``--config=configs/bn_only.py:model.arch=resnet50,data.name=retinamnist``.
 On several hosts (TPU pod slice, SLURM) every process runs the same command;
 ``jax.distributed.initialize()`` is called when a multi-process environment is
-detected (or ``--coordinator``/``--num_processes``/``--process_id`` are given).
+detected (or ``--coordinator``/``--num_processes``/``--process_id`` are given);
+``--distributed`` forces it (Cloud TPU VMs, which JAX detects through the metadata
+server, not the environment), ``--nodistributed`` turns it off.
 """
 
 from __future__ import annotations
@@ -23,12 +25,19 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and res
 flags.DEFINE_string("coordinator", None, "host:port of process 0 for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+flags.DEFINE_bool(
+    "distributed", None,
+    "Call jax.distributed.initialize() (settings not given by the flags above are "
+    "auto-detected: Cloud TPU VM, SLURM step, ...). Default: when --coordinator/"
+    "--num_processes is given or the environment is multi-process (TPU_WORKER_HOSTNAMES, "
+    "TPU_PROCESS_ADDRESSES, JAX_COORDINATOR_ADDRESS, SLURM_NTASKS > 1).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def _multi_process_env() -> bool:
   return any(
-      os.environ.get(v) for v in ("TPU_WORKER_HOSTNAMES", "JAX_COORDINATOR_ADDRESS")
+      os.environ.get(v)
+      for v in ("TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES", "JAX_COORDINATOR_ADDRESS")
   ) or int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
@@ -59,10 +68,16 @@ def main(argv: list[str]) -> None:
   tf.config.set_visible_devices([], "GPU")
   import jax
 
-  if FLAGS.coordinator or FLAGS.num_processes:
-    jax.distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
-  elif _multi_process_env():
-    jax.distributed.initialize()
+  distributed = FLAGS.distributed
+  if distributed is None:
+    distributed = bool(FLAGS.coordinator or FLAGS.num_processes) or _multi_process_env()
+  if distributed:
+    try:
+      jax.distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+    except ValueError as e:  # nothing detected, e.g. SLURM_NTASKS > 1 outside srun
+      sys.exit(f"error: jax.distributed.initialize() failed: {e}. Give --coordinator=HOST:PORT "
+               "--num_processes=N --process_id=I, run every process inside a TPU VM or a "
+               "SLURM step (srun), or pass --nodistributed for a single process.")
   logging.info("JAX process %d/%d, %d local / %d global devices (%s).", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
