@@ -11,17 +11,34 @@ would be restored.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+from jaxbn.weights.store import write_json_atomic
+
+
+def is_url(path: str | os.PathLike[str]) -> bool:
+  """``gs://...`` and other remote workdirs (a pod slice's hosts must share one)."""
+  return "://" in str(path)
+
+
+def write_json(path: str, obj: Any) -> None:
+  """``results.json``: atomic on a local disk (temporary file + rename) and on GCS (one object)."""
+  if not is_url(path):
+    write_json_atomic(path, obj)
+  else:
+    epath.Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def _manager(directory: str, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
-      os.path.abspath(directory),
+      directory if is_url(directory) else os.path.abspath(directory),
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
       item_names=("state", "meta"),
   )

@@ -25,12 +25,11 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from jaxbn import masks, metrics as metrics_lib, step as step_lib
-from jaxbn.checkpoint import RunCheckpoints
+from jaxbn.checkpoint import RunCheckpoints, is_url, write_json
 from jaxbn.data import pipeline
 from jaxbn.models import acnorm, count_params, create_model, get_spec, init_variables
 from jaxbn.parallel import DataParallel
 from jaxbn.weights import convert, init as init_lib
-from jaxbn.weights.store import write_json_atomic
 
 
 class TrainingError(RuntimeError):
@@ -221,7 +220,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   par = DataParallel(config.parallel)
   _check_config(config, par)
   is_chief = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  if not is_url(workdir):  # gs://: orbax and the metric writer create what they need
+    os.makedirs(workdir, exist_ok=True)
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
 
   info = pipeline.get_dataset_info(config.data)
@@ -321,7 +321,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   results = _final_results(config, info, par, eval_step, ckpts, loop, params, batch_stats,
                            n_total, trainable, global_step, start_time, constants)
   if is_chief:
-    write_json_atomic(os.path.join(workdir, "results.json"), results)
+    write_json(os.path.join(workdir, "results.json"), results)
   writer.flush()
   ckpts.close()
   return results
