@@ -166,3 +166,26 @@ def test_two_processes_equal_one_process(tmp_path):
     assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-6), key
   assert [h["val_loss"] for h in ra["history"]] == pytest.approx(
       [h["val_loss"] for h in rb["history"]], rel=1e-4)
+
+
+def test_results_json_on_local_disk_and_gcs(tmp_path, monkeypatch):
+  """A pod slice's workdir is gs://: results.json must go there, not to a local 'gs:' folder."""
+  from jaxbn import checkpoint
+
+  checkpoint.write_json(str(tmp_path / "results.json"), {"test_auc": 0.5})
+  assert json.loads((tmp_path / "results.json").read_text()) == {"test_auc": 0.5}
+  written = {}
+
+  class FakeGcsPath:
+    def __init__(self, path):
+      self.path = str(path)
+
+    def write_text(self, text):
+      written[self.path] = text
+
+  monkeypatch.setattr(checkpoint.epath, "Path", FakeGcsPath)
+  monkeypatch.chdir(tmp_path)
+  checkpoint.write_json("gs://bucket/run/results.json", {"test_auc": 0.5})
+  assert json.loads(written["gs://bucket/run/results.json"]) == {"test_auc": 0.5}
+  assert not (tmp_path / "gs:").exists()
+  assert checkpoint.is_url("gs://bucket/run") and not checkpoint.is_url("runs/x")
