@@ -29,6 +29,9 @@ flags.DEFINE_integer("reps", 10, "Timed steps per configuration.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 flags.DEFINE_enum("bn_stats", "frozen", ["frozen", "batch"], "BN statistics mode.")
 flags.DEFINE_string("out", None, "Optional JSON file for the measurements.")
+flags.DEFINE_integer("devices", 1, "Data-parallel devices: batch split over a jit Mesh of the "
+                     "first N devices, state replicated (0 = all). Fake CPU devices: "
+                     "JAX_NUM_CPU_DEVICES=8.")
 
 
 def build_step(arch: str, strategy: str, batch_size: int, image_size: int, dtype, bn_stats: str):
@@ -63,18 +66,32 @@ def build_step(arch: str, strategy: str, batch_size: int, image_size: int, dtype
   return fn, state, batch, trainable, total
 
 
+def _place(state, batch, devices: int):
+  """The state replicated and the batch split over a Mesh of ``devices`` devices."""
+  import jax
+  import numpy as np
+
+  from jaxbn.parallel import DataParallel
+
+  par = DataParallel("jit", jax.devices()[:devices])
+  return par.put_state(state), par.put_batch(jax.tree.map(np.asarray, batch))
+
+
 def run_benchmark(archs, strategies, *, batch_size, image_size, reps, dtype="float32",
-                  bn_stats="frozen", progress=True) -> list[dict]:
+                  bn_stats="frozen", progress=True, devices=1) -> list[dict]:
   import jax
   import jax.numpy as jnp
   from tqdm.auto import tqdm
 
   dt = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
+  devices = devices or jax.device_count()
   configs = [(a, s) for a in archs for s in strategies]
   runs = {}
   for arch, strategy in tqdm(configs, desc="compile", disable=not progress):
     fn, state, batch, trainable, total = build_step(arch, strategy, batch_size, image_size, dt,
                                                     bn_stats)
+    if devices > 1:
+      state, batch = _place(state, batch, devices)
     t0 = time.perf_counter()
     state, m = fn(state, batch, jax.random.key(0), 1.0)
     jax.block_until_ready(m)
@@ -100,6 +117,7 @@ def run_benchmark(archs, strategies, *, batch_size, image_size, reps, dtype="flo
     rows.append({
         "arch": arch, "strategy": strategy, "batch_size": batch_size, "image_size": image_size,
         "dtype": dtype, "bn_stats": bn_stats, "device": jax.devices()[0].device_kind,
+        "devices": devices,
         "ms_per_step": round(1e3 * med, 2), "images_per_s": round(batch_size / med, 1),
         "ratio_to_full": round(med / statistics.median(full["times"]), 3) if full else None,
         "trainable_params": r["trainable"], "total_params": r["total"],
@@ -126,9 +144,10 @@ def main(argv):
 
   rows = run_benchmark(FLAGS.archs, FLAGS.strategies, batch_size=FLAGS.batch_size,
                        image_size=FLAGS.image_size, reps=FLAGS.reps, dtype=FLAGS.dtype,
-                       bn_stats=FLAGS.bn_stats)
+                       bn_stats=FLAGS.bn_stats, devices=FLAGS.devices)
   print(f"\nTrain step, batch {FLAGS.batch_size}, {FLAGS.image_size}px, {FLAGS.dtype}, BN "
-        f"statistics {FLAGS.bn_stats}, {jax.device_count()} x {jax.devices()[0].device_kind}, "
+        f"statistics {FLAGS.bn_stats}, {FLAGS.devices or jax.device_count()} x "
+        f"{jax.devices()[0].device_kind}, "
         f"median of {FLAGS.reps} round-robin repetitions:\n")
   print(markdown(rows))
   if FLAGS.out:
