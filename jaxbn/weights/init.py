@@ -271,6 +271,7 @@ def transfuse(
       continue
     out[path] = np.array(src, dtype=value.dtype)
   if bad:
+    bad.sort(key=lambda b: (not b.startswith("params/"), b))  # params first
     shown = "; ".join(bad[:6]) + (f"; … (+{len(bad) - 6} more)" if len(bad) > 6 else "")
     raise ValueError(
         f"transfer_up_to={transfer_up_to!r} copies modules that the pretrained {arch} "
