@@ -146,3 +146,67 @@ def test_conv_neurons_subsample_and_pool():
     cca.conv_neurons(a, mode="max")
   with pytest.raises(ValueError, match="datapoints"):
     cca.cca(a.reshape(20, -1), a.reshape(20, -1)[:, :5])
+
+
+# ---- the similarity / filters / convergence helpers (no data pipeline, tiny model) ---- #
+
+
+def test_capture_and_layer_selection_identical_models_give_one():
+  import jax
+
+  from jaxbn.analysis import similarity
+  from jaxbn.models import create_model
+
+  from jaxbn.models import init_shapes
+
+  model = create_model("cbr_small", num_classes=0)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(12, 16, 16, 3)).astype(np.float32)
+  variables = jax.tree.map(  # no init compile: values drawn for the abstract tree
+      lambda s: rng.uniform(0.5, 1.0, s.shape).astype(np.float32), init_shapes(model, 16))
+  out = similarity.make_capture(model)(variables, x)
+  assert list(out) == ["conv1", "bn1", "conv2", "bn2", "conv3", "bn3", "conv4", "bn4"]  # call order
+  assert out["conv2"].shape == (12, 8, 8, 64)
+  assert similarity.select_layers("cbr_small", list(out), "stage") == [
+      ("bn1", 1), ("bn2", 2), ("bn3", 3), ("bn4", 4)]
+  assert len(similarity.select_layers("cbr_small", list(out), "module")) == 8
+  acts = {"layers": [("bn1", 1, (16, 16, 32))],
+          "a": {"bn1": cca.conv_neurons(np.asarray(out["bn1"]))},
+          "b": {"bn1": cca.conv_neurons(np.asarray(out["bn1"]) * 3.0)}}
+  (row,) = similarity.compare(acts, progress=False)
+  assert row["neurons"] == 32 and row["datapoints"] == 320 and row["points_per_neuron"] == 10
+  for m in ("cca", "svcca", "pwcca"):
+    assert row[m] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_filter_grid_and_first_conv():
+  from jaxbn.analysis import filters
+
+  rng = np.random.default_rng(0)
+  params = {"bn1": {"scale": np.ones(4)}, "conv2": {"kernel": rng.normal(size=(3, 3, 4, 8))},
+            "conv1": {"kernel": rng.normal(size=(5, 5, 3, 4))}, "fc": {"kernel": np.ones((8, 2))}}
+  name, kernel = filters.first_conv("cbr_small", params)
+  assert name == "conv1" and kernel.shape == (5, 5, 3, 4)
+  grid = filters.filter_grid(kernel)  # 2 x 2 tiles of 5 x 5, 1-pixel borders
+  assert grid.shape == (13, 13, 3) and grid.min() == 0.0 and grid.max() == 1.0
+  layer = filters.filter_grid(np.zeros((5, 5, 3, 4)), scale="layer")
+  assert np.all(layer[1:6, 1:6] == 0.5)
+
+
+def test_convergence_table(tmp_path):
+  import json
+
+  from jaxbn.analysis import convergence
+
+  history = [{"step": 10, "wall": 5.0, "val_auc": 0.9}, {"step": 20, "wall": 9.0, "val_auc": 0.96}]
+  run = tmp_path / "transfer"
+  run.mkdir()
+  (run / "results.json").write_text(json.dumps({
+      "init": "imagenet", "arch": "efficientnet_lite0", "history": history, "best_val_auc": 0.96,
+      "best_step": 20, "test_auc": 0.93, "test_acc": 0.88, "total_steps": 20, "wall_time_s": 12.0}))
+  assert convergence.to_target(history, 0.95) == (20, 9.0)
+  assert convergence.to_target(history, 0.99) == (None, None)
+  assert convergence.main([str(run), "--target", "0.95", "--out", str(tmp_path / "o")]) == 0
+  table = (tmp_path / "o" / "convergence.md").read_text()
+  assert "| transfer | imagenet | 20 | 9 s | 0.9600 (20) | 0.9300 | 0.8800 | 20 | 12 s |" in table
+  assert (tmp_path / "o" / "val_auc_vs_step.png").stat().st_size > 0
