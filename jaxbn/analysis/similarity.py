@@ -211,9 +211,9 @@ def collect(
   from jaxbn.models import create_model, get_spec
 
   spec = get_spec(arch)
-  model_a = create_model(arch, num_classes=0, **(model_kwargs_a or {}))
-  model_b = create_model(arch, num_classes=0, **(model_kwargs_b or {}))
-  cap_a, cap_b = make_capture(model_a), make_capture(model_b)
+  kw_a, kw_b = dict(model_kwargs_a or {}), dict(model_kwargs_b or {})
+  cap_a = make_capture(create_model(arch, num_classes=0, **kw_a))
+  cap_b = cap_a if kw_b == kw_a else make_capture(create_model(arch, num_classes=0, **kw_b))
   it = pipeline.eval_iterator(_data_config(data, data_dir), split, batch_size=batch_size,
                               image_size=image_size, mean=spec.mean, std=spec.std)
   chunks_a: dict[str, list] = {}
