@@ -59,7 +59,7 @@ class RunCheckpoints:
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     )
     if best:
-      variables = {"params": state.params, "batch_stats": state.batch_stats}
+      variables = state.variables  # params, batch_stats (+ constants, e.g. acnorm_source)
       self.best.save(
           step,
           args=ocp.args.Composite(

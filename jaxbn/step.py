@@ -27,10 +27,13 @@ class TrainState:
   params: Any
   batch_stats: Any
   opt_state: Any
+  # Variable collections the model reads but neither trains nor updates, e.g.
+  # AC-Norm's frozen source affine {'acnorm_source': ...}; {} for BN models.
+  constants: Any = flax.struct.field(default_factory=dict)
 
   @property
   def variables(self) -> dict[str, Any]:
-    return {"params": self.params, "batch_stats": self.batch_stats}
+    return {**self.constants, "params": self.params, "batch_stats": self.batch_stats}
 
 
 def loss_per_example(
@@ -86,7 +89,7 @@ def make_train_step(
       rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
     def loss_fn(params):
-      variables = {"params": params, "batch_stats": state.batch_stats}
+      variables = {**state.constants, "params": params, "batch_stats": state.batch_stats}
       if bn_stats == "batch":
         logits, updated = model.apply(
             variables, batch["image"], train=True, mutable=["batch_stats"], rngs={"dropout": rng}
