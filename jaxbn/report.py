@@ -334,6 +334,12 @@ def summarize(runs: list[RunInfo], plans: list[dict] | None = None) -> list[dict
             trainable_params=round(statistics.fmean(trainable)) if trainable else None,
             total_params=round(statistics.fmean(total)) if total else None,
             steps_to_best=_mean_sd([x.get("steps_to_best") for x in res])[0],
+            target_auc=next((x.get("target_auc") for x in res if x.get("target_auc")), None),
+            n_reached=sum((x.get("steps_to_target") or -1) >= 0 for x in res),
+            steps_to_target=_mean_sd([x["steps_to_target"] for x in res
+                                      if (x.get("steps_to_target") or -1) >= 0])[0],
+            wall_to_target_s=_mean_sd([x["wall_to_target_s"] for x in res
+                                       if (x.get("steps_to_target") or -1) >= 0])[0],
             wall_to_best_s=_mean_sd([x.get("wall_to_best_s") for x in res])[0],
             step_time_s=statistics.median(times) if times else None,
             step_time_exact=all(r.step_time_exact for r in done),
@@ -362,9 +368,9 @@ def _num(x: float | None, fmt: str = "{:,.0f}") -> str:
 
 def table_markdown(rows: list[dict]) -> list[str]:
   lines = ["| dataset | arch | strategy | seeds | test AUC | test ACC | trainable params | "
-           "trainable % | steps to best val AUC | wall to best (s) | train step (ms) | "
-           "run wall (s) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "trainable % | steps to best val AUC | wall to best (s) | to target val AUC (steps / s) | "
+           "train step (ms) | run wall (s) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     pct = (100 * r["trainable_params"] / r["total_params"]
            if r["trainable_params"] is not None and r["total_params"] else None)
@@ -372,11 +378,19 @@ def table_markdown(rows: list[dict]) -> list[str]:
     if r["step_time_s"] is not None and not r["step_time_exact"]:
       step += " †"
     seeds = f"{r['n_done']}/{r['n_runs']}" + (" ⚠" if r["n_done"] < r["n_runs"] else "")
+    if r["n_done"] == 0:
+      target = "—"
+    elif r["n_reached"] == 0:
+      target = "not reached"
+    else:
+      target = f"{r['steps_to_target']:,.0f} / {r['wall_to_target_s']:,.0f}"
+      if r["n_reached"] < r["n_done"]:
+        target += f" ({r['n_reached']} of {r['n_done']} seeds)"
     lines.append(
         f"| {r['dataset']} | {r['arch']} | {r['strategy']} | {seeds} | "
         f"{_pm(r['test_auc'], r['test_auc_sd'])} | {_pm(r['test_acc'], r['test_acc_sd'])} | "
         f"{_num(r['trainable_params'])} | {_num(pct, '{:.2f}%')} | "
-        f"{_num(r['steps_to_best'])} | {_num(r['wall_to_best_s'], '{:,.0f}')} | {step} | "
+        f"{_num(r['steps_to_best'])} | {_num(r['wall_to_best_s'], '{:,.0f}')} | {target} | {step} | "
         f"{_num(r['wall_time_s'], '{:,.0f}')} |")
   return lines
 
@@ -389,7 +403,7 @@ def headline_markdown(rows: list[dict]) -> list[str]:
   lines = [head, "|---|---|" + "---|" * len(datasets)]
   for arch in archs:
     for strat in dict.fromkeys(r["strategy"] for r in rows if r["arch"] == arch):
-      cells, pct = [], None
+      cells, pcts = [], []
       for d in datasets:
         r = next((x for x in rows if (x["dataset"], x["arch"], x["strategy"]) == (d, arch, strat)),
                  None)
@@ -398,9 +412,11 @@ def headline_markdown(rows: list[dict]) -> list[str]:
           continue
         cells.append(f"{_pm(r['test_auc'], r['test_auc_sd'], 3)} / {_pm(r['test_acc'], None, 3)}")
         if r["trainable_params"] is not None and r["total_params"]:
-          pct = 100 * r["trainable_params"] / r["total_params"]
+          pcts.append(100 * r["trainable_params"] / r["total_params"])
       label = strat if len(archs) == 1 else f"{arch} {strat}"
-      lines.append(f"| {label} | {_num(pct, '{:.2f}%')} | " + " | ".join(cells) + " |")
+      pct = "—" if not pcts else (f"{min(pcts):.2f}%" if max(pcts) - min(pcts) < 0.005 else
+                                  f"{min(pcts):.2f}–{max(pcts):.2f}%")
+      lines.append(f"| {label} | {pct} | " + " | ".join(cells) + " |")
   baselines = [b for d in datasets for b in MEDMNIST_BASELINES.get(d, {})]
   for name in dict.fromkeys(baselines):
     cells = []
@@ -428,7 +444,7 @@ def _plan_lines(plans: list[dict]) -> list[str]:
               f"skipped, {inv.get('failed', 0)} failed, {inv.get('wall_s', 0) / 60:.1f} min"
               if "finished" in inv else "did not finish (interrupted or still running)")
       lines.append(f"- started {inv.get('started', '?')}, {done}; {m.get('cpus', '?')} CPUs, "
-                   f"{m.get('backend', '?')} ({m.get('device_kind', '?')}), load average at start "
+                   f"backend {m.get('backend', '?')}, {m.get('devices', '?')} device(s), load average at start "
                    f"{m.get('loadavg_at_start', '?')}, jax {m.get('jax', '?')}")
     cfg = p.get("sweep_config") or {}
     if cfg:
@@ -463,7 +479,11 @@ def render_markdown(runs: list[RunInfo], rows: list[dict], plans: list[dict],
               "median over the last stage from the trainer's steps_per_sec"
               + (" († = wall time / steps, compilation and evaluation included)"
                  if any(not r["step_time_exact"] for r in rows if r["step_time_s"]) else "")
-              + ". Seeds: finished / present (⚠ = some unfinished or missing).", ""]
+              + ". Seeds: finished / present (⚠ = some unfinished or missing). To target: first "
+              "evaluation with validation AUC ≥ the target ("
+              + ", ".join(f"{d} {t}" for d, t in dict.fromkeys(
+                  (r["dataset"], r["target_auc"]) for r in rows if r["target_auc"]))
+              + "); wall times include compilation.", ""]
   else:
     lines += ["**No finished runs yet**: nothing to tabulate.", ""]
   lines += ["## Plots", ""]
@@ -544,7 +564,8 @@ def plot_curves(runs: list[RunInfo], rows: list[dict], path: str, x: str) -> Non
       ax.plot(*zip(*pts), color=colors[r.strategy], marker=".", lw=1.3, alpha=0.85,
               ls="-" if r.status == "done" else "--", label=label)
     ax.set_title(f"{ds} / {arch}")
-    ax.set_xlabel("train step" if x == "step" else "wall time (s, training + evaluation)")
+    ax.set_xlabel("train step" if x == "step" else
+                  "wall time (s: training, evaluation and compilation)")
     ax.set_ylabel("validation AUC")
     ax.grid(alpha=0.3)
     if labelled:
@@ -562,13 +583,16 @@ def plot_params_vs_auc(rows: list[dict], path: str) -> None:
   plt, fig, axes = _figure(len(panels))
   colors = _colors(r["strategy"] for r in rows)
   for ax, (ds, arch) in zip(axes, panels):
+    at_x: dict[int, int] = {}  # labels of points sharing a parameter count stack up
     for r in done:
       if (r["dataset"], r["arch"]) != (ds, arch):
         continue
+      k = at_x[r["trainable_params"]] = at_x.get(r["trainable_params"], -1) + 1
       ax.errorbar(r["trainable_params"], r["test_auc"], yerr=r["test_auc_sd"] or 0, fmt="o",
                   color=colors[r["strategy"]], capsize=3, label=r["strategy"])
       ax.annotate(r["strategy"], (r["trainable_params"], r["test_auc"]), fontsize=7,
-                  xytext=(4, 3), textcoords="offset points")
+                  xytext=(5, 3 - 9 * k), textcoords="offset points", color=colors[r["strategy"]])
+    ax.margins(x=0.25, y=0.12)
     ax.set_xscale("log")
     ax.set_title(f"{ds} / {arch}")
     ax.set_xlabel("trainable parameters (last stage, log scale)")

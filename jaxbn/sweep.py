@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging as pylogging
 import os
 import platform
 import shutil
@@ -346,6 +347,15 @@ def _clear_jax_caches() -> None:
 # --------------------------------------------------------------------------- #
 
 
+class _QuietLibraries(pylogging.Filter):
+  """Drops INFO chatter of orbax/TFDS (as jaxbn.main; importing it would redefine flags)."""
+
+  NOISY = ("/orbax/", "/tensorflow_datasets/", "/absl/logging/")
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return record.levelno >= pylogging.WARNING or not any(n in record.pathname for n in self.NOISY)
+
+
 def main(argv: list[str]) -> None:
   from absl import flags, logging
 
@@ -362,12 +372,7 @@ def main(argv: list[str]) -> None:
     cache = os.path.join(FLAGS.workdir, ".jax_cache")
   if cache:
     jax.config.update("jax_compilation_cache_dir", os.path.abspath(cache))
-  try:
-    from jaxbn.main import _QuietLibraries
-
-    logging.get_absl_handler().addFilter(_QuietLibraries())
-  except Exception:  # pragma: no cover - cosmetic only
-    pass
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   if FLAGS.dry_run:
     for i, run in enumerate(expand(FLAGS.config), 1):
       run_config(run)

@@ -89,6 +89,7 @@ def synthetic_sweep(tmp_path):
   # a seed0 has events: stage boundary at step 10 (first history stage differs).
   a0_hist = _history([0.7, 0.8, 0.85, 0.84], stages=["warmup", "finetune", "finetune", "finetune"])
   a0["history"] = a0_hist
+  a0.update(steps_to_target=20, wall_to_target_s=10.0, target_auc=0.85)  # a1: never reached
   _write(root / "runs" / "ds__net__a__seed0" / "results.json", a0)
   _write_events(root / "runs" / "ds__net__a__seed0" / "events.out.tfevents.1.host.0.v2",
                 [(5, 50.0), (10, 0.01), (15, 5.0), (20, 4.0), (25, 4.0), (30, 1.0)])
@@ -129,7 +130,9 @@ def test_report_table_values(synthetic_sweep, tmp_path):
 
   md = (out / "report.md").read_text()
   assert "| ds | net | a | 2/3 ⚠ | 0.9200 ± 0.0283 | 0.8200 ± 0.0283 | 48 | 4.80% | 30 | 15 |" in md
-  assert "| ds | net | b | 1/2 ⚠ | 0.8000 | 0.7000 | 1,000 | 100.00% |" in md
+  assert "| 30 | 15 | 20 / 10 (1 of 2 seeds) | 500 † | 30 |" in md  # a: to target, step, wall
+  assert "| ds | net | b | 1/2 ⚠ | 0.8000 | 0.7000 | 1,000 | 100.00% | 30 | 12 | not reached |" in md
+  assert "ds 0.85" in md
   assert "| ds | net | c | 0/1 ⚠ | — | — |" in md
   assert "| a | 4.80% | 0.920 ± 0.028 / 0.820 |" in md  # headline
   assert "python -m jaxbn.sweep --config=x.py --workdir=sweep" in md
