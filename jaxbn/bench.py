@@ -8,6 +8,14 @@ round-robin (one repetition of each in turn, ``--reps`` times) so that all
 configurations see the same machine conditions; the table reports the median
 time per step, images/s and the ratio to ``full`` of the same architecture.
 Absolute times mean something only on an accelerator; on CPU read the ratios.
+
+``--norms=bn,acnorm`` also times each configuration with every listed
+normalisation layer (``create_model(norm=...)``) and adds the column "× bn":
+the step time relative to the same (arch, strategy) with ``bn`` — e.g. the cost
+of AC-Norm's per-layer ``(C, C)`` recalibration::
+
+  python -m jaxbn.bench --archs=resnet50 --strategies=full --norms=bn,acnorm \
+      --bn_stats=batch
 The step is jaxbn's real one (``jaxbn.step.make_train_step``, BN statistics
 frozen as in the paper, optimizer built by ``jaxbn.masks``), on synthetic data.
 """
@@ -28,13 +36,15 @@ flags.DEFINE_integer("image_size", 112, "Square input size.")
 flags.DEFINE_integer("reps", 10, "Timed steps per configuration.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 flags.DEFINE_enum("bn_stats", "frozen", ["frozen", "batch"], "BN statistics mode.")
+flags.DEFINE_list("norms", ["bn"], "Normalisation layers (jaxbn.models.norm.NORMS).")
 flags.DEFINE_string("out", None, "Optional JSON file for the measurements.")
 flags.DEFINE_integer("devices", 1, "Data-parallel devices: batch split over a jit Mesh of the "
                      "first N devices, state replicated (0 = all). Fake CPU devices: "
                      "JAX_NUM_CPU_DEVICES=8.")
 
 
-def build_step(arch: str, strategy: str, batch_size: int, image_size: int, dtype, bn_stats: str):
+def build_step(arch: str, strategy: str, batch_size: int, image_size: int, dtype, bn_stats: str,
+               norm: str = "bn"):
   """A compiled train step, its initial state and a batch, for one configuration."""
   import jax
   import jax.numpy as jnp
@@ -44,7 +54,7 @@ def build_step(arch: str, strategy: str, batch_size: int, image_size: int, dtype
   from jaxbn import masks, step as step_lib
   from jaxbn.models import create_model, init_variables
 
-  model = create_model(arch, num_classes=2, dtype=dtype)
+  model = create_model(arch, num_classes=2, dtype=dtype, norm=norm)
   variables = init_variables(model, jax.random.key(0), 64)
   labels = masks.make_labels(variables["params"], strategy, batch_stats=variables["batch_stats"],
                              arch=arch)
@@ -52,6 +62,7 @@ def build_step(arch: str, strategy: str, batch_size: int, image_size: int, dtype
   state = step_lib.TrainState(
       step=jnp.zeros((), jnp.int32), params=variables["params"],
       batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
+      constants={k: v for k, v in variables.items() if k not in ("params", "batch_stats")},
   )
   fn = jax.jit(
       step_lib.make_train_step(model, tx, labels, bn_stats=bn_stats, multi_label=False),
@@ -78,18 +89,18 @@ def _place(state, batch, devices: int):
 
 
 def run_benchmark(archs, strategies, *, batch_size, image_size, reps, dtype="float32",
-                  bn_stats="frozen", progress=True, devices=1) -> list[dict]:
+                  bn_stats="frozen", progress=True, devices=1, norms=("bn",)) -> list[dict]:
   import jax
   import jax.numpy as jnp
   from tqdm.auto import tqdm
 
   dt = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
   devices = devices or jax.device_count()
-  configs = [(a, s) for a in archs for s in strategies]
+  configs = [(a, s, n) for a in archs for s in strategies for n in norms]
   runs = {}
-  for arch, strategy in tqdm(configs, desc="compile", disable=not progress):
+  for arch, strategy, norm in tqdm(configs, desc="compile", disable=not progress):
     fn, state, batch, trainable, total = build_step(arch, strategy, batch_size, image_size, dt,
-                                                    bn_stats)
+                                                    bn_stats, norm)
     if devices > 1:
       state, batch = _place(state, batch, devices)
     t0 = time.perf_counter()
@@ -98,8 +109,8 @@ def run_benchmark(archs, strategies, *, batch_size, image_size, reps, dtype="flo
     compile_s = time.perf_counter() - t0
     state, m = fn(state, batch, jax.random.key(0), 1.0)  # one warm step
     jax.block_until_ready(m)
-    runs[(arch, strategy)] = dict(fn=fn, state=state, batch=batch, times=[], trainable=trainable,
-                                  total=total, compile_s=compile_s)
+    runs[(arch, strategy, norm)] = dict(fn=fn, state=state, batch=batch, times=[],
+                                        trainable=trainable, total=total, compile_s=compile_s)
   with tqdm(total=reps * len(configs), desc="timing", disable=not progress) as bar:
     for _ in range(reps):
       for key in configs:
@@ -110,16 +121,19 @@ def run_benchmark(archs, strategies, *, batch_size, image_size, reps, dtype="flo
         r["times"].append(time.perf_counter() - t0)
         bar.update()
   rows = []
-  for arch, strategy in configs:
-    r = runs[(arch, strategy)]
+  for arch, strategy, norm in configs:
+    r = runs[(arch, strategy, norm)]
     med = statistics.median(r["times"])
-    full = runs.get((arch, "full"))
+    full = runs.get((arch, "full", norm))
+    bn = runs.get((arch, strategy, "bn"))
     rows.append({
-        "arch": arch, "strategy": strategy, "batch_size": batch_size, "image_size": image_size,
+        "arch": arch, "strategy": strategy, "norm": norm, "batch_size": batch_size,
+        "image_size": image_size,
         "dtype": dtype, "bn_stats": bn_stats, "device": jax.devices()[0].device_kind,
         "devices": devices,
         "ms_per_step": round(1e3 * med, 2), "images_per_s": round(batch_size / med, 1),
         "ratio_to_full": round(med / statistics.median(full["times"]), 3) if full else None,
+        "ratio_to_bn": round(med / statistics.median(bn["times"]), 3) if bn else None,
         "trainable_params": r["trainable"], "total_params": r["total"],
         "compile_s": round(r["compile_s"], 1), "reps": reps,
     })
@@ -127,14 +141,18 @@ def run_benchmark(archs, strategies, *, batch_size, image_size, reps, dtype="flo
 
 
 def markdown(rows: list[dict]) -> str:
+  norms = any(r.get("norm", "bn") != "bn" for r in rows)
   lines = [
-      "| arch | strategy | trainable params | ms/step | images/s | × full step |",
-      "|---|---|---:|---:|---:|---:|",
+      "| arch | strategy |" + (" norm |" if norms else "") + " trainable params | ms/step | "
+      "images/s | × full step |" + (" × bn |" if norms else ""),
+      "|---|---|" + ("---|" if norms else "") + "---:|---:|---:|---:|" + ("---:|" if norms else ""),
   ]
+  fmt = lambda x: f"{x:.2f}" if x is not None else "—"  # noqa: E731
   for r in rows:
-    ratio = f"{r['ratio_to_full']:.2f}" if r["ratio_to_full"] is not None else "—"
-    lines.append(f"| {r['arch']} | {r['strategy']} | {r['trainable_params']:,} | "
-                 f"{r['ms_per_step']:.1f} | {r['images_per_s']:.1f} | {ratio} |")
+    lines.append(f"| {r['arch']} | {r['strategy']} |" + (f" {r['norm']} |" if norms else "")
+                 + f" {r['trainable_params']:,} | {r['ms_per_step']:.1f} | "
+                 f"{r['images_per_s']:.1f} | {fmt(r['ratio_to_full'])} |"
+                 + (f" {fmt(r.get('ratio_to_bn'))} |" if norms else ""))
   return "\n".join(lines)
 
 
@@ -144,7 +162,7 @@ def main(argv):
 
   rows = run_benchmark(FLAGS.archs, FLAGS.strategies, batch_size=FLAGS.batch_size,
                        image_size=FLAGS.image_size, reps=FLAGS.reps, dtype=FLAGS.dtype,
-                       bn_stats=FLAGS.bn_stats, devices=FLAGS.devices)
+                       bn_stats=FLAGS.bn_stats, devices=FLAGS.devices, norms=FLAGS.norms)
   print(f"\nTrain step, batch {FLAGS.batch_size}, {FLAGS.image_size}px, {FLAGS.dtype}, BN "
         f"statistics {FLAGS.bn_stats}, {FLAGS.devices or jax.device_count()} x "
         f"{jax.devices()[0].device_kind}, "

@@ -44,6 +44,7 @@ def _multi_process_env() -> bool:
 # config.task -> (module, function(config, workdir)).
 TASKS = {
     "train": ("jaxbn.train", "train_and_evaluate"),
+    "transferability": ("jaxbn.analysis.transferability", "run"),
     "truncated_search": ("jaxbn.truncated", "search"),  # TruncatedTL cut search
 }
 

@@ -7,6 +7,13 @@ a real :class:`flax.linen.BatchNorm`: ``scale``/``bias`` live in ``params`` and
 
 Momentum follows Flax's convention (running = m * running + (1 - m) * batch),
 so PyTorch's ``momentum=0.1`` is Flax's ``0.9``.
+
+``norm='acnorm'`` (or ``'acnorm:tau=T'`` for a softmax temperature other than 1)
+builds :class:`jaxbn.models.acnorm.ACNorm` instead: AC-Norm, whose target
+affine is ``scale``/``bias`` in ``params``, running statistics ``mean``/``var``
+in ``batch_stats`` (so the masks see a BN), plus a frozen source affine in the
+``acnorm_source`` collection. ``momentum`` is used as given: AC-Norm's own
+default, 0.81, is supplied by the trainer (see that module).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-NORMS = ("bn",)
+NORMS = ("bn", "acnorm")
 
 TORCH_BN_MOMENTUM = 0.9  # torch momentum 0.1
 
@@ -40,4 +47,16 @@ def make_norm(
         param_dtype=jnp.float32,
         name=name,
     )
-  raise ValueError(f"Unknown norm {norm!r}; expected one of {NORMS}.")
+  if norm == "acnorm" or norm.startswith("acnorm:"):
+    from jaxbn.models.acnorm import ACNorm, parse_norm
+
+    return ACNorm(
+        use_running_average=use_running_average,
+        momentum=momentum,
+        epsilon=epsilon,
+        temperature=parse_norm(norm)["tau"],
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        name=name,
+    )
+  raise ValueError(f"Unknown norm {norm!r}; expected one of {NORMS} (or 'acnorm:tau=T').")

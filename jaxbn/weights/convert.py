@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
-from jaxbn.models import registry
+from jaxbn.models import acnorm, registry
 from jaxbn.weights.keys import KeyTable, Path
 
 
@@ -276,6 +276,9 @@ def convert_state_dict(
   keep_head = keep_head and model_kwargs.get("truncate_at") is None
   model = registry.create_model(arch, num_classes=num_classes, **model_kwargs)
   expected = registry.init_shapes(model)
+  # norm='acnorm': a BN checkpoint has no AC-Norm source affine; it is the pretrained
+  # γ, β (as is the target), copied from params once they are converted.
+  acnorm_source = expected.pop(acnorm.SOURCE, None)
   skip = (lambda k: k in dropped) if keep_head else (lambda k: k in heads or k in dropped)
   variables = apply_key_table(
       state_dict,
@@ -286,6 +289,8 @@ def convert_state_dict(
   )
   if num_classes > 0 and not keep_head:
     variables["params"][spec.head] = zero_head(expected["params"][spec.head])
+  if acnorm_source is not None:
+    variables = acnorm.add_source_affine(variables, acnorm_source)
   return variables
 
 
@@ -384,7 +389,11 @@ def load_pretrained(
   if source is not None and os.path.isdir(source):
     from jaxbn.weights import store
 
-    return _restore_converted(source, arch, num_classes=num_classes, **model_kwargs)
+    variables = _restore_converted(source, arch, num_classes=num_classes, **model_kwargs)
+    if acnorm.is_acnorm(model_kwargs.get("norm", "bn")):  # a converted BN checkpoint
+      shapes = registry.init_shapes(registry.create_model(arch, num_classes=0, **model_kwargs))
+      variables = acnorm.add_source_affine(variables, shapes[acnorm.SOURCE])
+    return variables
   path = source if source is not None else hub.fetch(arch)
   return convert_state_dict(
       arch, load_state_dict(path), num_classes=num_classes, **model_kwargs
