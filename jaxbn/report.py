@@ -456,15 +456,33 @@ def _plan_lines(plans: list[dict]) -> list[str]:
   return lines
 
 
+def _span_minutes(plans: list[dict]) -> float | None:
+  """First start to last finish over all invocations of all sweeps (None if unknown)."""
+  stamps = []
+  for p in plans:
+    for inv in p.get("invocations", []):
+      for key in ("started", "finished"):
+        try:
+          stamps.append(time.mktime(time.strptime(inv[key], "%Y-%m-%d %H:%M:%S")))
+        except (KeyError, TypeError, ValueError):
+          pass
+  return (max(stamps) - min(stamps)) / 60 if len(stamps) > 1 else None
+
+
 def render_markdown(runs: list[RunInfo], rows: list[dict], plans: list[dict],
-                    input_notes: list[str], paths: Sequence[str], title: str) -> str:
+                    input_notes: list[str], paths: Sequence[str], title: str,
+                    command: str | None = None) -> str:
   n_done = sum(r.status == "done" for r in runs)
   total_wall = sum((r.results or {}).get("wall_time_s") or 0 for r in runs)
+  span = _span_minutes(plans)
+  command = command or "python -m jaxbn.report " + " ".join(paths)
   lines = [f"# {title}", "",
-           f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `python -m jaxbn.report "
-           f"{' '.join(paths)}` from {len(runs)} runs: {n_done} finished, "
-           f"{len(runs) - n_done} not (see Notes). Training wall time of the finished runs: "
-           f"{total_wall / 60:.1f} min.", ""]
+           f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `{command}` from {len(runs)} runs: "
+           f"{n_done} finished, {len(runs) - n_done} not (see Notes). Budget: the finished runs "
+           f"trained for {total_wall / 60:.1f} min of wall time in all (compilation and "
+           f"evaluation included)"
+           + (f"; the sweep took {span:.0f} min from its first start to its last finish." if span
+              else "."), ""]
   if rows:
     lines += ["## Headline: test AUC / ACC (mean ± sd over seeds)", ""]
     lines += headline_markdown(rows)
@@ -583,16 +601,13 @@ def plot_params_vs_auc(rows: list[dict], path: str) -> None:
   plt, fig, axes = _figure(len(panels))
   colors = _colors(r["strategy"] for r in rows)
   for ax, (ds, arch) in zip(axes, panels):
-    at_x: dict[int, int] = {}  # labels of points sharing a parameter count stack up
-    for r in done:
+    for r in done:  # many strategies share a parameter count: a legend, not labels
       if (r["dataset"], r["arch"]) != (ds, arch):
         continue
-      k = at_x[r["trainable_params"]] = at_x.get(r["trainable_params"], -1) + 1
       ax.errorbar(r["trainable_params"], r["test_auc"], yerr=r["test_auc_sd"] or 0, fmt="o",
-                  color=colors[r["strategy"]], capsize=3, label=r["strategy"])
-      ax.annotate(r["strategy"], (r["trainable_params"], r["test_auc"]), fontsize=7,
-                  xytext=(5, 3 - 9 * k), textcoords="offset points", color=colors[r["strategy"]])
-    ax.margins(x=0.25, y=0.12)
+                  color=colors[r["strategy"]], capsize=3, label=r["strategy"], alpha=0.9)
+    ax.margins(x=0.15, y=0.1)
+    ax.legend(fontsize=7, loc="best")
     ax.set_xscale("log")
     ax.set_title(f"{ds} / {arch}")
     ax.set_xlabel("trainable parameters (last stage, log scale)")
@@ -611,7 +626,7 @@ def plot_params_vs_auc(rows: list[dict], path: str) -> None:
 
 
 def write_report(paths: Sequence[str], out: str | None = None,
-                 title: str = "jaxbn fine-tuning report") -> dict:
+                 title: str = "jaxbn fine-tuning report", command: str | None = None) -> dict:
   """Writes ``report.md`` and the PNGs into ``out``; returns what it found."""
   out = out or paths[0]
   os.makedirs(out, exist_ok=True)
@@ -620,7 +635,7 @@ def write_report(paths: Sequence[str], out: str | None = None,
   plot_curves(runs, rows, os.path.join(out, PNGS[0]), "step")
   plot_curves(runs, rows, os.path.join(out, PNGS[1]), "wall")
   plot_params_vs_auc(rows, os.path.join(out, PNGS[2]))
-  text = render_markdown(runs, rows, plans, notes, paths, title)
+  text = render_markdown(runs, rows, plans, notes, paths, title, command)
   md = os.path.join(out, "report.md")
   tmp = f"{md}.tmp.{os.getpid()}"
   with open(tmp, "w") as f:
@@ -638,7 +653,11 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--out", default=None, help="output directory (default: the first WORKDIR)")
   parser.add_argument("--title", default="jaxbn fine-tuning report")
   args = parser.parse_args(argv)
-  res = write_report(args.workdirs, args.out, args.title)
+  import shlex
+
+  argv = list(sys.argv[1:] if argv is None else argv)
+  res = write_report(args.workdirs, args.out, args.title,
+                     command=" ".join(["python -m jaxbn.report"] + [shlex.quote(a) for a in argv]))
   done = sum(r.status == "done" for r in res["runs"])
   print(f"wrote {res['report']} ({done} of {len(res['runs'])} runs finished) and "
         f"{', '.join(os.path.basename(p) for p in res['pngs'])}")
