@@ -46,7 +46,6 @@ ARCHIVE = "jaxbn-src.tar.gz"
 VENV = "~/jaxbn-venv"  # on the workers
 PYTHON = f"{VENV}/bin/python"
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-STEPS = ("create", "install", "run", "copy", "delete")
 
 
 class StepError(RuntimeError):
