@@ -200,6 +200,10 @@ def test_trainer_dispatch(monkeypatch):
   np.testing.assert_array_equal(out["params"]["conv4"]["kernel"], pre["params"]["conv4"]["kernel"])
   np.testing.assert_array_equal(out["params"]["fc"]["kernel"], random["params"]["fc"]["kernel"])
 
+  train.initial_variables(_config(init="mean_var_run/ckpt.pth", transfer_up_to="conv1"), model, 2,
+                          jax.random.key(0))
+  assert sources[-1] == ("cbr_small", "mean_var_run/ckpt.pth", 0)  # a path, not mean_var
+
   assert not init.handles(_config(init="imagenet"))
   with pytest.raises(ValueError, match="needs pretrained weights"):
     train.initial_variables(_config(init="random", transfer_up_to="conv1"), model, 2,

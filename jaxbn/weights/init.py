@@ -327,7 +327,8 @@ def initial_variables(config, model, num_outputs: int, rng) -> dict[str, Any]:
           f"model.transfer_up_to={transfer_up_to!r} needs pretrained weights: set model.init "
           "to 'imagenet' or a checkpoint path (init='random' has nothing to transfer).")
     return random
-  kind, _, source = init.partition(":") if init.startswith(MEAN_VAR) else ("", "", init)
+  is_mean_var = init.split(":", 1)[0] == MEAN_VAR
+  kind, _, source = init.partition(":") if is_mean_var else ("", "", init)
   source = None if source in ("", "imagenet") else source
   pretrained = convert.load_pretrained(arch, source, num_classes=0)
   if kind == MEAN_VAR:
