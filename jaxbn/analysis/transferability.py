@@ -266,8 +266,8 @@ def validate_candidate(config: ml_collections.ConfigDict, cand: Candidate, workd
     with open(done) as f:
       logging.info("Validation of %s: reusing %s.", cand.name, done)
       return json.load(f)
-  logging.info("Validation of %s: fine-tuning in %s (max %s steps).", cand.name, run_dir,
-               cfg.max_steps or "all")
+  logging.info("Validation of %s: fine-tuning in %s (%s).", cand.name, run_dir,
+               f"at most {cfg.max_steps} steps" if cfg.max_steps else "the stages' full length")
   return train.train_and_evaluate(cfg, run_dir)
 
 
@@ -321,8 +321,9 @@ def markdown(report: dict) -> str:
     v = report["validation"]
     lines += [
         "",
-        f"Validation: each candidate fine-tuned for ≤ {v['max_steps'] or 'all'} steps "
-        f"(norm {v['norm']}, stages {v['stages']}, BN statistics {v['bn_stats']}). Kendall τ "
+        "Validation: each candidate fine-tuned by jaxbn's trainer ("
+        + (f"at most {v['max_steps']} steps" if v["max_steps"] else "the stages' full length")
+        + f"; norm {v['norm']}, stages {v['stages']}, BN statistics {v['bn_stats']}). Kendall τ "
         f"between AC-Corr and best validation AUC: {_fmt(v['ac_corr']['tau'], '.3f')} "
         f"(p = {_fmt(v['ac_corr']['p_value'], '.2f')}, n = {v['ac_corr']['n']}): "
         f"{v['ac_corr']['direction']}. AC-Corr / C: τ = "
