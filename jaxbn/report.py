@@ -109,6 +109,8 @@ def _strategy_label(results: dict) -> str:
     label = "→".join(str(v) for v in strat.values())
   else:
     label = str(strat or "?")
+  if results.get("norm") not in (None, "bn"):
+    label += f" ({results['norm']})"
   if results.get("bn_stats") == "batch":
     label += " (batch BN)"
   if results.get("init") not in (None, "imagenet"):

@@ -426,6 +426,9 @@ def _final_results(config, info, par, eval_step, ckpts, loop, params, batch_stat
   results = {
       "arch": config.model.arch,
       "init": config.model.init,
+      "norm": config.model.norm,
+      "model": config.model.to_dict(),  # every model field: truncate_at, transfer_up_to, ...
+      "image_size": config.data.image_size,
       "dataset": info.name,
       "strategy": {name: config[name].strategy for name, _ in stages_of(config)},
       "bn_stats": config.bn_stats,

@@ -15,9 +15,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def load_sweep_config(arg=None):
-  path = REPO / "configs" / "sweeps" / "partial_transfusion.py"
-  spec = importlib.util.spec_from_file_location("partial_transfusion", path)
+def load_sweep_config(arg=None, name="partial_transfusion"):
+  path = REPO / "configs" / "sweeps" / f"{name}.py"
+  spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
@@ -220,6 +220,24 @@ def test_partial_transfusion_config_expresses_the_papers_modes():
   assert len(sweep.expand(paper)) == 9 * 2 * 3 * 3
   p = sweep.run_config(sweep.expand(paper)[0])
   assert (p.finetune.lr, p.finetune.schedule, p.finetune.early_stopping_patience) == (1e-5, "plateau", 6)
+
+
+def test_acnorm_sweep_modes_differ_only_where_they_say():
+  runs = sweep.expand(load_sweep_config(name="acnorm"))
+  assert len(runs) == 5 * 3  # modes × seeds on RetinaMNIST
+  by = {r.strategy: sweep.run_config(r) for r in runs if r.seed == 0}
+  for c in by.values():
+    assert (c.data.name, c.model.arch, c.warmup.strategy, c.warmup.epochs) == (
+        "retinamnist", "efficientnet_lite0", "head", 1.0)
+  assert (by["full"].model.norm, by["full"].bn_stats) == ("bn", "frozen")
+  assert (by["full_batch"].bn_stats, by["full_batch"].bn_momentum) == ("batch", 0.81)
+  acn = by["acnorm"]
+  assert (acn.model.norm, acn.bn_stats, acn.finetune.strategy, acn.finetune.lr) == (
+      "acnorm", "batch", "full", 1e-4)
+  assert acn.bn_momentum == 0.0  # 0 = the norm's own default: AC-Norm's 0.81
+  assert (by["acnorm_bn_only"].model.norm, by["acnorm_bn_only"].finetune.strategy) == (
+      "acnorm", "bn+head")
+  assert by["bn_only_batch"].finetune.lr == by["acnorm_bn_only"].finetune.lr == 1e-3
 
 
 def _tiny_sweep():

@@ -138,6 +138,9 @@ def test_end_to_end_results(tmp_path):
   assert [h["step"] for h in results["history"]] == [4, 8]
   assert results["best_step"] in (4, 8)
   assert (tmp_path / "best").is_dir() and (tmp_path / "checkpoints").is_dir()
+  # The run says what model it trained, every field (Transfusion's transfer_up_to included).
+  assert on_disk["norm"] == "bn" and on_disk["model"]["arch"] == on_disk["arch"]
+  assert {"transfer_up_to", "stage_widths", "truncate_at"} <= set(on_disk["model"])
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
