@@ -22,7 +22,6 @@ frozen as in the paper, optimizer built by ``jaxbn.masks``), on synthetic data.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 

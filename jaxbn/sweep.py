@@ -45,17 +45,11 @@ from typing import Any, Callable, Sequence
 import ml_collections
 
 from jaxbn import config as config_lib
+from jaxbn.io import write_json_atomic
 
 PLAN_FILE = "sweep.json"
 RUN_META = "sweep_run.json"
 RESULTS = "results.json"
-
-
-def _write_json_atomic(path: str, obj: Any) -> None:
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, sort_keys=False, default=str)
-  os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- #
@@ -241,7 +235,7 @@ def run_sweep(
   plan.update(name=sweep.get("name", "sweep"), sweep_config=sweep.to_dict(),
               runs=[r.to_json() for r in runs])
   plan.setdefault("invocations", []).append(invocation)
-  _write_json_atomic(plan_path, plan)
+  write_json_atomic(plan_path, plan, sort_keys=False, default=str)
 
   selected = [r for r in runs
               if not only or {r.strategy, r.dataset, r.arch, r.name} & set(only)]
@@ -261,8 +255,9 @@ def run_sweep(
         f"{_fmt_time(time.time() - t0)}, ETA {_fmt_time(remaining)}")
     os.makedirs(run_dir, exist_ok=True)
     config = run_config(run)
-    _write_json_atomic(os.path.join(run_dir, RUN_META),
-                       {**run.to_json(), "sweep": plan["name"], "config": config.to_dict()})
+    write_json_atomic(os.path.join(run_dir, RUN_META),
+                      {**run.to_json(), "sweep": plan["name"], "config": config.to_dict()},
+                      sort_keys=False, default=str)
     start = time.time()
     try:
       results = train_fn(config, run_dir)
@@ -294,7 +289,7 @@ def run_sweep(
     summary[key] = sum(r["status"] == key for r in records)
   invocation.update(finished=time.strftime("%Y-%m-%d %H:%M:%S"),
                     **{k: summary[k] for k in ("wall_s", "ran", "skipped", "failed")})
-  _write_json_atomic(plan_path, plan)
+  write_json_atomic(plan_path, plan, sort_keys=False, default=str)
   for line in format_summary(summary):
     out(line)
   return summary

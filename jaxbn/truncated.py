@@ -39,7 +39,6 @@ import math
 import os
 import re
 import statistics
-import tempfile
 import time
 from typing import Any, Iterable, Sequence
 
@@ -345,10 +344,10 @@ def search(config: ml_collections.ConfigDict, workdir: str) -> dict:
       "rows": rows,
   }
   if jax.process_index() == 0:
-    from jaxbn.weights.store import write_json_atomic
+    from jaxbn.io import write_json_atomic, write_text_atomic
 
     write_json_atomic(os.path.join(workdir, "truncated_search.json"), table)
-    _write_text_atomic(os.path.join(workdir, "truncated_search.md"), markdown(table) + "\n")
+    write_text_atomic(os.path.join(workdir, "truncated_search.md"), markdown(table) + "\n")
   logging.info("TruncatedTL: chosen cut %s.\n%s", _run_name(chosen), markdown(table))
   return table
 
@@ -389,14 +388,3 @@ def markdown(table: dict) -> str:
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
-
-def _write_text_atomic(path: str, text: str) -> None:
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".tmp.")
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)

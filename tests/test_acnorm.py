@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from jaxbn import config as config_lib, masks, step as step_lib, train
-from jaxbn.models import acnorm, create_model
+from jaxbn.models import acnorm
 from jaxbn.models.norm import make_norm
 from jaxbn.ops import acnorm_affine
 

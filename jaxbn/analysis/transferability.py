@@ -44,7 +44,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from typing import Sequence
 
@@ -58,7 +57,7 @@ from jaxbn import masks, step as step_lib, train
 from jaxbn.data import pipeline
 from jaxbn.models import acnorm, get_spec
 from jaxbn.ops.acnorm import acnorm_affine
-from jaxbn.weights.store import write_json_atomic
+from jaxbn.io import write_json_atomic, write_text_atomic
 
 JSON_NAME = "transferability.json"
 MD_NAME = "transferability.md"
@@ -334,19 +333,6 @@ def markdown(report: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _write_text_atomic(path: str, text: str) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Scores (and optionally validates) every candidate; writes the ranked table."""
   t = config.transfer
@@ -394,7 +380,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _write_report(workdir: str, report: dict) -> None:
   write_json_atomic(os.path.join(workdir, JSON_NAME), report)
-  _write_text_atomic(os.path.join(workdir, MD_NAME), markdown(report))
+  write_text_atomic(os.path.join(workdir, MD_NAME), markdown(report))
 
 
 __all__ = [

@@ -18,8 +18,8 @@ import os
 import zipfile
 from typing import Any, Callable, Mapping
 
-import jax
 import numpy as np
+from flax.traverse_util import flatten_dict as _flatten, unflatten_dict as _unflatten
 
 from jaxbn.models import acnorm, registry
 from jaxbn.weights.keys import KeyTable, Path
@@ -103,26 +103,6 @@ def _to_flax(value: np.ndarray, path: Path) -> np.ndarray:
   if path[-1] == "kernel" and value.ndim == 2:
     return np.transpose(value)  # (out, in) -> (in, out)
   return value
-
-
-def _flatten(tree: Mapping[str, Any], prefix: Path = ()) -> dict[Path, Any]:
-  out: dict[Path, Any] = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(_flatten(v, prefix + (k,)))
-    else:
-      out[prefix + (k,)] = v
-  return out
-
-
-def _unflatten(flat: Mapping[Path, Any]) -> dict[str, Any]:
-  out: dict[str, Any] = {}
-  for path, v in flat.items():
-    node = out
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = v
-  return out
 
 
 def apply_key_table(
@@ -387,8 +367,6 @@ def load_pretrained(
   from jaxbn.weights import hub
 
   if source is not None and os.path.isdir(source):
-    from jaxbn.weights import store
-
     variables = _restore_converted(source, arch, num_classes=num_classes, **model_kwargs)
     if acnorm.is_acnorm(model_kwargs.get("norm", "bn")):  # a converted BN checkpoint
       shapes = registry.init_shapes(registry.create_model(arch, num_classes=0, **model_kwargs))

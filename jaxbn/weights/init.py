@@ -64,6 +64,7 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
+from flax.traverse_util import flatten_dict as _flatten, unflatten_dict as _unflatten
 
 from jaxbn.models import registry
 
@@ -76,26 +77,6 @@ STEM_ALIASES = ("conv1", "stem")
 # --------------------------------------------------------------------------- #
 # Small tree helpers (nested dicts of arrays).
 # --------------------------------------------------------------------------- #
-
-
-def _flatten(tree: Mapping[str, Any], prefix: tuple = ()) -> dict[tuple, Any]:
-  out: dict[tuple, Any] = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(_flatten(v, prefix + (k,)))
-    else:
-      out[prefix + (k,)] = v
-  return out
-
-
-def _unflatten(flat: Mapping[tuple, Any]) -> dict[str, Any]:
-  out: dict[str, Any] = {}
-  for path, v in flat.items():
-    node = out
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = v
-  return out
 
 
 def _host(tree: Any) -> dict[str, Any]:

@@ -15,32 +15,17 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxbn.io import write_json_atomic
 from jaxbn.models import registry
 from jaxbn.weights.convert import CheckpointError, zero_head
 
 MANIFEST = "jaxbn.json"
-
-
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-  """Writes JSON through a temporary file and ``os.replace`` (never half-written)."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w") as f:
-      json.dump(obj, f, indent=2, sort_keys=True)
-      f.write("\n")
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
 
 
 def save_variables(directory: str | os.PathLike[str], variables: Any, manifest: dict) -> None:
