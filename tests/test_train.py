@@ -60,6 +60,7 @@ def run_steps(model, variables, batch, strategy, bn_stats, par, n=3, opt=None):
   state = step_lib.TrainState(
       step=jnp.asarray(0, jnp.int32), params=variables["params"],
       batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
+      constants={k: v for k, v in variables.items() if k not in ("params", "batch_stats")},
   )
   step = par.compile_train(step_lib.make_train_step(
       model, tx, labels, bn_stats=bn_stats, multi_label=False, axis_name=par.axis_name))
@@ -96,6 +97,19 @@ def test_eight_device_mesh_equals_one_device(setup, bn_stats):
                      DataParallel("jit", jax.devices()[:1]), opt=sgd)
   eight, _ = run_steps(model, variables, batch, "full", bn_stats, DataParallel("jit"), opt=sgd)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), one, eight)
+
+
+def test_acnorm_eight_device_mesh_equals_one_device(setup):
+  _, _, batch = setup
+  model = create_model("cbr_small", num_classes=2, norm="acnorm")
+  variables = jax.tree.map(np.asarray, init_variables(model, jax.random.key(0), 32))
+  sgd = optax.sgd(0.1)
+  one, _ = run_steps(model, variables, batch, "full", "batch",
+                     DataParallel("jit", jax.devices()[:1]), opt=sgd)
+  eight, _ = run_steps(model, variables, batch, "full", "batch", DataParallel("jit"), opt=sgd)
+  assert set(eight.constants) == {"acnorm_source"}  # carried through the sharded step
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), one, eight)
+  assert not np.allclose(eight.params["bn1"]["scale"], variables["params"]["bn1"]["scale"])
 
 
 def test_pmap_matches_jit(setup):
