@@ -6,7 +6,7 @@ r"""AC-Corr transferability ranking of candidate pretrained models (methods.md Â
   python -m jaxbn.main --config=configs/transferability.py --workdir=/tmp/acc \
       --config.transfer.validate=True --config.transfer.validate_steps=100
 
-Writes WORKDIR/transferability.{md,json}; see jaxbn/analysis/transferability.py.
+Writes WORKDIR/transferability.{md,json} and transferability_layers.png; see jaxbn/analysis/transferability.py.
 The validation fine-tunes with this config's training fields (those of
 configs/acnorm.py: AC-Norm + full fine-tuning), capped at ``validate_steps``.
 """

@@ -38,6 +38,7 @@ import sys
 import time
 from typing import Any, Iterable, Sequence
 
+from jaxbn.plotting import pyplot, save_figure
 from jaxbn.sweep import PLAN_FILE, RESULTS, RUN_META
 
 # MedMNIST v2 (Yang et al., Scientific Data 2023), test AUC / ACC, trained from scratch.
@@ -529,12 +530,6 @@ def render_markdown(runs: list[RunInfo], rows: list[dict], plans: list[dict],
 # --------------------------------------------------------------------------- #
 
 
-def _atomic_savefig(fig, path: str) -> None:
-  tmp = f"{path}.tmp.{os.getpid()}"
-  fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-  os.replace(tmp, path)
-
-
 def _panels(runs: list[RunInfo], rows: list[dict]) -> list[tuple[str, str]]:
   keys = [(r["dataset"], r["arch"]) for r in rows] + [(r.dataset, r.arch) for r in runs
                                                      if r.history]
@@ -542,10 +537,7 @@ def _panels(runs: list[RunInfo], rows: list[dict]) -> list[tuple[str, str]]:
 
 
 def _figure(n_panels: int):
-  import matplotlib
-
-  matplotlib.use("Agg", force=False)
-  import matplotlib.pyplot as plt
+  plt = pyplot()
 
   n = max(1, n_panels)
   cols = min(2, n)
@@ -593,8 +585,7 @@ def plot_curves(runs: list[RunInfo], rows: list[dict], path: str, x: str) -> Non
   if not panels:
     axes[0].text(0.5, 0.5, "no runs with validation history", ha="center", va="center")
     axes[0].set_axis_off()
-  _atomic_savefig(fig, path)
-  plt.close(fig)
+  save_figure(fig, path, dpi=110)
 
 
 def plot_params_vs_auc(rows: list[dict], path: str) -> None:
@@ -618,8 +609,7 @@ def plot_params_vs_auc(rows: list[dict], path: str) -> None:
   if not panels:
     axes[0].text(0.5, 0.5, "no finished runs", ha="center", va="center")
     axes[0].set_axis_off()
-  _atomic_savefig(fig, path)
-  plt.close(fig)
+  save_figure(fig, path, dpi=110)
 
 
 # --------------------------------------------------------------------------- #

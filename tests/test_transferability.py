@@ -122,6 +122,8 @@ def test_ranking_and_validation_end_to_end(tmp_path, fake_pretrained):
   assert scores == sorted(scores, reverse=True)  # ranked highest first
   a = {r["candidate"]: r for r in report["ranking"]}["cbr_small@cbr_a"]
   assert a["num_layers"] == 4 and a["mean_channels"] == np.mean([32, 64, 128, 256])
+  assert list(a["layers"]) == ["bn1", "bn2", "bn3", "bn4"]  # forward (depth) order
+  assert (tmp_path / tr.PNG_NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   # Before the step, source = target = the checkpoint's distinct γ, β: S is diagonal and
   # each layer's sum is its trace, Σ P_ii (< C). One step then moves the target.
   src = {k: v for k, v in vars_a["params"].items() if k.startswith("bn")}

@@ -22,6 +22,8 @@ import os
 import sys
 from typing import Sequence
 
+from jaxbn.plotting import pyplot, save_figure
+
 
 def read_run(workdir: str) -> dict:
   path = os.path.join(workdir, "results.json")
@@ -76,10 +78,7 @@ def table_markdown(rows: list[dict], target: float) -> str:
 
 
 def plot_curves(rows: list[dict], target: float, path: str) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = pyplot()
 
   fig, ax = plt.subplots(figsize=(6.5, 4), constrained_layout=True)
   for r in rows:
@@ -94,10 +93,7 @@ def plot_curves(rows: list[dict], target: float, path: str) -> None:
   ax.legend()
   arch = ", ".join(sorted({str(r["arch"]) for r in rows}))
   ax.set_title(f"{arch}: validation AUC per initialisation", fontsize=9)
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=130)
-  os.replace(tmp, path)
-  plt.close(fig)
+  save_figure(fig, path, bbox_inches=None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

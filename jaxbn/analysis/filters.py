@@ -25,6 +25,8 @@ from typing import Sequence
 
 import numpy as np
 
+from jaxbn.plotting import pyplot, save_figure
+
 
 def first_conv(arch: str, params: dict) -> tuple[str, np.ndarray]:
   """``(module name, kernel (k, k, 3, C))`` of the first RGB convolution of ``params``."""
@@ -70,10 +72,7 @@ def filter_grid(kernel: np.ndarray, scale: str = "filter", max_filters: int | No
 def plot_filters(panels: list[tuple[str, np.ndarray]], path: str, title: str,
                  scale: str = "filter", max_filters: int | None = None) -> None:
   """One panel per ``(label, kernel)``; a label starting with ``Δ`` is scaled as ``layer``."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = pyplot()
 
   fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 4.0),
                            constrained_layout=True, squeeze=False)
@@ -83,11 +82,7 @@ def plot_filters(panels: list[tuple[str, np.ndarray]], path: str, title: str,
     ax.set_title(label, fontsize=9)
     ax.axis("off")
   fig.suptitle(title, fontsize=9)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=150, bbox_inches="tight")
-  os.replace(tmp, path)
-  plt.close(fig)
+  save_figure(fig, path, dpi=150)
 
 
 def parser() -> argparse.ArgumentParser:

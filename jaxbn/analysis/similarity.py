@@ -51,6 +51,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from jaxbn.analysis import cca as cca_lib
+from jaxbn.plotting import pyplot, save_figure
 
 
 # --------------------------------------------------------------------------- #
@@ -331,12 +332,6 @@ def write_csv(rows: list[dict], path: str) -> None:
   os.replace(tmp, path)
 
 
-def _savefig(fig, path: str) -> None:
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=130, bbox_inches="tight")
-  os.replace(tmp, path)
-
-
 def _tick(r: dict, level: str) -> str:
   flag = "*" if r["points_per_neuron"] < cca_lib.POINTS_PER_NEURON else ""
   name = f"stage {r['stage']}" if level == "stage" else r["module"]
@@ -345,10 +340,7 @@ def _tick(r: dict, level: str) -> str:
 
 def plot_similarity(rows: list[dict], path: str, title: str, level: str = "stage") -> None:
   """Line plot (CCA, SVCCA, PWCCA per layer) over a heatmap of the same numbers."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = pyplot()
 
   metrics = ("svcca", "pwcca", "cca")
   x = np.arange(len(rows))
@@ -374,16 +366,12 @@ def plot_similarity(rows: list[dict], path: str, title: str, level: str = "stage
   hm.set_xticks(x, [t.split("\n")[0] for t in ticks], fontsize=6,
                 rotation=0 if level == "stage" else 60)
   fig.colorbar(im, ax=hm, fraction=0.02)
-  _savefig(fig, path)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 def plot_cross(names: list[str], m: np.ndarray, path: str, title: str, label_a: str,
                label_b: str) -> None:
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = pyplot()
 
   fig, ax = plt.subplots(figsize=(1 + 0.45 * len(names), 0.5 + 0.45 * len(names)),
                          constrained_layout=True)
@@ -394,8 +382,7 @@ def plot_cross(names: list[str], m: np.ndarray, path: str, title: str, label_a: 
   ax.set_ylabel(f"A: {label_a}", fontsize=8)
   ax.set_title(title, fontsize=8)
   fig.colorbar(im, ax=ax, fraction=0.04)
-  _savefig(fig, path)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- #

@@ -20,7 +20,8 @@ checkpoint path, or ``random`` as a control; architectures may differ):
    BN layer).
 
 The ranked table goes to ``DIR/transferability.md`` and ``DIR/transferability.json``
-(both written atomically). ``AC-Corr / C`` (each layer's sum divided by its
+(both written atomically), and each candidate's per-layer ``sum(S) / C`` against
+depth to ``DIR/transferability_layers.png``. ``AC-Corr / C`` (each layer's sum divided by its
 channel count, averaged) is reported beside it: a layer's sum grows with ``C``
 (each row of ``S`` sums to at most 1), so the raw score also measures width.
 
@@ -57,10 +58,12 @@ from jaxbn import masks, step as step_lib, train
 from jaxbn.data import pipeline
 from jaxbn.models import acnorm, get_spec
 from jaxbn.ops.acnorm import acnorm_affine
+from jaxbn.plotting import pyplot, save_figure
 from jaxbn.io import write_json_atomic, write_text_atomic
 
 JSON_NAME = "transferability.json"
 MD_NAME = "transferability.md"
+PNG_NAME = "transferability_layers.png"  # AC-Corr per layer vs depth, one line per candidate
 
 
 # --------------------------------------------------------------------------- #
@@ -137,7 +140,8 @@ def layer_statistics(variables: dict, settings: dict | None) -> dict[str, dict]:
 
   ``S`` depends only on the affines (``params`` and ``acnorm_source``); each
   layer's ε and τ come from ``settings`` (:func:`jaxbn.models.acnorm.layer_settings`;
-  ``None``: ε = 1e-5, τ = 1 everywhere).
+  ``None``: ε = 1e-5, τ = 1 everywhere). Layers come in forward (depth) order
+  when ``settings`` is given (it is recorded from a forward pass), else sorted.
   """
   affines, options, channels = {}, [], {}
   for path in acnorm.layer_paths(variables):
@@ -150,8 +154,11 @@ def layer_statistics(variables: dict, settings: dict | None) -> dict[str, dict]:
   if not affines:
     raise ValueError("The model has no AC-Norm layer (build it with norm='acnorm').")
   out = jax.device_get(_summaries(affines, tuple(options)))
-  return {name: {"channels": channels[name], "sum": float(v["sum"]), "trace": float(v["trace"]),
-                 "offdiag_kept": int(v["offdiag_kept"])} for name, v in sorted(out.items())}
+  order = ["/".join(p) for p in (settings or {}) if "/".join(p) in out]
+  order += sorted(set(out) - set(order))
+  return {name: {"channels": channels[name], "sum": float(out[name]["sum"]),
+                 "trace": float(out[name]["trace"]),
+                 "offdiag_kept": int(out[name]["offdiag_kept"])} for name in order}
 
 
 def torch_linear_init(shapes: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -378,9 +385,27 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return report
 
 
+def plot_layers(report: dict, path: str) -> None:
+  """Per candidate, each selected layer's ``sum(S) / C`` against its relative depth."""
+  plt = pyplot()
+  fig, ax = plt.subplots(figsize=(7, 4), constrained_layout=True)
+  for r in report["ranking"]:
+    values = [v["sum"] / v["channels"] for v in r["layers"].values()]
+    depth = np.linspace(0.0, 1.0, len(values)) if len(values) > 1 else np.zeros(1)
+    ax.plot(depth, values, marker=".", lw=1, label=f"{r['candidate']} (AC-Corr {r['ac_corr']:.1f})")
+  ax.set_xlabel("relative depth of the AC-Norm layer (0 = stem, 1 = last)")
+  ax.set_ylabel("sum(S) / C after the AC-Norm step(s)")
+  ax.set_yscale("log")
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(fontsize=7)
+  ax.set_title(f"AC-Corr layer profile on {report['dataset']}", fontsize=9)
+  save_figure(fig, path)
+
+
 def _write_report(workdir: str, report: dict) -> None:
   write_json_atomic(os.path.join(workdir, JSON_NAME), report)
   write_text_atomic(os.path.join(workdir, MD_NAME), markdown(report))
+  plot_layers(report, os.path.join(workdir, PNG_NAME))
 
 
 __all__ = [
@@ -391,6 +416,7 @@ __all__ = [
     "torch_linear_init",
     "markdown",
     "parse_candidates",
+    "plot_layers",
     "run",
     "score_candidate",
     "select_layers",
