@@ -210,3 +210,17 @@ def test_convergence_table(tmp_path):
   table = (tmp_path / "o" / "convergence.md").read_text()
   assert "| transfer | imagenet | 20 | 9 s | 0.9600 (20) | 0.9300 | 0.8800 | 20 | 12 s |" in table
   assert (tmp_path / "o" / "val_auc_vs_step.png").stat().st_size > 0
+
+
+def test_plots_write_complete_pngs(tmp_path):
+  from jaxbn.analysis import filters, similarity
+
+  rows = [{"stage": i, "module": f"bn{i}", "points_per_neuron": 10, "cca": 0.5, "svcca": 0.6,
+           "pwcca": 0.7} for i in (1, 2)]
+  similarity.plot_similarity(rows, str(tmp_path / "s.png"), "title")
+  similarity.plot_cross(["bn1", "bn2"], np.eye(2), str(tmp_path / "c.png"), "t", "a", "b")
+  kernel = np.random.default_rng(0).normal(size=(3, 3, 3, 4))
+  filters.plot_filters([("a", kernel), ("Δ", kernel)], str(tmp_path / "f.png"), "t")
+  for name in ("s", "c", "f"):
+    assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png", "f.png", "s.png"]  # no temp left
