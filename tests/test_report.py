@@ -224,7 +224,7 @@ def test_partial_transfusion_config_expresses_the_papers_modes():
 
 def test_acnorm_sweep_modes_differ_only_where_they_say():
   runs = sweep.expand(load_sweep_config(name="acnorm"))
-  assert len(runs) == 5 * 3  # modes × seeds on RetinaMNIST
+  assert len(runs) == 6 * 3  # modes × seeds on RetinaMNIST
   by = {r.strategy: sweep.run_config(r) for r in runs if r.seed == 0}
   for c in by.values():
     assert (c.data.name, c.model.arch, c.warmup.strategy, c.warmup.epochs) == (
@@ -238,6 +238,7 @@ def test_acnorm_sweep_modes_differ_only_where_they_say():
   assert (by["acnorm_bn_only"].model.norm, by["acnorm_bn_only"].finetune.strategy) == (
       "acnorm", "bn+head")
   assert by["bn_only_batch"].finetune.lr == by["acnorm_bn_only"].finetune.lr == 1e-3
+  assert (by["acnorm_frozen"].model.norm, by["acnorm_frozen"].bn_stats) == ("acnorm", "frozen")
 
 
 def _tiny_sweep():

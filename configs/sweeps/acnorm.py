@@ -16,6 +16,9 @@ what is trained after the warm-up and how BN statistics are used:
   bn_only_batch     vanilla BN, BN γ,β + head at 1e-3, batch statistics (momentum 0.81)
   acnorm_bn_only    AC-Norm, BN γ,β + head at 1e-3, batch statistics
                     (configs/acnorm_bn_only.py)
+  acnorm_frozen     AC-Norm, everything at 1e-4, frozen statistics (not in the paper:
+                    AC-Norm's recalibration with the statistics mode that wins in
+                    partial transfusion, the like-for-like twin of ``full``)
 
 ``--config.grid.datasets=retinamnist,pneumoniamnist`` adds PneumoniaMNIST;
 ``--config.grid.seeds=0,1,2`` sets the seeds. Images are 64 px (jaxbn's default).
@@ -53,6 +56,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       acnorm=_mode("full", "1e-4", "model.norm=acnorm,bn_stats=batch"),
       bn_only_batch=_mode("bn+head", "1e-3", _BATCH),
       acnorm_bn_only=_mode("bn+head", "1e-3", "model.norm=acnorm,bn_stats=batch"),
+      acnorm_frozen=_mode("full", "1e-4", "model.norm=acnorm"),
   ))
   c.datasets = ml_collections.ConfigDict()
   # RetinaMNIST: 1,080 training images, ~17 steps/epoch at batch 64; PneumoniaMNIST 4,708 (~74).
@@ -65,7 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 "target_auc=0.95",
       budget=dict(head_epochs=1, finetune_epochs=2)))
   c.grid = ml_collections.ConfigDict()
-  c.grid.strategies = "full,full_batch,acnorm,bn_only_batch,acnorm_bn_only"
+  c.grid.strategies = "full,full_batch,acnorm,bn_only_batch,acnorm_bn_only,acnorm_frozen"
   c.grid.archs = "efficientnet_lite0"
   c.grid.datasets = "retinamnist"
   c.grid.seeds = "0,1,2"
