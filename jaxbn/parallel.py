@@ -9,6 +9,9 @@ Both paths run the same step function (``jaxbn.step``):
   XLA inserts the gradient all-reduce; BN batch statistics under jit are global.
 * ``"pmap"``: the step is pmapped over local devices with ``axis_name="batch"``;
   the state carries a leading device axis; gradients are ``pmean``-ed in the step.
+  The trainer builds the model with ``bn_axis_name="batch"`` so BN (and AC-Norm)
+  batch statistics are averaged over devices too (cross-replica BN): both modes
+  normalise with the global batch's statistics and compute the same step.
 """
 
 from __future__ import annotations

@@ -43,7 +43,9 @@ class TrainingError(RuntimeError):
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16}
 
 
-def build_model(config: ml_collections.ConfigDict, num_outputs: int):
+def build_model(config: ml_collections.ConfigDict, num_outputs: int,
+                bn_axis_name: str | None = None):
+  """The configured model; ``bn_axis_name``: the pmap axis of cross-replica BN statistics."""
   if config.model.dtype not in DTYPES:
     raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.model.dtype!r}.")
   extra = {"bn_momentum": config.bn_momentum} if config.bn_momentum else {}
@@ -57,6 +59,7 @@ def build_model(config: ml_collections.ConfigDict, num_outputs: int):
       dropout_rate=config.model.dropout_rate,
       truncate_at=config.model.get("truncate_at"),
       **extra,
+      **({"bn_axis_name": bn_axis_name} if bn_axis_name else {}),
       **({"stage_widths": tuple(config.model.stage_widths)}
          if config.model.get("stage_widths") else {}),
   )
@@ -226,7 +229,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   info = pipeline.get_dataset_info(config.data)
   spec = get_spec(config.model.arch)
-  model = build_model(config, info.num_classes)
+  model = build_model(config, info.num_classes, bn_axis_name=par.axis_name)
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   stages = stages_of(config)
   steps_per_epoch = max(1, info.num_examples["train"] // config.batch_size)

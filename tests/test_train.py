@@ -114,13 +114,30 @@ def test_acnorm_eight_device_mesh_equals_one_device(setup):
 
 def test_pmap_matches_jit(setup):
   # Frozen statistics: per-device BN has nothing to disagree about, so the two
-  # paths compute the same step. (With batch statistics pmap normalises each
-  # device's shard on its own while jit uses the global batch.)
+  # paths compute the same step.
   model, variables, batch = setup
   sgd = optax.sgd(0.1)
   a, _ = run_steps(model, variables, batch, "bn+head", "frozen", DataParallel("jit"), opt=sgd)
   b, _ = run_steps(model, variables, batch, "bn+head", "frozen", DataParallel("pmap"), opt=sgd)
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), a, b)
+
+
+@pytest.mark.parametrize("norm", ["bn", "acnorm"])
+def test_pmap_cross_replica_batch_statistics_match_jit(setup, norm):
+  # Batch statistics: with bn_axis_name (what the trainer sets under pmap) every
+  # device normalises with the statistics of the global batch, as jit does;
+  # without it each device would use its own shard's (2 examples here).
+  _, _, batch = setup
+  sgd = optax.sgd(0.1)
+  jit_model = create_model("cbr_small", num_classes=2, norm=norm)
+  variables = jax.tree.map(np.asarray, init_variables(jit_model, jax.random.key(0), 32))
+  a, _ = run_steps(jit_model, variables, batch, "full", "batch", DataParallel("jit"), opt=sgd)
+  par = DataParallel("pmap")
+  pmap_model = create_model("cbr_small", num_classes=2, norm=norm, bn_axis_name=par.axis_name)
+  b, _ = run_steps(pmap_model, variables, batch, "full", "batch", par, opt=sgd)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), a, b)
+  local, _ = run_steps(jit_model, variables, batch, "full", "batch", par, opt=sgd)
+  assert not np.allclose(local.batch_stats["bn1"]["var"], a.batch_stats["bn1"]["var"])
 
 
 def test_orbax_round_trip(setup, tmp_path):
@@ -155,6 +172,19 @@ def test_end_to_end_results(tmp_path):
   # The run says what model it trained, every field (Transfusion's transfer_up_to included).
   assert on_disk["norm"] == "bn" and on_disk["model"]["arch"] == on_disk["arch"]
   assert {"transfer_up_to", "stage_widths", "truncate_at"} <= set(on_disk["model"])
+
+
+def test_trainer_pmap_equals_jit_with_batch_statistics(tmp_path):
+  # The whole trainer under pmap (cross-replica BN statistics) follows the jit run.
+  runs = {}
+  for mode in ("jit", "pmap"):
+    config = tiny_config(parallel=mode, bn_stats="batch", max_steps=4, eval_every_steps=2)
+    runs[mode] = train.train_and_evaluate(config, str(tmp_path / mode))
+  assert runs["pmap"]["parallel"] == "pmap" and runs["pmap"]["devices"] == 8
+  for a, b in zip(runs["jit"]["history"], runs["pmap"]["history"]):
+    assert a["step"] == b["step"]
+    assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3)
+  assert runs["jit"]["test_auc"] == pytest.approx(runs["pmap"]["test_auc"], abs=1e-3)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):

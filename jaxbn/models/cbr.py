@@ -35,7 +35,8 @@ class CBR(nn.Module):
     features: output channels of each block.
     kernel_size: square conv kernel size.
     pool_last: whether the last block is followed by a max-pool.
-    num_classes, dtype, norm, dropout_rate, bn_momentum: as for every jaxbn model.
+    num_classes, dtype, norm, dropout_rate, bn_momentum, bn_axis_name: as for every jaxbn
+      model.
   """
 
   features: Sequence[int]
@@ -46,6 +47,7 @@ class CBR(nn.Module):
   norm: str = "bn"
   dropout_rate: float = 0.0
   bn_momentum: float = norm_lib.TORCH_BN_MOMENTUM
+  bn_axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = False, use_running_average: bool | None = None):
@@ -58,6 +60,7 @@ class CBR(nn.Module):
       )(x)
       x = norm_lib.make_norm(
           self.norm, use_running_average=use_ra, epsilon=BN_EPSILON, momentum=self.bn_momentum,
+          axis_name=self.bn_axis_name,
           dtype=self.dtype, name=f"bn{i}",
       )(x)
       x = nn.relu(x)

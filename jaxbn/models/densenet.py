@@ -155,6 +155,8 @@ class DenseNet(nn.Module):
     memory_efficient: rematerialise dense layers in the backward pass (as
       torchvision's option of the same name): less memory, more compute.
     bn_momentum: Flax BN momentum (torch's 0.1 is Flax's 0.9, the default).
+    bn_axis_name: pmap axis to average BN batch statistics over (cross-replica BN;
+      jaxbn's trainer sets it under ``parallel='pmap'``); None under jit.
     truncate_at: TruncatedTL cut ``transition{k}`` (:func:`cut_points`); None
       builds the full network.
   """
@@ -169,6 +171,7 @@ class DenseNet(nn.Module):
   dropout_rate: float = 0.0
   memory_efficient: bool = False
   bn_momentum: float = norm_lib.TORCH_BN_MOMENTUM
+  bn_axis_name: str | None = None
   truncate_at: str | None = None
 
   @nn.compact
@@ -185,7 +188,8 @@ class DenseNet(nn.Module):
     )
     norm = functools.partial(
         norm_lib.make_norm, self.norm, use_running_average=use_ra,
-        epsilon=BN_EPSILON, momentum=self.bn_momentum, dtype=self.dtype,
+        epsilon=BN_EPSILON, momentum=self.bn_momentum, axis_name=self.bn_axis_name,
+        dtype=self.dtype,
     )
     features = block_features(self.block_config, self.growth_rate, self.num_init_features)
 

@@ -281,6 +281,8 @@ class EfficientNetLite(nn.Module):
     dropout_rate: dropout on the pooled features before ``fc`` (train only).
       The checkpoints were trained with 0.2 (Lite0/1) or 0.3 (Lite2-4).
     bn_momentum: Flax BN momentum (running = m * running + (1 - m) * batch).
+    bn_axis_name: pmap axis to average BN batch statistics over (cross-replica BN;
+      jaxbn's trainer sets it under ``parallel='pmap'``); None under jit.
     depthwise_impl: see :class:`jaxbn.models.layers.DepthwiseConv` ("auto" is
       right everywhere; "conv"/"shifts" force one lowering).
     truncate_at: TruncatedTL cut (:func:`cut_points`); None builds the full network.
@@ -293,6 +295,7 @@ class EfficientNetLite(nn.Module):
   norm: str = "bn"
   dropout_rate: float = 0.0
   bn_momentum: float = BN_MOMENTUM
+  bn_axis_name: str | None = None
   depthwise_impl: str = "auto"
   truncate_at: str | None = None
 
@@ -312,7 +315,8 @@ class EfficientNetLite(nn.Module):
     conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32)
     norm = functools.partial(
         norm_lib.make_norm, self.norm, use_running_average=use_ra,
-        epsilon=BN_EPSILON, momentum=self.bn_momentum, dtype=self.dtype,
+        epsilon=BN_EPSILON, momentum=self.bn_momentum, axis_name=self.bn_axis_name,
+        dtype=self.dtype,
     )
 
     x = jnp.asarray(x, self.dtype)

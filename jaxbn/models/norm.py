@@ -35,9 +35,15 @@ def make_norm(
     epsilon: float,
     momentum: float = TORCH_BN_MOMENTUM,
     dtype: Any = jnp.float32,
+    axis_name: str | None = None,
     name: str | None = None,
 ) -> nn.Module:
-  """Returns a normalisation module over the last (channel) axis."""
+  """Returns a normalisation module over the last (channel) axis.
+
+  ``axis_name``: a ``jax.pmap`` axis over which batch statistics are averaged
+  (cross-replica BN, so a pmapped step normalises like a jit step over the
+  global batch); ``None`` (the default) for jit, where the batch is already global.
+  """
   if norm == "bn":
     return nn.BatchNorm(
         use_running_average=use_running_average,
@@ -45,6 +51,7 @@ def make_norm(
         epsilon=epsilon,
         dtype=dtype,
         param_dtype=jnp.float32,
+        axis_name=axis_name,
         name=name,
     )
   if norm == "acnorm" or norm.startswith("acnorm:"):
@@ -57,6 +64,7 @@ def make_norm(
         temperature=parse_norm(norm)["tau"],
         dtype=dtype,
         param_dtype=jnp.float32,
+        axis_name=axis_name,
         name=name,
     )
   raise ValueError(f"Unknown norm {norm!r}; expected one of {NORMS} (or 'acnorm:tau=T').")

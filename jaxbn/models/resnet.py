@@ -166,6 +166,8 @@ class ResNet(nn.Module):
     norm: normalisation layer name, see :func:`jaxbn.models.norm.make_norm`.
     dropout_rate: dropout on the pooled features before ``fc`` (train only).
     bn_momentum: Flax BN momentum (torch's 0.1 is Flax's 0.9, the default).
+    bn_axis_name: pmap axis to average BN batch statistics over (cross-replica BN;
+      jaxbn's trainer sets it under ``parallel='pmap'``); None under jit.
     truncate_at: TruncatedTL cut (:func:`cut_points`); None builds the full network.
     stage_widths: width of the 3x3 convs of layer1..layer4 (a block outputs
       ``width * expansion`` channels); None = torchvision's :data:`STAGE_WIDTHS`
@@ -182,6 +184,7 @@ class ResNet(nn.Module):
   norm: str = "bn"
   dropout_rate: float = 0.0
   bn_momentum: float = norm_lib.TORCH_BN_MOMENTUM
+  bn_axis_name: str | None = None
   truncate_at: str | None = None
   stage_widths: Sequence[int] | None = None
 
@@ -204,7 +207,8 @@ class ResNet(nn.Module):
     )
     norm = functools.partial(
         norm_lib.make_norm, self.norm, use_running_average=use_ra,
-        epsilon=BN_EPSILON, momentum=self.bn_momentum, dtype=self.dtype,
+        epsilon=BN_EPSILON, momentum=self.bn_momentum, axis_name=self.bn_axis_name,
+        dtype=self.dtype,
     )
     block_cls: Callable[..., nn.Module] = BottleneckBlock if self.bottleneck else BasicBlock
     expansion = block_expansion(self.bottleneck)
