@@ -144,3 +144,27 @@ def test_ranking_and_validation_end_to_end(tmp_path, fake_pretrained):
   # The best checkpoint carries the frozen source affine, unchanged: the pretrained γ, β.
   np.testing.assert_array_equal(best[acnorm.SOURCE]["bn2"]["bias"], vars_a["params"]["bn2"]["bias"])
   assert not np.array_equal(best["params"]["bn2"]["bias"], vars_a["params"]["bn2"]["bias"])
+
+
+def test_rank_correlations_with_and_without_the_random_control():
+  records = [  # pretrained: higher AC-Corr, higher AUC; the control: highest score, worst AUC
+      {"init": "imagenet", "ac_corr": 4.8, "ac_corr_per_channel": 0.03, "best_val_auc": 0.80},
+      {"init": "imagenet", "ac_corr": 4.7, "ac_corr_per_channel": 0.02, "best_val_auc": 0.78},
+      {"init": "/ckpt.pth", "ac_corr": 4.6, "ac_corr_per_channel": 0.01, "best_val_auc": 0.75},
+      {"init": "random", "ac_corr": 400.0, "ac_corr_per_channel": 1.0, "best_val_auc": 0.60},
+  ]
+  out = tr.rank_correlations(records)
+  assert out["ac_corr"]["tau"] == pytest.approx(0.0) and out["ac_corr"]["n"] == 4
+  assert out["ac_corr_pretrained_only"]["tau"] == pytest.approx(1.0)
+  assert out["ac_corr_pretrained_only"]["n"] == 3
+  assert out["ac_corr_pretrained_only"]["direction"].startswith("higher")
+  assert "ac_corr_pretrained_only" not in tr.rank_correlations(records[:3])  # no control
+  report = {"dataset": "d", "settings": {"steps": 1, "strategy": "full", "lr": 1e-3,
+                                         "batch_size": 8, "image_size": 28, "temperature": 1.0,
+                                         "layers": ""},
+            "ranking": [dict(r, candidate=f"c{i}", ac_corr_at_init=1.0, num_layers=2, params=10,
+                             test_auc=0.7) for i, r in enumerate(records)],
+            "validation": {"max_steps": 0, "norm": "acnorm", "stages": "s", "bn_stats": "batch",
+                           **out}}
+  md = tr.markdown(report)
+  assert "Without the random-init control(s): τ = 1.000" in md and "n = 3" in md
