@@ -13,14 +13,32 @@ import tempfile
 from typing import Any, Callable
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-  """Writes ``text`` to ``path`` (parents created) through a temporary file."""
-  path = os.fspath(path)
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+def temp_beside(path: str) -> str:
+  """A new empty file next to ``path`` (same filesystem, so ``os.replace`` is atomic).
+
+  Its permissions are those of a normally created file (``0o666 & ~umask``), not
+  ``mkstemp``'s private ``0o600``, so results stay readable by the user's group.
+  """
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
+  os.close(fd)
+  os.chmod(tmp, 0o666 & ~_umask())
+  return tmp
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+  """Writes ``text`` to ``path`` (parents created) through a temporary file."""
+  path = os.fspath(path)
+  tmp = temp_beside(path)
   try:
-    with os.fdopen(fd, "w") as f:
+    with open(tmp, "w") as f:
       f.write(text)
     os.replace(tmp, path)
   finally:
@@ -35,4 +53,4 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, sort_keys: bool
   write_text_atomic(path, text)
 
 
-__all__ = ["write_json_atomic", "write_text_atomic"]
+__all__ = ["temp_beside", "write_json_atomic", "write_text_atomic"]

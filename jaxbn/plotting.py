@@ -8,8 +8,9 @@ killed process never leaves a truncated image behind.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
+
+from jaxbn.io import temp_beside
 
 
 def pyplot():
@@ -26,11 +27,8 @@ def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 130,
                 bbox_inches: str | None = "tight", close: bool = True) -> None:
   """Writes ``fig`` to ``path`` (format from its extension) via a temporary file."""
   path = os.fspath(path)
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
   fmt = os.path.splitext(path)[1].lstrip(".").lower() or "png"
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-  os.close(fd)
+  tmp = temp_beside(path)
   try:
     fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches=bbox_inches)
     os.replace(tmp, path)

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The exact commands that produced docs/acnorm/ (run from the repository root, CPU only,
+# ../shared/data/medmnist beside the repository). Re-running a sweep or a transferability
+# command skips what finished and resumes what was interrupted.
+set -euo pipefail
+# 1. AC-Norm vs vanilla BN, 6 modes x 3 seeds on RetinaMNIST (the sweep ran once with the
+#    first five modes; acnorm_frozen was added to the config and the same command resumed it).
+python -m jaxbn.sweep --config=configs/sweeps/acnorm.py --workdir=/work/runs/acn
+python -m jaxbn.report /work/runs/acn --out=docs/acnorm/sweep \
+    --title="AC-Norm vs vanilla BN on RetinaMNIST: EfficientNet-Lite0, 64 px, CPU budget"
+# 2. Cost of the AC-Norm train step against the BN one, ResNet-50 channel counts.
+python -m jaxbn.bench --archs=resnet50 --strategies=full,bn+head --norms=bn,acnorm \
+    --bn_stats=batch --batch_size=16 --image_size=112 --reps=8 --out=/work/runs/bench_acnorm.json
+cp /work/runs/bench_acnorm.json docs/acnorm/bench.json
+# 3. AC-Corr ranking of four candidates on RetinaMNIST, validated by fine-tuning each one.
+python -m jaxbn.main --config=configs/transferability.py --workdir=/work/runs/acc_retina \
+    --config.data.name=retinamnist --config.data.data_dir=../shared/data/medmnist \
+    --config.transfer.validate=True
+cp /work/runs/acc_retina/transferability.{md,json} /work/runs/acc_retina/transferability_layers.png \
+    docs/acnorm/
+# 4. The score's spread over seeds (batch and new head; scoring only).
+for seed in 1 2; do
+  python -m jaxbn.main --config=configs/transferability.py --workdir=/work/runs/acc_retina_seed$seed \
+      --config.seed=$seed --config.data.name=retinamnist \
+      --config.data.data_dir=../shared/data/medmnist
+done
