@@ -21,8 +21,8 @@ checkpoint path, or ``random`` as a control; architectures may differ):
 
 The ranked table goes to ``DIR/transferability.md`` and ``DIR/transferability.json``
 (both written atomically), and each candidate's per-layer ``sum(S) / C`` against
-depth to ``DIR/transferability_layers.png``. ``AC-Corr / C`` (each layer's sum divided by its
-channel count, averaged) is reported beside it: a layer's sum grows with ``C``
+depth to ``DIR/transferability_layers.png``. ``AC-Corr / C`` (each layer's sum
+divided by its channel count, averaged) is reported beside it: a layer's sum grows with ``C``
 (each row of ``S`` sums to at most 1), so the raw score also measures width.
 
 With ``transfer.validate=True`` each candidate is then fine-tuned by jaxbn's
@@ -57,9 +57,9 @@ from absl import logging
 from jaxbn import masks, step as step_lib, train
 from jaxbn.data import pipeline
 from jaxbn.models import acnorm, get_spec
+from jaxbn.io import write_json_atomic, write_text_atomic
 from jaxbn.ops.acnorm import acnorm_affine
 from jaxbn.plotting import pyplot, save_figure
-from jaxbn.io import write_json_atomic, write_text_atomic
 
 JSON_NAME = "transferability.json"
 MD_NAME = "transferability.md"
