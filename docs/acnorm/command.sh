@@ -18,6 +18,15 @@ python -m jaxbn.main --config=configs/transferability.py --workdir=/work/runs/ac
     --config.transfer.validate=True
 cp /work/runs/acc_retina/transferability.{md,json} /work/runs/acc_retina/transferability_layers.png \
     docs/acnorm/
+# 3b. The same ranking on PneumoniaMNIST (validation runs: 1 + 1 epochs = 146 steps).
+python -m jaxbn.main --config=configs/transferability.py --workdir=/work/runs/acc_pneumonia \
+    --config.data.name=pneumoniamnist --config.data.data_dir=../shared/data/medmnist \
+    --config.transfer.validate=True --config.finetune.epochs=1
+for ext in md json; do
+  cp /work/runs/acc_pneumonia/transferability.$ext docs/acnorm/transferability_pneumoniamnist.$ext
+done
+cp /work/runs/acc_pneumonia/transferability_layers.png \
+    docs/acnorm/transferability_layers_pneumoniamnist.png
 # 4. The score's spread over seeds (batch and new head; scoring only).
 for seed in 1 2; do
   python -m jaxbn.main --config=configs/transferability.py --workdir=/work/runs/acc_retina_seed$seed \
