@@ -144,13 +144,12 @@ def layer_statistics(variables: dict, settings: dict | None) -> dict[str, dict]:
   when ``settings`` is given (it is recorded from a forward pass), else sorted.
   """
   affines, options, channels = {}, [], {}
-  for path in acnorm.layer_paths(variables):
+  for path, affine in acnorm.layer_affines(variables).items():
     name = "/".join(path)
-    src, tgt = acnorm._get(variables[acnorm.SOURCE], path), acnorm._get(variables["params"], path)
-    affines[name] = (src["scale"], src["bias"], tgt["scale"], tgt["bias"])
+    affines[name] = affine
     opts = (settings or {}).get(path, {"epsilon": 1e-5, "temperature": 1.0})
     options.append((name, (float(opts["epsilon"]), float(opts["temperature"]))))
-    channels[name] = int(np.shape(tgt["scale"])[0])
+    channels[name] = int(np.shape(affine[2])[0])
   if not affines:
     raise ValueError("The model has no AC-Norm layer (build it with norm='acnorm').")
   out = jax.device_get(_summaries(affines, tuple(options)))

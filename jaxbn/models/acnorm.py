@@ -220,6 +220,15 @@ def layer_paths(variables: Mapping[str, Any]) -> list[tuple[str, ...]]:
   return sorted(_modules(variables.get(SOURCE, {})))
 
 
+def layer_affines(variables: Mapping[str, Any]) -> dict[tuple[str, ...], tuple[Any, ...]]:
+  """``{module path: (γ_s, β_s, γ_t, β_t)}`` of every AC-Norm layer (sorted by path)."""
+  out = {}
+  for path in layer_paths(variables):
+    src, tgt = _get(variables[SOURCE], path), _get(variables["params"], path)
+    out[path] = (src["scale"], src["bias"], tgt["scale"], tgt["bias"])
+  return out
+
+
 def layer_settings(model: nn.Module, variables: Mapping[str, Any],
                    image_size: int = 32) -> dict[tuple[str, ...], dict[str, float]]:
   """``{module path: {'epsilon', 'temperature'}}`` of every :class:`ACNorm` of ``model``.
@@ -256,12 +265,9 @@ def correlations(
   ``temperature`` apply to every layer.
   """
   out = {}
-  for path in layer_paths(variables):
-    src = _get(variables[SOURCE], path)
-    tgt = _get(variables["params"], path)
+  for path, affine in layer_affines(variables).items():
     opts = (settings or {}).get(path, {"epsilon": epsilon, "temperature": temperature})
-    out[path] = acnorm_affine(src["scale"], src["bias"], tgt["scale"], tgt["bias"],
-                              opts["temperature"], opts["epsilon"])[0]
+    out[path] = acnorm_affine(*affine, opts["temperature"], opts["epsilon"])[0]
   return out
 
 
@@ -272,6 +278,7 @@ __all__ = [
     "add_source_affine",
     "correlations",
     "is_acnorm",
+    "layer_affines",
     "layer_paths",
     "layer_settings",
     "parse_norm",
