@@ -22,6 +22,11 @@ frozen as in the paper, optimizer built by ``jaxbn.masks``), on synthetic data.
 
 from __future__ import annotations
 
+from jaxbn import extras
+
+if __name__ == "__main__":
+  extras.require("train", "python -m jaxbn.bench")
+
 import statistics
 import time
 

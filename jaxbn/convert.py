@@ -12,6 +12,11 @@ new zero-initialised N-way head.
 
 from __future__ import annotations
 
+from jaxbn import extras
+
+if __name__ == "__main__":
+  extras.require("train", "python -m jaxbn.convert")
+
 import sys
 
 from absl import app, flags

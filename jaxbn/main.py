@@ -11,6 +11,11 @@ server, not the environment), ``--nodistributed`` turns it off.
 
 from __future__ import annotations
 
+from jaxbn import extras
+
+if __name__ == "__main__":
+  extras.require("train", "python -m jaxbn.main")
+
 import importlib
 import logging as pylogging
 import os

@@ -10,6 +10,11 @@ Prints JSON: ``{"image": ..., "arch": ..., "top": [{"class": i, "name": ..., "pr
 
 from __future__ import annotations
 
+from jaxbn import extras
+
+if __name__ == "__main__":
+  extras.require("train", "python -m jaxbn.predict")
+
 import json
 import sys
 

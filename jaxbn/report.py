@@ -27,6 +27,11 @@ time / steps, marked †, which includes compilation and evaluation.
 
 from __future__ import annotations
 
+from jaxbn import extras
+
+if __name__ == "__main__":
+  extras.require("train", "python -m jaxbn.report")
+
 import dataclasses
 import glob
 import json

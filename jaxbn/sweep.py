@@ -31,6 +31,11 @@ seeds after the first, and stages shared between modes, skip compilation.
 
 from __future__ import annotations
 
+from jaxbn import extras
+
+if __name__ == "__main__":
+  extras.require("train", "python -m jaxbn.sweep")
+
 import dataclasses
 import json
 import logging as pylogging

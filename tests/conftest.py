@@ -13,11 +13,12 @@ import pathlib  # noqa: E402
 
 import pytest  # noqa: E402
 
-SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
+# CC0 photos shipped inside scikit-image (a test dependency): chelsea (a tabby cat,
+# ImageNet classes 281/282/285), coffee (an espresso, 967), astronaut, rocket.
+PHOTOS = pathlib.Path(__import__("skimage.data", fromlist=["data"]).__file__).parent
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> pathlib.Path:
-  if not SHARED.is_dir():
-    pytest.fail(f"../shared not found at {SHARED}; tests expect it beside the repo.")
-  return SHARED
+def photos() -> pathlib.Path:
+  """Folder holding scikit-image's sample photos (``chelsea.png``, ``coffee.png``, ...)."""
+  return PHOTOS

@@ -279,20 +279,23 @@ def test_rgb_medmnist_from_data_dir(tmp_path, monkeypatch):
   np.testing.assert_allclose(_real(batches, "image"), expected, atol=1e-5)
 
 
-SHARED_RETINA = "/work/shared/data/medmnist/retinamnist.npz"
-
-
-@pytest.mark.skipif(not os.path.exists(SHARED_RETINA),
-                    reason="no local copy of the official retinamnist.npz")
-def test_official_retinamnist_from_data_dir(tmp_path):
+def test_retinamnist_shaped_file_from_data_dir(tmp_path, monkeypatch):
+  """A file with the official RetinaMNIST keys, dtypes and shapes (5 classes, RGB
+  uint8 28x28 images, (N, 1) uint8 labels), smaller than the real 1080/120/400."""
+  path = tmp_path / "retinamnist.npz"
+  arrays = _write_synthetic_npz(path, 5, multi_label=False, rgb=True, sizes=(40, 70, 9))
+  assert arrays["train_images"].dtype == np.uint8 and arrays["train_labels"].shape == (40, 1)
+  _trust_md5(monkeypatch, "retinamnist", str(path))
   config = ml_collections.ConfigDict(dict(
-      name="retinamnist", data_dir=os.path.dirname(SHARED_RETINA),
+      name="retinamnist", data_dir=str(tmp_path),
       download=False, cache_dir=str(tmp_path / "tfds")))
   info = pipeline.get_dataset_info(config)
   assert (info.num_classes, info.multi_label) == (5, False)
-  assert info.num_examples == {"train": 1080, "val": 120, "test": 400}
+  assert info.num_examples == {"train": 40, "val": 70, "test": 9}
   batches = _eval_all(config, "val", batch_size=64, image_size=32)
-  assert len(batches) == 2 and int(sum(b["mask"].sum() for b in batches)) == 120
+  assert len(batches) == 2 and int(sum(b["mask"].sum() for b in batches)) == 70
+  assert batches[0]["image"].shape == (64, 32, 32, 3)
+  np.testing.assert_array_equal(_real(batches, "label"), arrays["val_labels"][:, 0])
 
 
 def test_unknown_names_list_the_choices():

