@@ -149,6 +149,23 @@ def test_multi_label_known_answer():
   assert metrics.roc_auc(probs, labels, multi_label=True) == 0.5
   # Thresholded at 0.5: label 0 right in all 4 rows, label 1 only in row 2 (0.7).
   assert metrics.accuracy(probs, labels, multi_label=True) == pytest.approx((4 + 1) / 8)
+  # Exactly 0.5 is a negative prediction, as in the official evaluator.
+  half = np.full((4, 2), 0.5)
+  assert metrics.accuracy(half, labels, multi_label=True) == medmnist_acc(labels, half, MULTI_LABEL)
+  assert metrics.accuracy(half, labels, multi_label=True) == pytest.approx(4 / 8)
+
+
+@pytest.mark.parametrize("task", [BINARY, MULTI_CLASS, MULTI_LABEL])
+def test_bfloat16_scores(task):
+  ml_dtypes = pytest.importorskip("ml_dtypes")  # a JAX dependency: jax.numpy.bfloat16 on host
+  probs, labels = _random_case(11, task)
+  low = probs.astype(ml_dtypes.bfloat16)
+  as_f32 = low.astype(np.float32)
+  multi_label = task == MULTI_LABEL
+  assert metrics.roc_auc(low, labels, multi_label) == metrics.roc_auc(as_f32, labels, multi_label)
+  assert metrics.accuracy(low, labels, multi_label) == metrics.accuracy(as_f32, labels, multi_label)
+  np.testing.assert_array_equal(metrics.per_class_auc(low, labels, multi_label),
+                                metrics.per_class_auc(as_f32, labels, multi_label))
 
 
 # --------------------------------------------------------------------------- #
@@ -191,8 +208,9 @@ def test_absent_class_is_reported_not_averaged_away():
   per_class = metrics.per_class_auc(probs, labels)
   assert np.isnan(per_class[2]) and not np.isnan(per_class[[0, 1, 3]]).any()
   assert metrics.absent_classes(probs, labels) == [2]
-  with pytest.warns(metrics.AbsentClassWarning, match=r"class\(es\) \[2\] absent.*other 3 of 4"):
+  with pytest.warns(metrics.AbsentClassWarning, match=r"class\(es\) \[2\] absent.*other 3 of 4") as rec:
     auc = metrics.roc_auc(probs, labels)
+  assert rec[0].filename == __file__  # the warning points at the caller
   expected = np.mean([mann_whitney_auc(labels == c, probs[:, c]) for c in (0, 1, 3)])
   assert auc == pytest.approx(expected, abs=1e-12)
   # The official evaluator's answer: undefined.
@@ -232,7 +250,7 @@ def test_bad_input_is_an_error():
     metrics.accuracy(np.array([0.2, 0.9]), np.array([-1, 1]))
   with pytest.raises(ValueError, match=r"N = len\(labels\) = 3"):
     metrics.roc_auc(np.array([0.2, 0.9]), np.array([0, 1, 1]))
-  with pytest.raises(ValueError, match=r"multi_label=True"):
+  with pytest.raises(ValueError, match=r"^labels must be .*pass multi_label=True for .* targets\.$"):
     metrics.roc_auc(np.full((2, 3), 0.5), np.ones((2, 3), int))
   with pytest.raises(ValueError, match=r"both be \(N, L\)"):
     metrics.roc_auc(np.full((2, 3), 0.5), np.ones((2, 2), int), multi_label=True)
