@@ -572,3 +572,56 @@ def test_from_stage_bounds(tiny):
   assert run(1) == {p for p in ALL if TINY_STAGES[p.split("/")[0]] >= 1}
   assert run(3) == HEAD
   assert masks.parse_strategy("from_stage( -1 )").name == "from_stage(-1)"
+
+
+def test_summary_table_exact_layout_and_natural_order():
+  params = {
+      "blocks_10": {"kernel": np.zeros((2, 3))},
+      "blocks_2": {"scale": np.ones(4), "bias": np.zeros(4)},
+      "fc": {"kernel": np.zeros((4, 2)), "bias": np.zeros(2)},
+  }
+  labels = masks.make_labels(params, "regex:blocks_2/scale|fc/.*")
+  assert masks.summary(params, labels) == "\n".join([
+      "module     trainable  total       %",
+      "blocks_2           4      8   50.00",
+      "blocks_10          0      6    0.00",
+      "fc                10     10  100.00",
+      "total             14     24   58.33",
+  ])
+  assert masks.summary(params, labels, depth=0).splitlines()[1].split() == [
+      "(root)", "14", "24", "58.33"]
+
+
+def test_messages_name_the_problem(tiny):
+  params = tiny["params"]
+  with pytest.raises(ValueError, match=r"^norm_by_name needs at least one pattern\.$"):
+    masks.norm_by_name()
+  with pytest.raises(ValueError, match=r"^regex\(\) needs at least one pattern\.$"):
+    masks.regex()
+  assert masks.regex(r"a/.*", "b").name == "regex:a/.*|b"
+  assert masks.parse_strategy("bn+regex:fc/.*|x").name == "bn+regex:fc/.*|x"
+  first = [_path(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0][:3]]
+  with pytest.raises(ValueError) as err:
+    masks.make_labels(params, "regex:nothing")
+  assert str(err.value).endswith(f"no path fully matches; paths look like {', '.join(first)}.")
+  # The "whole variables dict" hint appears when a top-level key is 'params' or 'batch_stats'.
+  with pytest.raises(ValueError) as err:
+    masks.make_labels(params, "head", head="classifier")
+  assert str(err.value).endswith(f"Top-level modules: {', '.join(params)}.")
+  for top in ("params", "batch_stats"):
+    with pytest.raises(ValueError) as err:
+      masks.make_labels({top: params}, "head")
+    assert str(err.value).endswith(
+        f"Top-level modules: {top}. (Pass variables['params'] and variables['batch_stats'], "
+        "not the whole variables dict.)")
+  with pytest.raises(ValueError) as err:
+    masks.make_labels(params, "bn", batch_stats={"a": {"x": jnp.zeros(1)}, "b": {}})
+  assert str(err.value) == (
+      "Strategy term 'bn' selects no parameter: no norm layer found (BatchNorm = a params "
+      "module with scale/bias shaped like the mean/var its batch_stats path owns). Check that "
+      "batch_stats is variables['batch_stats']; batch_stats top level: a, b.")
+  with pytest.raises(ValueError, match=r"batch_stats top level: \(empty\)\.$"):
+    masks.make_labels(params, "bn_scale", batch_stats={})
+  many = {f"m{i}": {} for i in range(10)}
+  with pytest.raises(ValueError, match=r"batch_stats top level: m0, m1, m2, m3, m4, m5, m6, m7\.$"):
+    masks.make_labels(params, "bn_bias", batch_stats=many)

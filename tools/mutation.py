@@ -17,6 +17,8 @@ from the repository and reruns only the mutants that survived.
 from __future__ import annotations
 
 import argparse
+import fnmatch
+import json
 import os
 import pathlib
 import re
@@ -52,7 +54,7 @@ GROUPS = {
 
 
 # A mutant that makes a test loop until mutmut's CPU-time limit is detected too.
-DETECTED = ("killed", "timeout")
+DETECTED = ("killed", "timeout", "killed (fresh process)")
 
 
 def _tree_files() -> list[str]:
@@ -93,6 +95,11 @@ def main(argv=None) -> int:
   parser.add_argument("--workdir", type=pathlib.Path)
   parser.add_argument("--max-children", type=int, default=2)
   parser.add_argument("--rerun-survivors", action="store_true")
+  parser.add_argument(
+      "--fresh-process", metavar="GLOB", default="",
+      help="recheck the survivors matching GLOB (e.g. '*x__norm_selector*') each in a fresh "
+           "pytest process with the mutant on from the start: for code that runs at import "
+           "time (module-level tables), which mutmut's forked workers import unmutated.")
   args = parser.parse_args(argv)
   files, tests = GROUPS[args.group]
   workdir = args.workdir or pathlib.Path(tempfile.gettempdir()) / "jaxbn-mutation" / args.group
@@ -115,6 +122,23 @@ def main(argv=None) -> int:
     _mutmut(workdir, "run", "--max-children", str(args.max_children))
 
   results = _results(workdir)
+  fresh_file = workdir / "fresh_process_results.json"
+  fresh = json.loads(fresh_file.read_text()) if fresh_file.exists() else {}
+  if args.fresh_process:
+    _copy_tree(workdir / "mutants", only="tests/")
+    for name, status in sorted(results.items()):
+      if status not in DETECTED and fnmatch.fnmatch(name, args.fresh_process):
+        rc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+            cwd=workdir / "mutants", capture_output=True,
+            env={**os.environ, "PYTHONPATH": "", "MUTANT_UNDER_TEST": name},
+        ).returncode
+        fresh[name] = "killed" if rc == 1 else "survived" if rc == 0 else f"error {rc}"
+        print(f"  fresh process: {fresh[name]:9s} {name}", flush=True)
+    fresh_file.write_text(json.dumps(fresh, indent=1))
+  for name, status in fresh.items():
+    if results.get(name) not in DETECTED and status == "killed":
+      results[name] = "killed (fresh process)"
   total = len(results)
   killed = sum(status in DETECTED for status in results.values())
   print(f"\n{args.group}: {killed}/{total} killed = {100 * killed / max(total, 1):.1f} %")
