@@ -247,3 +247,28 @@ def test_bn_stats_mode_batch_updates_running_statistics(setup):
   with pytest.raises(ValueError, match="bn_stats must be 'frozen' or 'batch'"):
     step_lib.make_train_step(_model(), optax.sgd(0.1), setup[2], bn_stats="running",
                              multi_label=False)
+
+
+# --------------------------------------------------------------------------- #
+# The eval step.
+# --------------------------------------------------------------------------- #
+
+
+def test_eval_step_probabilities_and_per_example_loss(setup):
+  variables, batch, _ = setup
+  logits = np.asarray(_model().apply(variables, batch["image"], train=False), np.float64)
+  out = step_lib.make_eval_step(_model(), multi_label=False)(variables, batch)
+  softmax = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  np.testing.assert_allclose(out["probs"], softmax, rtol=1e-5)
+  np.testing.assert_allclose(
+      out["loss"], -np.log(softmax[np.arange(len(logits)), batch["label"]]), rtol=1e-5)
+  # Multi-label: sigmoid per output and the mean binary cross-entropy over outputs.
+  targets = (np.arange(8 * NUM_CLASSES).reshape(8, NUM_CLASSES) % 2).astype(np.float32)
+  out = step_lib.make_eval_step(_model(), multi_label=True)(variables, {**batch, "label": targets})
+  sigmoid = 1 / (1 + np.exp(-logits))
+  np.testing.assert_allclose(out["probs"], sigmoid, rtol=1e-5)
+  bce = -(targets * np.log(sigmoid) + (1 - targets) * np.log(1 - sigmoid)).mean(-1)
+  np.testing.assert_allclose(out["loss"], bce, rtol=1e-4)
+  half = jnp.asarray(logits, jnp.bfloat16)
+  assert step_lib.probabilities(half, multi_label=False).dtype == jnp.float32
+  assert step_lib.probabilities(half, multi_label=True).dtype == jnp.float32
