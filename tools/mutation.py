@@ -78,7 +78,11 @@ def _config(files: list[str], tests: list[str]) -> str:
   lines = ["[mutmut]", "source_paths = jaxbn", "only_mutate ="]
   lines += [f"    {f}" for f in files]
   lines += ["pytest_add_cli_args_test_selection ="] + [f"    {t}" for t in tests]
-  lines += ["pytest_add_cli_args =", "    -p no:cacheprovider", ""]
+  lines += ["pytest_add_cli_args =", "    -p no:cacheprovider"]
+  # A fork server that has imported third-party modules only (no XLA backend yet): a
+  # child forked after XLA's thread pools start can deadlock. Timeouts: 5x the test time.
+  lines += ["process_isolation = forkserver", "forkserver_warmup = import",
+            "preload_modules_file = tools/mutation_preload.txt", "timeout_multiplier = 5.0", ""]
   return "\n".join(lines)
 
 
