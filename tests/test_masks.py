@@ -579,17 +579,19 @@ def test_summary_table_exact_layout_and_natural_order():
       "blocks_10": {"kernel": np.zeros((2, 3))},
       "blocks_2": {"scale": np.ones(4), "bias": np.zeros(4)},
       "fc": {"kernel": np.zeros((4, 2)), "bias": np.zeros(2)},
+      "temp": {"t": np.ones(())},  # one scalar
   }
-  labels = masks.make_labels(params, "regex:blocks_2/scale|fc/.*")
+  labels = masks.make_labels(params, "regex:blocks_2/scale|fc/.*|temp/t")
   assert masks.summary(params, labels) == "\n".join([
       "module     trainable  total       %",
       "blocks_2           4      8   50.00",
       "blocks_10          0      6    0.00",
       "fc                10     10  100.00",
-      "total             14     24   58.33",
+      "temp               1      1  100.00",
+      "total             15     25   60.00",
   ])
   assert masks.summary(params, labels, depth=0).splitlines()[1].split() == [
-      "(root)", "14", "24", "58.33"]
+      "(root)", "15", "25", "60.00"]
 
 
 def test_messages_name_the_problem(tiny):
