@@ -425,3 +425,205 @@ def test_densenet121_bn_count_matches_paper():
   bn_only = masks.make_labels(variables["params"], "bn", batch_stats=variables["batch_stats"])
   assert masks.count(variables["params"], bn_only)[0] == 83_648  # Kanavati & Tsuneki, Keras
   assert masks.count(variables["params"], labels)[0] == 83_648 + 1024 * 2 + 2
+
+
+# --------------------------------------------------------------------------- #
+# Edge cases: overlapping unions, partial statistics, affine-less norms, heads.
+# --------------------------------------------------------------------------- #
+
+STAGE_2_UP = {p for p in ALL if TINY_STAGES[p.split("/")[0]] >= 2}
+
+
+OVERLAPPING = [
+    ("bn+from_stage(2)", BN | STAGE_2_UP),  # my_norm is in both
+    ("from_stage(2)+bn", BN | STAGE_2_UP),
+    ("full+bn", ALL),
+    ("bn+full", ALL),
+    ("bn+bn_scale", BN),
+    ("bn_scale+bn+bn_bias", BN),
+    ("head+from_stage(3)", HEAD),
+    ("head+regex:Dense_0/.*", HEAD),
+    (["bn", "from_stage(2)", "head"], BN | STAGE_2_UP | HEAD),
+    (masks.from_stage(2) + "bn", BN | STAGE_2_UP),
+    ("bn" + masks.regex(r"my_norm/.*", r".*/scale"), BN | {p for p in ALL if p.endswith("scale")}),
+]
+
+
+@pytest.mark.parametrize("strategy, expected", OVERLAPPING, ids=[str(s) for s, _ in OVERLAPPING])
+def test_overlapping_unions_train_everything_either_selects(tiny, strategy, expected):
+  assert BN & STAGE_2_UP == {"my_norm/scale", "my_norm/bias"}  # the terms overlap
+  labels = masks.make_labels(tiny["params"], strategy, batch_stats=tiny["batch_stats"],
+                             stage_of=TINY_STAGES.__getitem__)
+  assert _trainable(labels) == expected
+
+
+def test_is_batchnorm_needs_matching_mean_var_and_affine():
+  c = 4
+  ones, zeros = np.ones(c), np.zeros(c)
+  full = {"scale": ones, "bias": zeros}
+  stats = {"mean": zeros, "var": ones}
+  bn = lambda params, st: masks.is_batchnorm(("any", "name"), params, st)
+  assert bn(full, stats)
+  assert bn({"scale": ones}, stats) and bn({"bias": zeros}, stats)  # one affine part
+  assert bn(full, {**stats, "extra": np.zeros(7)})  # other statistics do not matter
+  stacked = np.ones((3, c))  # a scanned BN: (L, C) params and statistics
+  assert bn({"scale": stacked, "bias": stacked}, {"mean": stacked, "var": stacked})
+  # Partial or mismatched statistics.
+  assert not bn(full, None) and not bn(full, {})
+  assert not bn(full, {"mean": zeros})  # mean without var
+  assert not bn(full, {"var": ones})  # var without mean
+  assert not bn(full, {"mean": zeros, "var": np.ones(c + 1)})  # var of another shape
+  assert not bn(full, {"mean": zeros, "var": np.ones((1, c))})
+  assert not bn(full, {"mean": np.zeros(()), "var": np.ones(())})  # scalar statistics
+  assert not bn({"scale": np.ones(()), "bias": np.zeros(())},
+                {"mean": np.zeros(()), "var": np.ones(())})
+  # Affine parameters that do not fit the statistics, or none at all.
+  assert not bn({}, stats) and not bn({"kernel": np.ones((c, c))}, stats)
+  assert not bn({"scale": np.ones(c + 1), "bias": zeros}, stats)
+  assert not bn({"scale": ones, "bias": np.zeros(c + 1)}, stats)
+  assert not bn({"scale": stacked}, stats)
+
+
+def _bn_params(c=4):
+  return {"scale": jnp.ones(c), "bias": jnp.zeros(c)}
+
+
+def test_partial_statistics_are_not_batchnorm_in_make_labels():
+  params = {
+      "good": _bn_params(),
+      "no_var": _bn_params(),
+      "no_mean": _bn_params(),
+      "var_shape": _bn_params(),
+      "head": {"kernel": jnp.zeros((4, 2))},
+  }
+  batch_stats = {
+      "good": {"mean": jnp.zeros(4), "var": jnp.ones(4)},
+      "no_var": {"mean": jnp.zeros(4)},
+      "no_mean": {"var": jnp.ones(4)},
+      "var_shape": {"mean": jnp.zeros(4), "var": jnp.ones(8)},
+  }
+  labels = masks.make_labels(params, "bn", batch_stats=batch_stats)
+  assert _trainable(labels) == {"good/scale", "good/bias"}
+  del batch_stats["good"]
+  with pytest.raises(ValueError, match=r"'bn' selects no parameter.*no norm layer found"):
+    masks.make_labels(params, "bn+head", batch_stats=batch_stats)
+
+
+class _NoAffine(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(4, (3, 3))(x)
+    x = nn.BatchNorm(use_running_average=True, use_scale=False, use_bias=False)(x)  # no params
+    x = nn.BatchNorm(use_running_average=True, use_scale=False, name="bias_only")(x)
+    return nn.Dense(2)(x.mean((1, 2)))
+
+
+def test_norms_without_scale_or_bias():
+  variables = jax.eval_shape(_NoAffine().init, jax.random.key(0), jnp.zeros((1, 6, 6, 3)))
+  params, stats = variables["params"], variables["batch_stats"]
+  assert "BatchNorm_0" in stats and "BatchNorm_0" not in params  # statistics only
+  run = lambda s: _trainable(masks.make_labels(params, s, batch_stats=stats))
+  assert run("bn") == run("bn_bias") == {"bias_only/bias"}
+  assert run("bn+head") == {"bias_only/bias", "Dense_0/kernel", "Dense_0/bias"}
+  with pytest.raises(ValueError, match=r"'bn_scale' selects no parameter"):
+    run("bn_scale")
+  tx, labels = masks.build(params, "bn", optax.adam(1e-3), batch_stats=stats)
+  assert masks.count(params, labels)[0] == 4
+  assert sum(x.size for x in jax.tree.leaves(jax.eval_shape(tx.init, params))) == 2 * 4 + 1
+
+
+def test_nested_and_ambiguous_heads():
+  params = {
+      "backbone": {
+          "Dense_0": {"kernel": jnp.zeros((4, 4)), "bias": jnp.zeros(4)},  # nested: not a head
+          "proj": {"kernel": jnp.zeros((4, 4))},
+      },
+      "Dense_0": {"kernel": jnp.zeros((4, 2)), "bias": jnp.zeros(2)},
+      "Dense_01": {"kernel": jnp.zeros((3, 3, 4, 4))},  # 4-D: a conv, not a head
+  }
+  head = lambda **kw: _trainable(masks.make_labels(params, "head", **kw))
+  top = {"Dense_0/kernel", "Dense_0/bias"}
+  assert head() == top  # detection: top-level modules holding a 2-D kernel
+  assert head(head="Dense_0") == top  # a module path is matched from the top, whole keys
+  assert head(head="backbone/Dense_0") == {"backbone/Dense_0/kernel", "backbone/Dense_0/bias"}
+  assert head(head=".*Dense_0/kernel") == {"Dense_0/kernel", "backbone/Dense_0/kernel"}
+  assert head(head="backbone/proj/kernel") == {"backbone/proj/kernel"}
+  for partial in ["Dense", "backbone/Dense", "Dense_0/ker"]:  # not a whole key, not a full match
+    with pytest.raises(ValueError, match=rf"Head '{partial}' \(from head=\) is neither"):
+      head(head=partial)
+  # Two top-level candidates: ambiguous, the caller must choose.
+  two = {**params, "aux": {"kernel": jnp.zeros((4, 5))}}
+  with pytest.raises(ValueError, match=r"several top-level modules hold a 2-D 'kernel': "
+                                       r"(Dense_0, aux|aux, Dense_0)"):
+    masks.make_labels(two, "head")
+  assert _trainable(masks.make_labels(two, "head", head="aux")) == {"aux/kernel"}
+  # A top-level module whose 2-D kernel sits one level down is not a candidate either.
+  nested_only = {"enc": {"kernel": jnp.zeros((3, 3, 1, 4))},
+                 "cls": {"Dense_0": {"kernel": jnp.zeros((4, 2))}}}
+  with pytest.raises(ValueError, match=r"no top-level module holds a 2-D 'kernel'"):
+    masks.make_labels(nested_only, "head")
+
+
+def test_from_stage_bounds(tiny):
+  run = lambda k: _trainable(masks.make_labels(tiny["params"], masks.from_stage(k),
+                                               stage_of=TINY_STAGES.__getitem__))
+  assert run(-1) == run(0) == ALL
+  assert run(1) == {p for p in ALL if TINY_STAGES[p.split("/")[0]] >= 1}
+  assert run(3) == HEAD
+  assert masks.parse_strategy("from_stage( -1 )").name == "from_stage(-1)"
+
+
+def test_summary_table_exact_layout_and_natural_order():
+  params = {
+      "blocks_10": {"kernel": np.zeros((2, 3))},
+      "blocks_2": {"scale": np.ones(4), "bias": np.zeros(4)},
+      "fc": {"kernel": np.zeros((4, 2)), "bias": np.zeros(2)},
+      "temp": {"t": np.ones(())},  # one scalar
+  }
+  labels = masks.make_labels(params, "regex:blocks_2/scale|fc/.*|temp/t")
+  assert masks.summary(params, labels) == "\n".join([
+      "module     trainable  total       %",
+      "blocks_2           4      8   50.00",
+      "blocks_10          0      6    0.00",
+      "fc                10     10  100.00",
+      "temp               1      1  100.00",
+      "total             15     25   60.00",
+  ])
+  assert masks.summary(params, labels, depth=0).splitlines()[1].split() == [
+      "(root)", "15", "25", "60.00"]
+
+
+def test_messages_name_the_problem(tiny):
+  params = tiny["params"]
+  with pytest.raises(ValueError, match=r"^norm_by_name needs at least one pattern\.$"):
+    masks.norm_by_name()
+  with pytest.raises(ValueError, match=r"^regex\(\) needs at least one pattern\.$"):
+    masks.regex()
+  assert masks.regex(r"a/.*", "b").name == "regex:a/.*|b"
+  assert masks.parse_strategy("bn+regex:fc/.*|x").name == "bn+regex:fc/.*|x"
+  first = [_path(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0][:3]]
+  with pytest.raises(ValueError) as err:
+    masks.make_labels(params, "regex:nothing")
+  assert str(err.value).endswith(f"no path fully matches; paths look like {', '.join(first)}.")
+  # The "whole variables dict" hint appears when a top-level key is 'params' or 'batch_stats'.
+  with pytest.raises(ValueError) as err:
+    masks.make_labels(params, "head", head="classifier")
+  assert str(err.value).endswith(f"Top-level modules: {', '.join(params)}.")
+  for top in ("params", "batch_stats"):
+    with pytest.raises(ValueError) as err:
+      masks.make_labels({top: params}, "head")
+    assert str(err.value).endswith(
+        f"Top-level modules: {top}. (Pass variables['params'] and variables['batch_stats'], "
+        "not the whole variables dict.)")
+  with pytest.raises(ValueError) as err:
+    masks.make_labels(params, "bn", batch_stats={"a": {"x": jnp.zeros(1)}, "b": {}})
+  assert str(err.value) == (
+      "Strategy term 'bn' selects no parameter: no norm layer found (BatchNorm = a params "
+      "module with scale/bias shaped like the mean/var its batch_stats path owns). Check that "
+      "batch_stats is variables['batch_stats']; batch_stats top level: a, b.")
+  with pytest.raises(ValueError, match=r"batch_stats top level: \(empty\)\.$"):
+    masks.make_labels(params, "bn_scale", batch_stats={})
+  many = {f"m{i}": {} for i in range(10)}
+  with pytest.raises(ValueError, match=r"batch_stats top level: m0, m1, m2, m3, m4, m5, m6, m7\.$"):
+    masks.make_labels(params, "bn_bias", batch_stats=many)

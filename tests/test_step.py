@@ -1,0 +1,274 @@
+"""Every option of the train step changes the result the way it should, and only that.
+
+One step of a two-block CBR (conv-BN-ReLU, Raghu et al., arXiv:1902.07208) on a
+fixed batch, through the public pieces the trainer uses: ``jaxbn.train.build_optimizer``
+(optimizer, weight decay, gradient clipping) and ``jaxbn.step.make_train_step``
+(label smoothing, ``lr_scale``, BN statistics mode). Each test compares a run with
+the option against one without it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxbn import config as config_lib, masks, step as step_lib, train
+from jaxbn.models.cbr import CBR
+
+NUM_CLASSES = 3
+LR = 0.1
+STRATEGY = "bn+head"  # conv kernels frozen
+
+
+@functools.lru_cache(maxsize=None)
+def _model(dtype=jnp.float32):
+  return CBR(features=(4, 8), kernel_size=3, num_classes=NUM_CLASSES, dtype=dtype)
+
+
+@pytest.fixture(scope="module")
+def setup():
+  variables = jax.jit(_model().init)(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+  variables = jax.tree.map(np.asarray, variables)
+  rng = np.random.default_rng(0)
+  batch = {
+      "image": rng.normal(size=(8, 8, 8, 3)).astype(np.float32),
+      "label": (np.arange(8) % NUM_CLASSES).astype(np.int32),
+  }
+  labels = masks.make_labels(variables["params"], STRATEGY, batch_stats=variables["batch_stats"])
+  return variables, batch, labels
+
+
+def _config(optimizer="sgd", weight_decay=0.0, grad_clip_norm=0.0):
+  c = config_lib.base_config()
+  c.optimizer, c.weight_decay, c.grad_clip_norm = optimizer, weight_decay, grad_clip_norm
+  return c
+
+
+_STEPS: dict = {}
+
+
+def _compiled(labels, optimizer, weight_decay, grad_clip_norm, label_smoothing, bn_stats, dtype):
+  """A jitted step per option combination (for the fixture's one label tree)."""
+  key = (optimizer, weight_decay, grad_clip_norm, label_smoothing, bn_stats, dtype)
+  if key not in _STEPS:
+    c = _config(optimizer, weight_decay, grad_clip_norm)
+    tx = train.build_optimizer(c, config_lib.stage(STRATEGY, 1, LR), 1, labels)
+    step = step_lib.make_train_step(
+        _model(jnp.dtype(dtype).type), tx, labels, bn_stats=bn_stats, multi_label=False,
+        label_smoothing=label_smoothing,
+    )
+    _STEPS[key] = tx, step
+  return _STEPS[key]
+
+
+def run(setup, *, optimizer="sgd", weight_decay=0.0, grad_clip_norm=0.0, label_smoothing=0.0,
+        lr_scale=1.0, bn_stats="frozen", dtype="float32", steps=1):
+  """(new state, loss of the first step) after ``steps`` steps on the fixture's batch."""
+  variables, batch, labels = setup
+  tx, step = _compiled(labels, optimizer, weight_decay, grad_clip_norm, label_smoothing, bn_stats,
+                       dtype)
+  state = step_lib.TrainState(
+      step=jnp.asarray(0, jnp.int32), params=variables["params"],
+      batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
+  )
+  losses = []
+  for _ in range(steps):
+    state, metrics = step(state, batch, jax.random.key(0), jnp.float32(lr_scale))
+    losses.append(float(metrics["loss"]))
+  return jax.tree.map(np.asarray, state), losses[0]
+
+
+def _leaves(tree, labels, label):
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {jax.tree_util.keystr(kp): np.asarray(x)
+          for (kp, x), lab in zip(flat, jax.tree.leaves(labels)) if lab == label}
+
+
+def _deltas(state, setup):
+  variables, _, labels = setup
+  delta = jax.tree.map(lambda new, old: new - old, state.params, variables["params"])
+  return _leaves(delta, labels, masks.TRAINABLE), _leaves(delta, labels, masks.FROZEN)
+
+
+def _global_norm(arrays):
+  return float(np.sqrt(sum(np.sum(np.square(a.astype(np.float64))) for a in arrays)))
+
+
+def _assert_frozen_untouched(state, setup):
+  _, frozen = _deltas(state, setup)
+  assert frozen and all(not d.any() for d in frozen.values())
+  np.testing.assert_array_equal(  # frozen BN statistics mode leaves them as they were
+      jax.tree.leaves(state.batch_stats)[0], jax.tree.leaves(setup[0]["batch_stats"])[0])
+
+
+def _logits(setup, params=None, dtype=jnp.float32):
+  variables, batch, _ = setup
+  variables = {**variables, "params": variables["params"] if params is None else params}
+  return _model(dtype).apply(variables, batch["image"], train=True, use_running_average=True)
+
+
+# --------------------------------------------------------------------------- #
+# Label smoothing.
+# --------------------------------------------------------------------------- #
+
+
+def test_label_smoothing_loss_is_the_smoothed_cross_entropy():
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(5, 4)).astype(np.float32)
+  labels = np.array([0, 3, 1, 1, 2])
+  logp = jax.nn.log_softmax(logits)
+  for eps in (0.0, 0.1, 0.3):
+    # Szegedy et al. (arXiv:1512.00567): target (1 - ε) one-hot + ε / K.
+    expected = -((1 - eps) * np.take_along_axis(logp, labels[:, None], 1)[:, 0]
+                 + eps * np.mean(logp, axis=-1))
+    got = step_lib.loss_per_example(jnp.asarray(logits), labels, multi_label=False,
+                                    label_smoothing=eps)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+  # Multi-label: each binary target moves ε/2 towards ½.
+  targets = (rng.random((5, 4)) < 0.5).astype(np.float32)
+  eps = 0.2
+  soft = targets * (1 - eps) + eps / 2
+  expected = np.mean(-(soft * jax.nn.log_sigmoid(logits) + (1 - soft) * jax.nn.log_sigmoid(-logits)),
+                     axis=-1)
+  got = step_lib.loss_per_example(jnp.asarray(logits), targets, multi_label=True,
+                                  label_smoothing=eps)
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_label_smoothing_changes_the_step_loss_and_update_only(setup):
+  plain, loss = run(setup)
+  smooth, loss_smooth = run(setup, label_smoothing=0.2)
+  logits = _logits(setup)
+  labels = setup[1]["label"]
+  expected = np.mean(step_lib.loss_per_example(logits, labels, multi_label=False,
+                                               label_smoothing=0.2))
+  assert loss == pytest.approx(float(np.mean(
+      optax.softmax_cross_entropy_with_integer_labels(logits, labels))), rel=1e-5)
+  assert loss_smooth == pytest.approx(float(expected), rel=1e-5)
+  assert abs(loss_smooth - loss) > 1e-3
+  moved, _ = _deltas(smooth, setup)
+  moved_plain, _ = _deltas(plain, setup)
+  assert any(not np.allclose(moved[k], moved_plain[k]) for k in moved)
+  _assert_frozen_untouched(smooth, setup)
+
+
+# --------------------------------------------------------------------------- #
+# Optimizer options: lr scale, gradient clipping, weight decay.
+# --------------------------------------------------------------------------- #
+
+
+def test_lr_scale_scales_the_update_and_nothing_else(setup):
+  full, loss = run(setup, optimizer="adam")
+  half, loss_half = run(setup, optimizer="adam", lr_scale=0.5)
+  still, _ = run(setup, optimizer="adam", lr_scale=0.0)
+  assert loss_half == loss
+  d_full, _ = _deltas(full, setup)
+  d_half, _ = _deltas(half, setup)
+  for k in d_full:
+    assert np.abs(d_full[k]).max() > 0, k
+    np.testing.assert_allclose(d_half[k], 0.5 * d_full[k], rtol=1e-4, atol=1e-7, err_msg=k)
+  assert all(not d.any() for d in _deltas(still, setup)[0].values())
+  # The optimizer's own state (Adam's moments) does not depend on the scale.
+  for a, b in zip(jax.tree.leaves(full.opt_state), jax.tree.leaves(half.opt_state)):
+    np.testing.assert_array_equal(a, b)
+  _assert_frozen_untouched(half, setup)
+
+
+def test_gradient_clipping_bounds_the_global_norm_of_trainable_gradients(setup):
+  plain, loss = run(setup)  # SGD, first step: update = -lr * g
+  g_norm = _global_norm(_deltas(plain, setup)[0].values()) / LR
+  assert g_norm > 0.05
+  clip = g_norm / 4
+  clipped, loss_clipped = run(setup, grad_clip_norm=clip)
+  assert loss_clipped == loss
+  d_plain, _ = _deltas(plain, setup)
+  d_clip, _ = _deltas(clipped, setup)
+  # Same direction, global norm exactly `clip`: the norm is over trainable leaves only.
+  assert _global_norm(d_clip.values()) / LR == pytest.approx(clip, rel=1e-4)
+  for k in d_plain:
+    np.testing.assert_allclose(d_clip[k], d_plain[k] * clip / g_norm, rtol=1e-3, atol=1e-8)
+  # A bound above the norm changes nothing.
+  loose, _ = run(setup, grad_clip_norm=4 * g_norm)
+  for k, d in _deltas(loose, setup)[0].items():
+    np.testing.assert_allclose(d, d_plain[k], rtol=1e-6, atol=1e-9)
+  _assert_frozen_untouched(clipped, setup)
+
+
+def test_weight_decay_shrinks_trainable_leaves_only(setup):
+  variables, _, labels = setup
+  wd = 0.5
+  adam, loss = run(setup, optimizer="adamw")
+  decayed, loss_decayed = run(setup, optimizer="adamw", weight_decay=wd)
+  assert loss_decayed == loss
+  old = _leaves(variables["params"], labels, masks.TRAINABLE)
+  d_adam, _ = _deltas(adam, setup)
+  d_decayed, _ = _deltas(decayed, setup)
+  # AdamW (Loshchilov & Hutter, arXiv:1711.05101): the decay adds -lr * wd * θ.
+  for k in old:
+    np.testing.assert_allclose(d_decayed[k] - d_adam[k], -LR * wd * old[k], rtol=1e-4,
+                               atol=1e-6, err_msg=k)
+  assert any(np.abs(v).max() > 0.1 for v in old.values())
+  _assert_frozen_untouched(decayed, setup)  # frozen conv kernels are not decayed
+
+
+# --------------------------------------------------------------------------- #
+# Compute dtype and BN statistics mode.
+# --------------------------------------------------------------------------- #
+
+
+def test_bfloat16_compute_keeps_float32_params_and_close_results(setup):
+  f32, loss = run(setup)
+  bf16, loss_bf16 = run(setup, dtype="bfloat16")
+  assert _logits(setup, dtype=jnp.bfloat16).dtype == jnp.float32  # the head casts back
+  for tree in (bf16.params, bf16.batch_stats, bf16.opt_state):
+    assert all(x.dtype in (np.float32, np.int32) for x in jax.tree.leaves(tree))
+  assert loss_bf16 != loss  # computed in bfloat16 ...
+  assert loss_bf16 == pytest.approx(loss, rel=2e-2)  # ... to bfloat16 precision
+  d32, _ = _deltas(f32, setup)
+  d16, _ = _deltas(bf16, setup)
+  a = np.concatenate([d.ravel() for d in d32.values()])
+  b = np.concatenate([d16[k].ravel() for k in d32])
+  assert np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.99
+  _assert_frozen_untouched(bf16, setup)
+
+
+def test_bn_stats_mode_batch_updates_running_statistics(setup):
+  frozen, loss_frozen = run(setup)
+  batch, loss_batch = run(setup, bn_stats="batch")
+  assert loss_batch != loss_frozen  # normalised with batch statistics
+  old = jax.tree.leaves(setup[0]["batch_stats"])
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(frozen.batch_stats), old))
+  assert all(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(batch.batch_stats), old))
+  with pytest.raises(ValueError, match="bn_stats must be 'frozen' or 'batch'"):
+    step_lib.make_train_step(_model(), optax.sgd(0.1), setup[2], bn_stats="running",
+                             multi_label=False)
+
+
+# --------------------------------------------------------------------------- #
+# The eval step.
+# --------------------------------------------------------------------------- #
+
+
+def test_eval_step_probabilities_and_per_example_loss(setup):
+  variables, batch, _ = setup
+  logits = np.asarray(_model().apply(variables, batch["image"], train=False), np.float64)
+  out = step_lib.make_eval_step(_model(), multi_label=False)(variables, batch)
+  softmax = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  np.testing.assert_allclose(out["probs"], softmax, rtol=1e-5)
+  np.testing.assert_allclose(
+      out["loss"], -np.log(softmax[np.arange(len(logits)), batch["label"]]), rtol=1e-5)
+  # Multi-label: sigmoid per output and the mean binary cross-entropy over outputs.
+  targets = (np.arange(8 * NUM_CLASSES).reshape(8, NUM_CLASSES) % 2).astype(np.float32)
+  out = step_lib.make_eval_step(_model(), multi_label=True)(variables, {**batch, "label": targets})
+  sigmoid = 1 / (1 + np.exp(-logits))
+  np.testing.assert_allclose(out["probs"], sigmoid, rtol=1e-5)
+  bce = -(targets * np.log(sigmoid) + (1 - targets) * np.log(1 - sigmoid)).mean(-1)
+  np.testing.assert_allclose(out["loss"], bce, rtol=1e-4)
+  half = jnp.asarray(logits, jnp.bfloat16)
+  assert step_lib.probabilities(half, multi_label=False).dtype == jnp.float32
+  assert step_lib.probabilities(half, multi_label=True).dtype == jnp.float32

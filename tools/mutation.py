@@ -1,0 +1,171 @@
+"""Mutation testing of one module group with mutmut 3 and its fast tests only.
+
+    pip install mutmut==3.8.1
+    nice -n 10 python tools/mutation.py metrics            # or masks, step, ops, cca, converters
+    nice -n 10 python tools/mutation.py masks --rerun-survivors   # after adding tests
+
+Copies the git-tracked tree (plus untracked, not ignored files) into a scratch
+directory (``--workdir``, default ``<tmp>/jaxbn-mutation/<group>``), writes a
+``setup.cfg`` ``[mutmut]`` section naming the group's files and fast tests, runs
+``mutmut run`` there (mutmut forks one child per mutant and runs only the tests
+that reach the mutated function, stopping at the first failure), and prints the
+score: killed / all mutants, listing the others (survived, timeout, not checked). A later run in the same
+workdir reuses mutmut's results; ``--rerun-survivors`` first refreshes the tests
+from the repository and reruns only the mutants that survived.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+# group -> (files to mutate, fast test selection).
+GROUPS = {
+    "metrics": (["jaxbn/metrics.py"], ["tests/test_metrics.py"]),
+    "masks": (["jaxbn/masks.py"], ["tests/test_masks.py"]),
+    "step": (["jaxbn/step.py"], ["tests/test_step.py"]),
+    "ops": (
+        ["jaxbn/ops/acnorm.py"],
+        [
+            "tests/test_acnorm.py::test_op_matches_numpy_spec_random",
+            "tests/test_acnorm.py::test_op_hand_computed_target_moved_towards_another_source_channel",
+            "tests/test_acnorm.py::test_op_hand_computed_ties_negative_gamma_and_temperature",
+            "tests/test_acnorm.py::test_op_bfloat16_inputs_computed_in_float32",
+            "tests/test_acnorm.py::test_gradient_is_identity_plus_s_transposed_and_s_has_none",
+        ],
+    ),
+    "cca": (["jaxbn/analysis/cca.py"], ["tests/test_cca.py"]),
+    "converters": (
+        ["jaxbn/weights/convert.py", "jaxbn/weights/torchvision.py",
+         "jaxbn/weights/efficientnet_lite.py"],
+        ["tests/test_weights.py"],
+    ),
+}
+
+
+# Only a failing test counts; a timeout (a mutant that loops, or a loaded machine) is
+# listed with the survivors.
+DETECTED = ("killed", "killed (fresh process)")
+
+
+def _tree_files() -> list[str]:
+  out = subprocess.run(
+      ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+      cwd=REPO, check=True, capture_output=True,
+  ).stdout.decode()
+  return [f for f in out.split("\0") if f and (REPO / f).is_file()]
+
+
+def _copy_tree(dest: pathlib.Path, only: str | None = None) -> None:
+  for f in _tree_files():
+    if only and not f.startswith(only):
+      continue
+    target = dest / f
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(REPO / f, target)
+
+
+def _config(files: list[str], tests: list[str]) -> str:
+  lines = ["[mutmut]", "source_paths = jaxbn", "only_mutate ="]
+  lines += [f"    {f}" for f in files]
+  lines += ["pytest_add_cli_args_test_selection ="] + [f"    {t}" for t in tests]
+  lines += ["pytest_add_cli_args =", "    -p no:cacheprovider"]
+  # A fork server that has imported third-party modules only (no XLA backend yet): a
+  # child forked after XLA's thread pools start can deadlock. Each child then imports
+  # jaxbn and starts XLA itself, which the per-test times mutmut measured do not include:
+  # the wall-clock limit is 5 x (test time + 60 s).
+  lines += ["process_isolation = forkserver", "forkserver_warmup = import",
+            "preload_modules_file = tools/mutation_preload.txt", "timeout_multiplier = 5.0",
+            "timeout_constant = 60.0", ""]
+  return "\n".join(lines)
+
+
+def _mutmut(workdir: pathlib.Path, *args: str, capture: bool = False):
+  return subprocess.run(
+      [sys.executable, "-m", "mutmut", *args], cwd=workdir, check=not capture,
+      capture_output=capture, text=True, env={**os.environ, "PYTHONPATH": ""},
+  )
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("group", choices=sorted(GROUPS))
+  parser.add_argument("--workdir", type=pathlib.Path)
+  parser.add_argument("--max-children", type=int, default=2)
+  parser.add_argument("--rerun-survivors", action="store_true")
+  parser.add_argument("--only", nargs="*", default=[], metavar="GLOB",
+                      help="mutant name globs to run, e.g. 'jaxbn.step.x_loss_per_example*'")
+  parser.add_argument(
+      "--fresh-process", metavar="GLOB", default="",
+      help="recheck the survivors matching GLOB (e.g. '*x__norm_selector*') each in a fresh "
+           "pytest process with the mutant on from the start: for code that runs at import "
+           "time (module-level tables), which mutmut's forked workers import unmutated.")
+  args = parser.parse_args(argv)
+  files, tests = GROUPS[args.group]
+  workdir = args.workdir or pathlib.Path(tempfile.gettempdir()) / "jaxbn-mutation" / args.group
+
+  if args.rerun_survivors:
+    if not (workdir / "mutants").is_dir():
+      print(f"error: no earlier run in {workdir}; run without --rerun-survivors first.",
+            file=sys.stderr)
+      return 2
+    _copy_tree(workdir, only="tests/")
+    _copy_tree(workdir / "mutants", only="tests/")
+    names = _survivors(workdir)
+    if names:
+      _mutmut(workdir, "run", "--max-children", str(args.max_children), *names)
+  else:
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    _copy_tree(workdir)
+    (workdir / "setup.cfg").write_text(_config(files, tests))
+    _mutmut(workdir, "run", "--max-children", str(args.max_children), *args.only)
+
+  results = _results(workdir)
+  fresh_file = workdir / "fresh_process_results.json"
+  fresh = json.loads(fresh_file.read_text()) if fresh_file.exists() else {}
+  if args.fresh_process:
+    _copy_tree(workdir / "mutants", only="tests/")
+    for name, status in sorted(results.items()):
+      if status not in DETECTED and fnmatch.fnmatch(name, args.fresh_process):
+        rc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+            cwd=workdir / "mutants", capture_output=True,
+            env={**os.environ, "PYTHONPATH": "", "MUTANT_UNDER_TEST": name},
+        ).returncode
+        fresh[name] = "killed" if rc == 1 else "survived" if rc == 0 else f"error {rc}"
+        print(f"  fresh process: {fresh[name]:9s} {name}", flush=True)
+    fresh_file.write_text(json.dumps(fresh, indent=1))
+  for name, status in fresh.items():
+    if results.get(name) not in DETECTED and status == "killed":
+      results[name] = "killed (fresh process)"
+  total = len(results)
+  killed = sum(status in DETECTED for status in results.values())
+  print(f"\n{args.group}: {killed}/{total} killed = {100 * killed / max(total, 1):.1f} %")
+  for name, status in sorted(results.items()):
+    if status not in DETECTED:
+      print(f"  {status:10s} {name}")
+  return 0
+
+
+def _results(workdir: pathlib.Path) -> dict[str, str]:
+  out = _mutmut(workdir, "results", "--all", "true", capture=True).stdout
+  return dict(re.findall(r"^\s*(\S+__mutmut_\d+): (\S.*?)\s*$", out, re.M))
+
+
+def _survivors(workdir: pathlib.Path) -> list[str]:
+  return [n for n, s in _results(workdir).items() if s not in DETECTED]
+
+
+if __name__ == "__main__":
+  sys.exit(main())
