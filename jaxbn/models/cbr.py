@@ -23,7 +23,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxbn.models import norm as norm_lib
-from jaxbn.models.registry import ModelSpec
+from jaxbn.models.layers import classifier_tail
+from jaxbn.models.spec import ModelSpec
 
 BN_EPSILON = 1e-5
 
@@ -66,12 +67,10 @@ class CBR(nn.Module):
       x = nn.relu(x)
       if i < len(self.features) or self.pool_last:
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
-    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    if self.num_classes == 0:
-      return x
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="fc")(x)
-    return jnp.asarray(x, jnp.float32)
+    return classifier_tail(
+        x, num_classes=self.num_classes, dropout_rate=self.dropout_rate, train=train,
+        dtype=self.dtype, name="fc",
+    )
 
 
 def _stage_of(num_blocks: int):

@@ -29,7 +29,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxbn.models import norm as norm_lib
-from jaxbn.models.registry import CutPoint, ModelSpec, find_cut
+from jaxbn.models.layers import classifier_tail
+from jaxbn.models.prefix import CutPoint, find_cut
+from jaxbn.models.spec import ModelSpec
 
 ModuleDef = Any
 
@@ -211,15 +213,10 @@ class DenseNet(nn.Module):
 
     if cut is None:
       x = nn.relu(norm(name="norm5")(x))
-    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    if self.num_classes == 0:
-      return x
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.Dense(
-        self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
-        kernel_init=dense_init, name="classifier",
-    )(x)
-    return jnp.asarray(x, jnp.float32)
+    return classifier_tail(
+        x, num_classes=self.num_classes, dropout_rate=self.dropout_rate, train=train,
+        dtype=self.dtype, name="classifier", kernel_init=dense_init,
+    )
 
 
 def _spec(name: str) -> ModelSpec:

@@ -1,4 +1,4 @@
-"""Layers shared by the backbones."""
+"""Layers shared by the backbones: the depthwise conv and the classifier tail."""
 
 from __future__ import annotations
 
@@ -72,3 +72,29 @@ class DepthwiseConv(nn.Module):
           dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels,
       )
     raise ValueError(f"DepthwiseConv impl must be auto | conv | shifts, got {impl!r}.")
+
+
+def classifier_tail(
+    x: jax.Array,
+    *,
+    num_classes: int,
+    dropout_rate: float,
+    train: bool,
+    dtype: Any,
+    name: str,
+    kernel_init: Callable[..., Any] = nn.linear.default_kernel_init,
+) -> jax.Array:
+  """Global average pooling → dropout → a new ``Dense`` head, every family's tail.
+
+  Call it inside a ``@nn.compact`` method: the ``Dropout`` and the ``Dense``
+  (called ``name``, the spec's ``head``) become submodules of the calling
+  model. Pooling and logits are float32 whatever the compute ``dtype``;
+  ``num_classes == 0`` returns the pooled (N, C) features, without a head.
+  """
+  x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # adaptive_avg_pool2d(1) + flatten
+  if num_classes == 0:
+    return x
+  x = nn.Dropout(dropout_rate, deterministic=not train)(x)
+  x = nn.Dense(num_classes, dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
+               name=name)(x)
+  return jnp.asarray(x, jnp.float32)

@@ -36,7 +36,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxbn.models import norm as norm_lib
-from jaxbn.models.registry import CutPoint, ModelSpec, find_cut
+from jaxbn.models.layers import classifier_tail
+from jaxbn.models.prefix import CutPoint, find_cut
+from jaxbn.models.spec import ModelSpec
 
 ModuleDef = Any
 
@@ -237,15 +239,10 @@ class ResNet(nn.Module):
       )(x)
       in_features = width * expansion
 
-    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # adaptive_avg_pool2d(1) + flatten
-    if self.num_classes == 0:
-      return x
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.Dense(
-        self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
-        kernel_init=dense_init, name="fc",
-    )(x)
-    return jnp.asarray(x, jnp.float32)
+    return classifier_tail(
+        x, num_classes=self.num_classes, dropout_rate=self.dropout_rate, train=train,
+        dtype=self.dtype, name="fc", kernel_init=dense_init,
+    )
 
 
 def _spec(name: str) -> ModelSpec:
