@@ -168,7 +168,7 @@ def main(argv):
         f"median of {FLAGS.reps} round-robin repetitions:\n")
   print(markdown(rows))
   if FLAGS.out:
-    from jaxbn.weights.store import write_json_atomic
+    from jaxbn.io import write_json_atomic
 
     write_json_atomic(FLAGS.out, rows)
 

@@ -90,20 +90,6 @@ def _read_json(path: str) -> tuple[Any, str | None]:
     return None, f"{os.path.basename(path)} unreadable ({type(e).__name__}: {e})"
 
 
-def _latest_checkpoint_meta(run_dir: str) -> dict | None:
-  """The host-side loop state of the newest readable checkpoint (plain JSON, no orbax)."""
-  steps = []
-  for d in glob.glob(os.path.join(run_dir, "checkpoints", "*")):
-    base = os.path.basename(d)
-    if base.isdigit():
-      steps.append(int(base))
-  for step in sorted(steps, reverse=True):
-    meta, _ = _read_json(os.path.join(run_dir, "checkpoints", str(step), "meta", "metadata"))
-    if isinstance(meta, dict) and isinstance(meta.get("loop"), dict):
-      return meta
-  return None
-
-
 def _strategy_label(results: dict) -> str:
   strat = results.get("strategy")
   if isinstance(strat, dict):
@@ -218,7 +204,9 @@ def _read_run(run_dir: str, planned: dict | None = None) -> RunInfo:
       info.history = list(results.get("history") or [])
   else:
     info.status = "broken" if res_err else "partial"
-    ckpt = _latest_checkpoint_meta(run_dir)
+    from jaxbn import checkpoint  # its layout; imported only for unfinished runs
+
+    ckpt = checkpoint.latest_meta(run_dir)
     if ckpt:
       loop = ckpt["loop"]
       info.history = list(loop.get("history") or [])

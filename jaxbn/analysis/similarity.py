@@ -436,9 +436,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
   args = parser().parse_args(argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  import tensorflow as tf
+  from jaxbn.tf_setup import hide_gpus_from_tf
 
-  tf.config.set_visible_devices([], "GPU")
+  hide_gpus_from_tf()
   from jaxbn.data import pipeline
 
   kw_a = {"stage_widths": _widths(args.stage_widths)} if args.stage_widths else {}

@@ -156,15 +156,15 @@ def resolve(spec: Any, name: str, modules: Sequence[str]) -> tuple[str, ...]:
   for cut in _cuts(spec):
     if cut.name == name:
       return tuple(m for m in body if m in cut.kept)
+  k = 0 if name == STEM else _stage_k(name, spec)
+  if k is None:
+    raise PrefixError(f"Unknown prefix {name!r} for {spec.name}; valid: {', '.join(names(spec))}.")
   if spec.stage_of is None:
     raise PrefixError(f"{spec.name!r} has no stage_of: prefix {name!r} is not defined for it.")
   stages = {m: spec.stage_of(m) for m in body}
   if name == STEM:
     first = min(stages.values(), default=0)  # 0 for a stem; CBR has none: its first block
     return tuple(m for m in body if stages[m] == first)
-  k = _stage_k(name, spec)
-  if k is None:
-    raise PrefixError(f"Unknown prefix {name!r} for {spec.name}; valid: {', '.join(names(spec))}.")
   return tuple(m for m in body if stages[m] <= k)
 
 

@@ -91,6 +91,18 @@ def stage_of(name: str) -> int:
   raise ValueError(f"{name!r} is not a top-level ResNet module.")
 
 
+def slim_widths(arch: str, from_stage: int = 3, factor: float = 0.5) -> tuple[int, ...]:
+  """``stage_widths`` of Transfusion's "slim" ResNet: stages ≥ ``from_stage`` × ``factor``.
+
+  >>> slim_widths("resnet50")
+  (64, 128, 128, 256)
+  """
+  if arch not in STAGE_SIZES:
+    raise ValueError(f"The slim variant is defined for ResNets, not {arch!r}.")
+  return tuple(w if s < from_stage else max(1, int(round(w * factor)))
+               for s, w in enumerate(STAGE_WIDTHS, 1))
+
+
 @functools.lru_cache(maxsize=None)
 def cut_points(stage_sizes: tuple[int, ...]) -> tuple[CutPoint, ...]:
   """The TruncatedTL cuts of a ResNet with ``stage_sizes`` blocks per stage.
@@ -175,7 +187,7 @@ class ResNet(nn.Module):
       ``width * expansion`` channels); None = torchvision's :data:`STAGE_WIDTHS`
       ``(64, 128, 256, 512)``. Other widths change the parameter shapes of
       those stages, e.g. Transfusion's "slim" ResNet ``(64, 128, 128, 256)``
-      (:func:`jaxbn.weights.init.slim_widths`); pretrained weights then fit only
+      (:func:`slim_widths`); pretrained weights then fit only
       the stages left at their original width.
   """
 

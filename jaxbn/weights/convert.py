@@ -22,15 +22,13 @@ import numpy as np
 from flax.traverse_util import flatten_dict as _flatten, unflatten_dict as _unflatten
 
 from jaxbn.models import acnorm, registry
+from jaxbn.weights import efficientnet_lite, hub, store, torchvision
+from jaxbn.weights.base import CheckpointError, zero_head
 from jaxbn.weights.keys import KeyTable, Path
 
 
 # Keys PyTorch keeps that have no Flax counterpart.
 IGNORED_SUFFIXES = ("num_batches_tracked",)
-
-
-class CheckpointError(ValueError):
-  """A checkpoint file cannot be read or does not fit the architecture."""
 
 
 def _shorten(items: list[str], n: int = 8) -> str:
@@ -168,8 +166,6 @@ def apply_key_table(
 
 def key_table(arch: str) -> KeyTable:
   """The explicit torch key → Flax path table for ``arch`` (with ImageNet head)."""
-  from jaxbn.weights import efficientnet_lite, torchvision
-
   family = registry.get_spec(arch).family
   if family in ("resnet", "densenet"):
     return torchvision.key_table(arch)
@@ -208,8 +204,6 @@ def guess_architecture(state_dict: Mapping[str, np.ndarray]) -> str | None:
 
 
 def _normalise_legacy_key(key: str) -> str:
-  from jaxbn.weights import torchvision
-
   return torchvision.normalise_legacy_key(key)
 
 
@@ -236,8 +230,6 @@ def convert_state_dict(
       count builds a new, zero-initialised head (:func:`zero_head`).
     **model_kwargs: forwarded to ``create_model`` (they must not change shapes).
   """
-  from jaxbn.weights import torchvision
-
   spec = registry.get_spec(arch)
   state_dict = {torchvision.normalise_legacy_key(k): v for k, v in state_dict.items()}
   table = key_table(arch)
@@ -326,8 +318,6 @@ def truncate_variables(
 
 def _restore_converted(source, arch: str, *, num_classes: int | None, **model_kwargs: Any):
   """``store.restore_variables``, cut to the TruncatedTL prefix when ``truncate_at`` is set."""
-  from jaxbn.weights import store
-
   truncate_at = model_kwargs.pop("truncate_at", None)
   if truncate_at is None:
     return store.restore_variables(source, arch, num_classes=num_classes, **model_kwargs)
@@ -335,16 +325,6 @@ def _restore_converted(source, arch: str, *, num_classes: int | None, **model_kw
   if num_classes is None:
     num_classes = int(store.read_manifest(source).get("num_classes", 0))
   return truncate_variables(arch, full, truncate_at, num_classes=num_classes, **model_kwargs)
-
-
-def zero_head(head_shapes: Mapping[str, Any]) -> dict[str, np.ndarray]:
-  """A new classifier with all-zero weights (big_vision's ``head_zeroinit``).
-
-  Fine-tuning then starts from uniform predictions instead of the large random
-  logits a fresh dense layer gives on 1000-2048 unnormalised features, and the
-  first updates of a head-only warm-up are well scaled for any backbone.
-  """
-  return {k: np.zeros(v.shape, v.dtype) for k, v in head_shapes.items()}
 
 
 def _without_head(expected: Mapping[str, Any], head: str) -> dict[str, Any]:
@@ -364,8 +344,6 @@ def load_pretrained(
   an orbax checkpoint written by ``python -m jaxbn.convert``, or ``None`` for the
   registered ImageNet checkpoint of ``arch`` (downloaded once, sha256-checked).
   """
-  from jaxbn.weights import hub
-
   if source is not None and os.path.isdir(source):
     variables = _restore_converted(source, arch, num_classes=num_classes, **model_kwargs)
     if acnorm.is_acnorm(model_kwargs.get("norm", "bn")):  # a converted BN checkpoint
