@@ -16,7 +16,7 @@ from jaxbn.ops import acnorm_affine
 
 
 def spec_numpy(g_s, b_s, g_t, b_t, tau=1.0, eps=1e-5):
-  """methods.md §2 steps 1-6, literally, in float64 with explicit loops where it helps."""
+  """arXiv:2307.15282 steps 1-6, literally, in float64 with explicit loops where it helps."""
   g_s, b_s, g_t, b_t = (np.asarray(v, np.float64) for v in (g_s, b_s, g_t, b_t))
   c = len(g_s)
   r_s = b_s / (np.abs(g_s) + eps)

@@ -21,7 +21,7 @@ initialises target and source from the same pretrained ``γ, β``
 (:func:`add_source_affine`), and the running statistics from the BN's. With
 random initialisation both affines start at ``γ = 1, β = 0``.
 
-Forward (methods.md §2): ``(S, γ_eff, β_eff) = jaxbn.ops.acnorm_affine(γ_s, β_s,
+Forward (arXiv:2307.15282): ``(S, γ_eff, β_eff) = jaxbn.ops.acnorm_affine(γ_s, β_s,
 γ_t, β_t, τ, ε)``; ``x̂ = (x - μ) / sqrt(σ² + ε)`` with batch statistics in
 training and running statistics with ``use_running_average=True``; ``y = x̂ γ_eff +
 β_eff``. Note what this means (it is the reference behaviour): at initialisation
@@ -231,33 +231,11 @@ def layer_settings(model: nn.Module, variables: Mapping[str, Any],
   return found
 
 
-def correlations(
-    variables: Mapping[str, Any],
-    settings: Mapping[tuple[str, ...], Mapping[str, float]] | None = None,
-    *,
-    temperature: float = DEFAULT_TEMPERATURE,
-    epsilon: float = 1e-5,
-) -> dict[tuple[str, ...], jax.Array]:
-  """``S`` of every AC-Norm layer of ``variables`` (no forward pass needed).
-
-  ``S`` depends only on the layer's affines, so it is recomputed here from
-  ``params`` (target) and ``acnorm_source`` (source). ``settings`` (from
-  :func:`layer_settings`) gives each layer's ε and τ; otherwise ``epsilon`` and
-  ``temperature`` apply to every layer.
-  """
-  out = {}
-  for path, affine in layer_affines(variables).items():
-    opts = (settings or {}).get(path, {"epsilon": epsilon, "temperature": temperature})
-    out[path] = acnorm_affine(*affine, opts["temperature"], opts["epsilon"])[0]
-  return out
-
-
 __all__ = [
     "ACNORM_MOMENTUM",
     "ACNorm",
     "SOURCE",
     "add_source_affine",
-    "correlations",
     "is_acnorm",
     "layer_affines",
     "layer_paths",

@@ -4,7 +4,7 @@ A *prefix* is the stem and the top-level modules after it, in network order,
 up to some point; the head (``spec.head``) is never part of one. Three
 methods name one:
 
-* TruncatedTL (Peng et al., arXiv:2110.13385, ``model.truncate_at``) keeps
+* TruncatedTL (Peng et al., arXiv:2106.05152, ``model.truncate_at``) keeps
   a prefix, drops the rest and puts global average pooling + a new head on it;
 * weight transfusion (Raghu et al., arXiv:1902.07208, ``model.transfer_up_to``)
   copies a prefix from the pretrained weights and keeps the rest random;
