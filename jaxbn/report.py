@@ -38,8 +38,16 @@ import sys
 import time
 from typing import Any, Iterable, Sequence
 
+from absl import flags
+
+from jaxbn import cli
 from jaxbn.plotting import pyplot, save_figure
 from jaxbn.sweep import PLAN_FILE, RESULTS, RUN_META
+
+PROG = "python -m jaxbn.report"
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("out", None, "output directory (default: the first WORKDIR)", flag_values=FLAGS)
+flags.DEFINE_string("title", "jaxbn fine-tuning report", "title of report.md", flag_values=FLAGS)
 
 # MedMNIST v2 (Yang et al., Scientific Data 2023), test AUC / ACC, trained from scratch.
 MEDMNIST_BASELINES = {
@@ -626,18 +634,12 @@ def write_report(paths: Sequence[str], out: str | None = None,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  import argparse
-
-  parser = argparse.ArgumentParser(prog="python -m jaxbn.report", description=__doc__.split("\n")[0])
-  parser.add_argument("workdirs", nargs="+", help="sweep directories, run workdirs, or folders of them")
-  parser.add_argument("--out", default=None, help="output directory (default: the first WORKDIR)")
-  parser.add_argument("--title", default="jaxbn fine-tuning report")
-  args = parser.parse_args(argv)
   import shlex
 
   argv = list(sys.argv[1:] if argv is None else argv)
+  args = cli.parse(FLAGS, argv, prog=PROG, doc=__doc__, positional="workdirs")
   res = write_report(args.workdirs, args.out, args.title,
-                     command=" ".join(["python -m jaxbn.report"] + [shlex.quote(a) for a in argv]))
+                     command=" ".join([PROG] + [shlex.quote(a) for a in argv]))
   done = sum(r.status == "done" for r in res["runs"])
   print(f"wrote {res['report']} ({done} of {len(res['runs'])} runs finished) and "
         f"{', '.join(os.path.basename(p) for p in res['pngs'])}")
@@ -647,4 +649,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main)

@@ -16,7 +16,7 @@ collection          names               what
 ==================  ==================  ==================================================
 
 Loading a pretrained *BN* checkpoint into an ``norm='acnorm'`` model
-(:func:`jaxbn.weights.convert.convert_state_dict` / ``load_pretrained``)
+(:func:`jaxbn.weights.pytorch.convert_state_dict` / ``load_pretrained``)
 initialises target and source from the same pretrained ``γ, β``
 (:func:`add_source_affine`), and the running statistics from the BN's. With
 random initialisation both affines start at ``γ = 1, β = 0``.

@@ -54,10 +54,10 @@ calls :func:`initial_variables`, a thin adapter over :func:`transfusion_variable
 
 Library use (not run as a doctest: it downloads ImageNet weights)::
 
-    from jaxbn.weights import convert, init
+    from jaxbn.weights import init, pytorch
     model = create_model("resnet50", num_classes=2)
     random = init_variables(model, jax.random.key(0))
-    pretrained = convert.load_pretrained("resnet50", num_classes=0)
+    pretrained = pytorch.load_pretrained("resnet50", num_classes=0)
     v = init.transfuse(random, pretrained, "resnet50", "stage2")
     v = init.mean_var(random, pretrained, jax.random.key(1), head="fc")
 """
@@ -72,7 +72,7 @@ import numpy as np
 import jaxbn.models as models
 from jaxbn import masks, treepath
 from jaxbn.models import prefix, registry
-from jaxbn.weights import convert
+from jaxbn.weights import pytorch
 from jaxbn.models.resnet import slim_widths  # noqa: F401 (its old home; re-exported)
 
 MEAN_VAR = "mean_var"
@@ -274,7 +274,7 @@ def transfusion_variables(model, rng, *, arch: str, init: str,
 
   The target's random variables come from ``model.init`` with ``rng`` (the
   caller built ``model`` with its widths, ``truncate_at`` and head); the
-  pretrained ones from ``jaxbn.weights.convert.load_pretrained`` of the
+  pretrained ones from ``jaxbn.weights.pytorch.load_pretrained`` of the
   registered ImageNet checkpoint (``imagenet``, ``mean_var``) or of the given
   path (``init=PATH``, ``mean_var:PATH``), without its head.
   """
@@ -290,7 +290,7 @@ def transfusion_variables(model, rng, *, arch: str, init: str,
   is_mean_var = init.split(":", 1)[0] == MEAN_VAR
   kind, _, source = init.partition(":") if is_mean_var else ("", "", init)
   source = None if source in ("", "imagenet") else source
-  pretrained = convert.load_pretrained(arch, source, num_classes=0)
+  pretrained = pytorch.load_pretrained(arch, source, num_classes=0)
   if kind == MEAN_VAR:
     if transfer_up_to not in (None, NONE):
       raise ValueError("model.init='mean_var' and model.transfer_up_to cannot be combined.")
