@@ -21,7 +21,8 @@ name            the prefix
 ``stem``        the stem (stage 0): ResNet ``conv1, bn1``; DenseNet ``conv0, norm0``;
                 EfficientNet-Lite ``conv_stem, bn0``; CBR (no stem) its first block.
                 ``conv1``, Transfusion's name, is accepted as an alias.
-``stageK``      the stem and stages 1..K (``spec.stage_of``), K = 1 .. num_stages − 1
+``stageK``      the stem and stages 1..K (``spec.stage_of``), K = 1 .. num_stages − 1;
+                ``stage0`` is the stem by ``stage_of`` alone (nothing for CBR)
 a cut name      one of the family's TruncatedTL cuts (``spec.cuts``, :class:`CutPoint`):
                 block level ``layer2`` (ResNet), ``transition2`` (DenseNet),
                 ``stage7`` (EfficientNet-Lite, its MBConv blocks without
@@ -39,8 +40,8 @@ ones for the architecture and the use.
 ('conv1', 'bn1', 'block1')
 >>> resolve(_DOCTEST_SPEC, "conv1", ["conv1", "bn1", "block1", "block2"])
 ('conv1', 'bn1')
->>> from_stage_prefix(0), from_stage_prefix(1), from_stage_prefix(3)
-('none', 'stem', 'stage2')
+>>> from_stage_prefix(0), from_stage_prefix(1), from_stage_prefix(3), from_stage_prefix(5, 3)
+('none', 'stage0', 'stage2', 'all')
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def _cuts(spec: Any) -> tuple[CutPoint, ...]:
 
 def _stage_k(name: str, spec: Any) -> int | None:
   match = _STAGE.fullmatch(name)
-  if match and 1 <= int(match.group(1)) < spec.num_stages:
+  if match and 0 <= int(match.group(1)) < spec.num_stages:
     return int(match.group(1))
   return None
 
@@ -137,7 +138,7 @@ def _stage_k(name: str, spec: Any) -> int | None:
 def names(spec: Any) -> list[str]:
   """Every prefix name of ``spec``: none, stem, stage1.., all, then the family's cuts."""
   cuts = [c.name for c in _cuts(spec)]
-  coarse = [NONE, STEM, *stage_names(spec), ALL]
+  coarse = [NONE, STEM, "stage0", *stage_names(spec), ALL]
   return coarse + [c for c in cuts if c not in coarse]
 
 
@@ -195,15 +196,14 @@ def truncation_cut(spec: Any, name: str | None) -> CutPoint | None:
 def from_stage_prefix(k: int, num_stages: int | None = None) -> str:
   """The prefix that ``masks.from_stage(k)`` freezes: every stage below ``k``.
 
-  ``k = 0`` freezes nothing, ``k = 1`` the stem, ``k`` the stem and stages
-  1..k−1; with ``num_stages`` given, ``k > num_stages`` freezes ``all`` (only
-  the head trains).
+  ``k = 0`` freezes nothing, ``k`` the stages 0..k−1 (``stage{k-1}``); with
+  ``num_stages`` given, ``k > num_stages`` freezes ``all`` (only the head trains).
   """
   if k < 0:
     raise PrefixError(f"from_stage({k}): k must be >= 0.")
   if num_stages is not None and k > num_stages:
     return ALL
-  return NONE if k == 0 else STEM if k == 1 else f"stage{k - 1}"
+  return NONE if k == 0 else f"stage{k - 1}"
 
 
 # A minimal spec for the module docstring's examples.
