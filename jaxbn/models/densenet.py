@@ -29,7 +29,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxbn.models import norm as norm_lib
-from jaxbn.models.layers import classifier_tail
+from jaxbn.models.layers import classifier_tail, conv_and_norm
 from jaxbn.models.prefix import CutPoint, find_cut
 from jaxbn.models.spec import ModelSpec
 
@@ -182,17 +182,8 @@ class DenseNet(nn.Module):
 
     ``train`` and ``use_running_average`` behave as in :class:`jaxbn.models.resnet.ResNet`.
     """
-    use_ra = use_running_average if use_running_average is not None else not train
     cut = find_cut(cut_points(len(self.block_config)), self.truncate_at, "DenseNet")
-    conv = functools.partial(
-        nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-        kernel_init=conv_init,
-    )
-    norm = functools.partial(
-        norm_lib.make_norm, self.norm, use_running_average=use_ra,
-        epsilon=BN_EPSILON, momentum=self.bn_momentum, axis_name=self.bn_axis_name,
-        dtype=self.dtype,
-    )
+    conv, norm = conv_and_norm(self, train, use_running_average, epsilon=BN_EPSILON, kernel_init=conv_init)
     features = block_features(self.block_config, self.growth_rate, self.num_init_features)
 
     x = jnp.asarray(x, self.dtype)

@@ -49,8 +49,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxbn.models import norm as norm_lib
-from jaxbn.models.layers import DepthwiseConv, classifier_tail
+from jaxbn.models.layers import DepthwiseConv, classifier_tail, conv_and_norm
 from jaxbn.models.prefix import CutPoint, find_cut
 from jaxbn.models.spec import ModelSpec
 
@@ -311,14 +310,8 @@ class EfficientNetLite(nn.Module):
       use_running_average: overrides the BN mode chosen by ``train`` (e.g.
         ``train=True, use_running_average=True`` fine-tunes with frozen statistics).
     """
-    use_ra = use_running_average if use_running_average is not None else not train
     cut = find_cut(cut_points(self.depth_multiplier), self.truncate_at, "EfficientNet-Lite")
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32)
-    norm = functools.partial(
-        norm_lib.make_norm, self.norm, use_running_average=use_ra,
-        epsilon=BN_EPSILON, momentum=self.bn_momentum, axis_name=self.bn_axis_name,
-        dtype=self.dtype,
-    )
+    conv, norm = conv_and_norm(self, train, use_running_average, epsilon=BN_EPSILON)
 
     x = jnp.asarray(x, self.dtype)
     x = conv(

@@ -28,8 +28,8 @@ import jax.numpy as jnp
 
 from jaxbn.models import cbr, densenet, efficientnet_lite, resnet
 from jaxbn.models import prefix
-from jaxbn.models.prefix import CutPoint, find_cut  # noqa: F401 (re-exported)
-from jaxbn.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec  # noqa: F401
+from jaxbn.models.prefix import CutPoint, find_cut
+from jaxbn.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
 # ``model.dtype`` / ``--dtype`` names → compute dtypes (parameters stay float32).
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16}
@@ -142,3 +142,10 @@ def init_variables(model: nn.Module, rng: jax.Array, input_size: int = 64) -> An
 
 def count_params(tree: Any) -> int:
   return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))
+
+
+__all__ = [
+    "DTYPES", "IMAGENET_MEAN", "IMAGENET_STD", "CutPoint", "ModelSpec", "available_models",
+    "compute_dtype", "count_params", "create_model", "cut_points", "find_cut", "get_cut",
+    "get_spec", "init_shapes", "init_variables",
+]

@@ -36,7 +36,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxbn.models import norm as norm_lib
-from jaxbn.models.layers import classifier_tail
+from jaxbn.models.layers import classifier_tail, conv_and_norm
 from jaxbn.models.prefix import CutPoint, find_cut
 from jaxbn.models.spec import ModelSpec
 
@@ -213,17 +213,8 @@ class ResNet(nn.Module):
       use_running_average: overrides the BN mode chosen by ``train`` (e.g.
         ``train=True, use_running_average=True`` fine-tunes with frozen statistics).
     """
-    use_ra = use_running_average if use_running_average is not None else not train
     cut = find_cut(cut_points(tuple(self.stage_sizes)), self.truncate_at, "ResNet")
-    conv = functools.partial(
-        nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-        kernel_init=conv_init,
-    )
-    norm = functools.partial(
-        norm_lib.make_norm, self.norm, use_running_average=use_ra,
-        epsilon=BN_EPSILON, momentum=self.bn_momentum, axis_name=self.bn_axis_name,
-        dtype=self.dtype,
-    )
+    conv, norm = conv_and_norm(self, train, use_running_average, epsilon=BN_EPSILON, kernel_init=conv_init)
     block_cls: Callable[..., nn.Module] = BottleneckBlock if self.bottleneck else BasicBlock
     expansion = block_expansion(self.bottleneck)
 

@@ -73,7 +73,7 @@ import jaxbn.models as models
 from jaxbn import masks, treepath
 from jaxbn.models import prefix, registry
 from jaxbn.weights import pytorch
-from jaxbn.models.resnet import slim_widths  # noqa: F401 (its old home; re-exported)
+from jaxbn.models.resnet import slim_widths  # its old home was here: re-exported
 
 MEAN_VAR = "mean_var"
 NONE = prefix.NONE
@@ -318,3 +318,10 @@ def initial_variables(config, model, num_outputs: int, rng) -> dict[str, Any]:
   m = config.model
   return transfusion_variables(model, rng, arch=m.arch, init=m.init,
                                transfer_up_to=m.get("transfer_up_to"))
+
+
+__all__ = [
+    "ALL", "MEAN_VAR", "NONE", "batchnorm_modules", "handles", "initial_variables",
+    "kernel_stats", "mean_var", "slim_widths", "transfer_points", "transferred_modules",
+    "transfuse", "transfusion_variables", "wants_transfusion",
+]
