@@ -41,6 +41,7 @@ COMMANDS = {
     "convergence": "jaxbn.analysis.convergence",
 }
 HELP = ("-h", "--help", "--helpshort", "-?")
+_prog: str | None = None  # "jaxbn COMMAND" while the console script runs one
 
 
 def _usage_error(prog: str, message: str) -> SystemExit:
@@ -59,8 +60,7 @@ def parse(flag_values: flags.FlagValues, argv: Sequence[str] | None, *, prog: st
   line. Each call starts from the defaults.
   """
   argv = list(sys.argv[1:] if argv is None else argv)
-  if sys.argv and sys.argv[0].startswith("jaxbn "):  # run as a `jaxbn` subcommand
-    prog = sys.argv[0]
+  prog = _prog or prog  # run as a `jaxbn` subcommand
   if any(a in HELP for a in argv):
     print(f"usage: {prog} [FLAGS]" + (f" {positional.upper()}..." if positional else ""))
     if doc:
@@ -109,11 +109,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"error: unknown command {command!r}; choose one of: {', '.join(COMMANDS)}.",
           file=sys.stderr)
     raise SystemExit(2)
-  sys.argv = [f"jaxbn {command}", *rest]
-  runpy.run_module(COMMANDS[command], run_name="__main__")
+  global _prog
+  _prog = f"jaxbn {command}"
+  sys.argv = [_prog, *rest]
+  # As `python -m MODULE`: the module runs as __main__ (absl's --help shows its docstring).
+  runpy.run_module(COMMANDS[command], run_name="__main__", alter_sys=True)
 
 
 __all__ = ["COMMANDS", "main", "parse", "run"]
 
-if __name__ == "__main__":
-  main()
+if __name__ == "__main__":  # python -m jaxbn.cli: run the imported module's main
+  from jaxbn import cli as _cli
+
+  _cli.main()
