@@ -1,4 +1,4 @@
-r"""AC-Norm + full fine-tuning (the AC-Norm paper's setting; methods.md §2).
+r"""AC-Norm + full fine-tuning (the AC-Norm paper's setting, arXiv:2307.15282).
 
 Every BN of the pretrained backbone becomes an AC-Norm layer (``model.norm='acnorm'``:
 frozen source affine and trainable target affine both from the pretrained γ, β),

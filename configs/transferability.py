@@ -1,4 +1,4 @@
-r"""AC-Corr transferability ranking of candidate pretrained models (methods.md §2).
+r"""AC-Corr transferability ranking of candidate pretrained models (AC-Norm, arXiv:2307.15282).
 
   python -m jaxbn.main --config=configs/transferability.py --workdir=/tmp/acc \
       --config.data.name=retinamnist --config.data.data_dir=../shared/data/medmnist

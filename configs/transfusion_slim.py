@@ -12,7 +12,7 @@ replaced by ResNet-50; on CPU this is the slowest of the Transfusion configs).
 """
 
 from jaxbn.config import apply_overrides, base_config, stage
-from jaxbn.weights.init import slim_widths
+from jaxbn.models.resnet import slim_widths
 
 
 def get_config(arg=None):

@@ -95,10 +95,10 @@ def _place(state, batch, devices: int):
 def run_benchmark(archs, strategies, *, batch_size, image_size, reps, dtype="float32",
                   bn_stats="frozen", progress=True, devices=1, norms=("bn",)) -> list[dict]:
   import jax
-  import jax.numpy as jnp
   from tqdm.auto import tqdm
 
-  dt = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
+  from jaxbn.models.registry import DTYPES
+  dt = DTYPES[dtype]
   devices = devices or jax.device_count()
   configs = [(a, s, n) for a in archs for s in strategies for n in norms]
   runs = {}
@@ -173,7 +173,7 @@ def main(argv):
         f"median of {FLAGS.reps} round-robin repetitions:\n")
   print(markdown(rows))
   if FLAGS.out:
-    from jaxbn.weights.store import write_json_atomic
+    from jaxbn.io import write_json_atomic
 
     write_json_atomic(FLAGS.out, rows)
 

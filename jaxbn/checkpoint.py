@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
-from jaxbn.weights.store import write_json_atomic
+from jaxbn.io import write_json_atomic
 
 
 def is_url(path: str | os.PathLike[str]) -> bool:
@@ -97,6 +97,27 @@ class RunCheckpoints:
   def close(self) -> None:
     self.latest.close()
     self.best.close()
+
+
+def latest_meta(workdir: str) -> dict | None:
+  """The loop ``meta`` of the newest readable checkpoint of a run, or None (read-only).
+
+  Reads the JSON that ``JsonSave`` wrote (``checkpoints/<step>/meta/metadata``)
+  without orbax or JAX, so reports stay light and never touch a live run's
+  checkpoints; a step whose meta is missing, unreadable or has no ``loop`` is skipped.
+  """
+  root = os.path.join(workdir, "checkpoints")
+  steps = sorted((int(d) for d in (os.listdir(root) if os.path.isdir(root) else [])
+                  if d.isdigit()), reverse=True)
+  for step in steps:
+    try:
+      with open(os.path.join(root, str(step), "meta", "metadata")) as f:
+        meta = json.load(f)
+    except (OSError, ValueError):
+      continue
+    if isinstance(meta, dict) and isinstance(meta.get("loop"), dict):
+      return meta
+  return None
 
 
 def _abstract(tree: Any) -> Any:

@@ -32,13 +32,13 @@ flags.mark_flags_as_required(["arch", "out"])
 def main(argv: list[str]) -> None:
   del argv
   from jaxbn.models import count_params, get_spec
-  from jaxbn.weights import convert, hub, store
+  from jaxbn.weights import hub, pytorch, store
 
   num_classes = None if FLAGS.num_classes < 0 else FLAGS.num_classes
   try:
     path = FLAGS.src or hub.fetch(FLAGS.arch)
-    state_dict = convert.load_state_dict(path)
-    variables = convert.convert_state_dict(
+    state_dict = pytorch.load_state_dict(path)
+    variables = pytorch.convert_state_dict(
         FLAGS.arch, state_dict, num_classes=num_classes
     )
   except ValueError as e:  # CheckpointError and unknown --arch

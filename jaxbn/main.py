@@ -70,9 +70,9 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   # Keep TensorFlow (input pipeline only) off the accelerators.
-  import tensorflow as tf
+  from jaxbn.tf_setup import hide_gpus_from_tf
 
-  tf.config.set_visible_devices([], "GPU")
+  hide_gpus_from_tf()
   import jax
 
   distributed = FLAGS.distributed

@@ -54,10 +54,10 @@ def predict(arch: str, images: list[str], top: int = 5, checkpoint: str | None =
 
   from jaxbn.data.imagenet import imagenet_class_names
   from jaxbn.models import create_model, get_spec
-  from jaxbn.weights import convert
+  from jaxbn.weights import pytorch
 
   spec = get_spec(arch)
-  variables = convert.load_pretrained(arch, checkpoint)
+  variables = pytorch.load_pretrained(arch, checkpoint)
   num_classes = variables["params"][spec.head]["bias"].shape[0]
   model = create_model(arch, num_classes=num_classes)
   x = np.stack([load_image(p, spec.input_size, spec.mean, spec.std) for p in images])

@@ -43,8 +43,16 @@ import sys
 import time
 from typing import Any, Iterable, Sequence
 
+from absl import flags
+
+from jaxbn import cli
 from jaxbn.plotting import pyplot, save_figure
 from jaxbn.sweep import PLAN_FILE, RESULTS, RUN_META
+
+PROG = "python -m jaxbn.report"
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("out", None, "output directory (default: the first WORKDIR)", flag_values=FLAGS)
+flags.DEFINE_string("title", "jaxbn fine-tuning report", "title of report.md", flag_values=FLAGS)
 
 # MedMNIST v2 (Yang et al., Scientific Data 2023), test AUC / ACC, trained from scratch.
 MEDMNIST_BASELINES = {
@@ -93,20 +101,6 @@ def _read_json(path: str) -> tuple[Any, str | None]:
     return None, None
   except (OSError, ValueError) as e:
     return None, f"{os.path.basename(path)} unreadable ({type(e).__name__}: {e})"
-
-
-def _latest_checkpoint_meta(run_dir: str) -> dict | None:
-  """The host-side loop state of the newest readable checkpoint (plain JSON, no orbax)."""
-  steps = []
-  for d in glob.glob(os.path.join(run_dir, "checkpoints", "*")):
-    base = os.path.basename(d)
-    if base.isdigit():
-      steps.append(int(base))
-  for step in sorted(steps, reverse=True):
-    meta, _ = _read_json(os.path.join(run_dir, "checkpoints", str(step), "meta", "metadata"))
-    if isinstance(meta, dict) and isinstance(meta.get("loop"), dict):
-      return meta
-  return None
 
 
 def _strategy_label(results: dict) -> str:
@@ -223,7 +217,9 @@ def _read_run(run_dir: str, planned: dict | None = None) -> RunInfo:
       info.history = list(results.get("history") or [])
   else:
     info.status = "broken" if res_err else "partial"
-    ckpt = _latest_checkpoint_meta(run_dir)
+    from jaxbn import checkpoint  # its layout; imported only for unfinished runs
+
+    ckpt = checkpoint.latest_meta(run_dir)
     if ckpt:
       loop = ckpt["loop"]
       info.history = list(loop.get("history") or [])
@@ -643,18 +639,12 @@ def write_report(paths: Sequence[str], out: str | None = None,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  import argparse
-
-  parser = argparse.ArgumentParser(prog="python -m jaxbn.report", description=__doc__.split("\n")[0])
-  parser.add_argument("workdirs", nargs="+", help="sweep directories, run workdirs, or folders of them")
-  parser.add_argument("--out", default=None, help="output directory (default: the first WORKDIR)")
-  parser.add_argument("--title", default="jaxbn fine-tuning report")
-  args = parser.parse_args(argv)
   import shlex
 
   argv = list(sys.argv[1:] if argv is None else argv)
+  args = cli.parse(FLAGS, argv, prog=PROG, doc=__doc__, positional="workdirs")
   res = write_report(args.workdirs, args.out, args.title,
-                     command=" ".join(["python -m jaxbn.report"] + [shlex.quote(a) for a in argv]))
+                     command=" ".join([PROG] + [shlex.quote(a) for a in argv]))
   done = sum(r.status == "done" for r in res["runs"])
   print(f"wrote {res['report']} ({done} of {len(res['runs'])} runs finished) and "
         f"{', '.join(os.path.basename(p) for p in res['pngs'])}")
@@ -664,4 +654,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main)

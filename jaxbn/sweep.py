@@ -362,9 +362,9 @@ def main(argv: list[str]) -> None:
   FLAGS = flags.FLAGS
   if len(argv) > 1:
     raise SystemExit(f"error: unexpected arguments {argv[1:]}")
-  import tensorflow as tf
+  from jaxbn.tf_setup import hide_gpus_from_tf
 
-  tf.config.set_visible_devices([], "GPU")
+  hide_gpus_from_tf()
   import jax
 
   cache = FLAGS.compilation_cache_dir

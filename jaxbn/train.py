@@ -40,7 +40,7 @@ class TrainingError(RuntimeError):
 # Set-up: model, initial variables, optimizer.
 # --------------------------------------------------------------------------- #
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16}
+from jaxbn.models.registry import DTYPES  # noqa: E402 (one dtype table)
 
 
 def build_model(config: ml_collections.ConfigDict, num_outputs: int,

@@ -16,7 +16,7 @@ from jaxbn.ops import acnorm_affine
 
 
 def spec_numpy(g_s, b_s, g_t, b_t, tau=1.0, eps=1e-5):
-  """methods.md §2 steps 1-6, literally, in float64 with explicit loops where it helps."""
+  """arXiv:2307.15282 steps 1-6, literally, in float64 with explicit loops where it helps."""
   g_s, b_s, g_t, b_t = (np.asarray(v, np.float64) for v in (g_s, b_s, g_t, b_t))
   c = len(g_s)
   r_s = b_s / (np.abs(g_s) + eps)
@@ -254,6 +254,7 @@ def test_masks_select_target_affine_and_steps_train_it(tiny, strategy):
 
 
 def test_pretrained_bn_checkpoint_initialises_source_and_target_alike():
+  from jaxbn import treepath
   from jaxbn.weights import convert
 
   bn = convert.load_pretrained("efficientnet_lite0", num_classes=3)
@@ -265,7 +266,7 @@ def test_pretrained_bn_checkpoint_initialises_source_and_target_alike():
   flat = lambda tree: {p[:-1] for p, _ in jax.tree_util.tree_leaves_with_path(tree)}  # noqa
   assert flat(source) == flat(bn["batch_stats"])  # every BN layer, nothing else
   for path in acnorm.layer_paths(ac):
-    src, tgt = acnorm._get(source, path), acnorm._get(ac["params"], path)
+    src, tgt = treepath.get(source, path), treepath.get(ac["params"], path)
     for k in ("scale", "bias"):
       np.testing.assert_array_equal(src[k], tgt[k])
       assert not np.shares_memory(src[k], tgt[k])  # a copy, not an alias

@@ -1,4 +1,4 @@
-r"""AC-Norm vs vanilla BN fine-tuning (Zhang et al. 2023; methods.md §2) as a jaxbn sweep.
+r"""AC-Norm vs vanilla BN fine-tuning (Zhang et al., arXiv:2307.15282) as a jaxbn sweep.
 
   python -m jaxbn.sweep --config=configs/sweeps/acnorm.py --workdir=/tmp/acn
   python -m jaxbn.report /tmp/acn --out=/tmp/acn/report

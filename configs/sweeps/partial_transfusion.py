@@ -4,9 +4,9 @@ r"""The partial-transfusion comparison (Kanavati & Tsuneki, MIDL 2021) as a jaxb
   python -m jaxbn.sweep --config=configs/sweeps/partial_transfusion.py:paper --workdir=...
   python -m jaxbn.report /tmp/pt --out=/tmp/pt/report
 
-Every mode of the paper (methods.md §1) is a string of ``key=value`` overrides
-over :func:`jaxbn.config.base_config` (the syntax of ``--config=x.py:a=1,b=2``).
-A run's config is ``base_config()`` + ``common`` + its dataset's ``overrides`` +
+Every mode of the paper (Kanavati & Tsuneki, arXiv:2102.05543) is a string of
+``key=value`` overrides over :func:`jaxbn.config.base_config` (the syntax of
+``--config=x.py:a=1,b=2``). A run's config is ``base_config()`` + ``common`` + its dataset's ``overrides`` +
 ``model.arch=<arch>`` + its strategy's overrides + ``seed=<seed>``, in that
 order. ``{placeholders}`` in the strategy strings come from the dataset's
 ``budget`` (epoch counts differ per dataset: RetinaMNIST has 1,080 training

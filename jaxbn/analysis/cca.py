@@ -1,7 +1,8 @@
-r"""CCA, SVCCA and PWCCA between two sets of activations (methods.md §3).
+r"""CCA, SVCCA and PWCCA between two sets of activations.
 
 Conventions follow the reference implementation, google/svcca (``cca_core.py``,
-``pwcca.py``; Raghu et al. 2017, Morcos et al. 2018):
+``pwcca.py``; SVCCA: Raghu et al. 2017, arXiv:1706.05806; PWCCA: Morcos et al.
+2018, arXiv:1806.05759):
 
 * Activations are ``neurons × datapoints`` arrays: ``x`` of shape
   ``(n1, N)`` and ``y`` of shape ``(n2, N)``, the same ``N`` datapoints (the same

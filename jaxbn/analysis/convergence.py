@@ -16,13 +16,21 @@ the workdirs' base names.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from typing import Sequence
 
+from absl import flags
+
+from jaxbn import cli
 from jaxbn.plotting import pyplot, save_figure
+
+PROG = "python -m jaxbn.analysis.convergence"
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("labels", None, "comma-separated, one per workdir", flag_values=FLAGS)
+flags.DEFINE_float("target", 0.95, "validation AUC target", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "directory for convergence.md and the plot", flag_values=FLAGS)
 
 
 def read_run(workdir: str) -> dict:
@@ -97,13 +105,7 @@ def plot_curves(rows: list[dict], target: float, path: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  p = argparse.ArgumentParser(prog="python -m jaxbn.analysis.convergence",
-                              description=__doc__.split("\n\n")[0].strip())
-  p.add_argument("workdirs", nargs="+")
-  p.add_argument("--labels", default=None, help="comma-separated, one per workdir")
-  p.add_argument("--target", type=float, default=0.95, help="validation AUC target")
-  p.add_argument("--out", default=None, help="directory for convergence.md and the plot")
-  args = p.parse_args(argv)
+  args = cli.parse(FLAGS, argv, prog=PROG, doc=__doc__, positional="workdirs")
   labels = (args.labels.split(",") if args.labels
             else [os.path.basename(os.path.normpath(w)) for w in args.workdirs])
   if len(labels) != len(args.workdirs):
@@ -126,4 +128,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main)

@@ -17,14 +17,15 @@ is ``(k, k, 3, C)`` (ResNet/CBR ``conv1``, DenseNet ``conv0``, EfficientNet-Lite
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
 from typing import Sequence
 
 import numpy as np
+from absl import flags
 
+from jaxbn import cli
 from jaxbn.plotting import pyplot, save_figure
 
 
@@ -85,29 +86,27 @@ def plot_filters(panels: list[tuple[str, np.ndarray]], path: str, title: str,
   save_figure(fig, path, dpi=150)
 
 
-def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
-      prog="python -m jaxbn.analysis.filters",
-      description="Draw the first convolution's filters of one or two checkpoints as a PNG.",
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--arch", required=True)
-  p.add_argument("--a", required=True, help="checkpoint (imagenet | random[:S] | mean_var[:S] "
-                 "| WORKDIR | .pth/.safetensors/converted dir)")
-  p.add_argument("--b", default=None, help="optional second checkpoint, drawn beside A")
-  p.add_argument("--label_a", default=None)
-  p.add_argument("--label_b", default=None)
-  p.add_argument("--num_classes", type=int, default=2,
-                 help="head size of a WORKDIR checkpoint (needed to restore it)")
-  p.add_argument("--stage_widths", default=None, help="ResNet stage_widths (slim models)")
-  p.add_argument("--scale", default="filter", choices=("filter", "layer"))
-  p.add_argument("--max_filters", type=int, default=64)
-  p.add_argument("--diff", action="store_true", help="add a B − A panel")
-  p.add_argument("--out", required=True, help="output .png")
-  return p
+PROG = "python -m jaxbn.analysis.filters"
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("arch", None, "registered architecture", flag_values=FLAGS)
+flags.DEFINE_string("a", None, "checkpoint (imagenet | random[:S] | mean_var[:S] | WORKDIR | "
+                    ".pth/.safetensors/converted dir)", flag_values=FLAGS)
+flags.DEFINE_string("b", None, "optional second checkpoint, drawn beside A", flag_values=FLAGS)
+flags.DEFINE_string("label_a", None, "name of A in the picture (default: --a)", flag_values=FLAGS)
+flags.DEFINE_string("label_b", None, "name of B in the picture (default: --b)", flag_values=FLAGS)
+flags.DEFINE_integer("num_classes", 2, "head size of a WORKDIR checkpoint (needed to restore it)",
+                     flag_values=FLAGS)
+flags.DEFINE_string("stage_widths", None, "ResNet stage_widths (slim models)", flag_values=FLAGS)
+flags.DEFINE_enum("scale", "filter", ["filter", "layer"], "per-filter or per-layer colour scale",
+                  flag_values=FLAGS)
+flags.DEFINE_integer("max_filters", 64, "draw at most this many filters", flag_values=FLAGS)
+flags.DEFINE_bool("diff", False, "add a B − A panel", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "output .png", flag_values=FLAGS)
+flags.mark_flags_as_required(["arch", "a", "out"], flag_values=FLAGS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = parser().parse_args(argv)
+  args = cli.parse(FLAGS, argv, prog=PROG, doc=__doc__)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   from jaxbn.analysis.similarity import _widths, load_variables
 
@@ -142,4 +141,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main)

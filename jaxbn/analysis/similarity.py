@@ -20,7 +20,7 @@ one datapoint per image).
 
 Checkpoints (``--a``, ``--b``):
 
-  imagenet            the registered ImageNet weights (jaxbn.weights.convert)
+  imagenet            the registered ImageNet weights (jaxbn.weights.pytorch)
   random[:SEED]       a random initialisation (default seed 0)
   mean_var[:SEED]     Transfusion's Mean-Var initialisation from the ImageNet weights
   WORKDIR             a training run's best-validation-AUC checkpoint
@@ -40,7 +40,6 @@ neuron are flagged (``*``): their CCA numbers are biased upwards.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -49,7 +48,9 @@ import sys
 from typing import Any, Sequence
 
 import numpy as np
+from absl import flags
 
+from jaxbn import cli
 from jaxbn.analysis import cca as cca_lib
 from jaxbn.plotting import pyplot, save_figure
 
@@ -79,17 +80,17 @@ def load_variables(arch: str, source: str, *, num_classes: int = 2,
   import jax
 
   from jaxbn.models import create_model, get_spec, init_shapes, init_variables
-  from jaxbn.weights import convert, init as init_lib
+  from jaxbn.weights import init as init_lib, pytorch
 
   kw = dict(model_kwargs or {})
   head = get_spec(arch).head
   if source == "imagenet":
-    variables = convert.load_pretrained(arch, None, num_classes=0, **kw)
+    variables = pytorch.load_pretrained(arch, None, num_classes=0, **kw)
   elif source.split(":")[0] in ("random", "mean_var"):
     model = create_model(arch, num_classes=0, **kw)
     variables = jax.tree.map(np.asarray, init_variables(model, jax.random.key(_seed(source))))
     if source.startswith("mean_var"):
-      pretrained = convert.load_pretrained(arch, None, num_classes=0)
+      pretrained = pytorch.load_pretrained(arch, None, num_classes=0)
       variables = init_lib.mean_var(variables, pretrained, _seed(source) + 1, head=head)
   elif os.path.isdir(source) and _is_workdir(source):
     from jaxbn.checkpoint import RunCheckpoints
@@ -109,7 +110,7 @@ def load_variables(arch: str, source: str, *, num_classes: int = 2,
       raise ValueError(f"{source} has no best checkpoint yet (no evaluation finished).")
     variables = best[0]
   elif os.path.exists(source):
-    variables = convert.load_pretrained(arch, source, num_classes=0, **kw)
+    variables = pytorch.load_pretrained(arch, source, num_classes=0, **kw)
   else:
     raise ValueError(
         f"Unknown checkpoint {source!r}: imagenet | random[:SEED] | mean_var[:SEED] | a "
@@ -394,51 +395,49 @@ def _widths(text: str | None):
   return tuple(int(t) for t in text.replace("(", "").replace(")", "").split(",")) if text else None
 
 
-def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
-      prog="python -m jaxbn.analysis.similarity",
-      description="SVCCA / PWCCA / CCA of two checkpoints, layer by layer, on a fixed image set.",
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument("--arch", required=True, help="registered architecture of both checkpoints")
-  p.add_argument("--a", required=True, help="checkpoint A (imagenet | random[:S] | "
-                 "mean_var[:S] | WORKDIR | .pth/.safetensors/converted dir)")
-  p.add_argument("--b", required=True, help="checkpoint B (same forms)")
-  p.add_argument("--label_a", default=None, help="name of A in the plots (default: --a)")
-  p.add_argument("--label_b", default=None, help="name of B in the plots (default: --b)")
-  p.add_argument("--data", default="pneumoniamnist", help="data set (as config.data.name)")
-  p.add_argument("--data_dir", default=None, help="as config.data.data_dir")
-  p.add_argument("--split", default="test", help="train | val | test")
-  p.add_argument("--num_images", type=int, default=500, help="first N images of the split")
-  p.add_argument("--image_size", type=int, default=64, help="as config.data.image_size")
-  p.add_argument("--batch_size", type=int, default=50)
-  p.add_argument("--num_classes", type=int, default=None,
-                 help="head size of a WORKDIR checkpoint (default: the data set's classes)")
-  p.add_argument("--stage_widths", default=None,
-                 help="ResNet stage_widths of both models, e.g. 64,128,128,256 (slim)")
-  p.add_argument("--stage_widths_b", default=None, help="stage_widths of B only")
-  p.add_argument("--level", default="stage", choices=("stage", "module"))
-  p.add_argument("--mode", default="subsample", choices=("subsample", "pool"),
-                 help="conv layers: subsample spatial positions or average-pool them")
-  p.add_argument("--points_per_neuron", type=int, default=cca_lib.POINTS_PER_NEURON)
-  p.add_argument("--svcca_variance", type=float, default=0.99)
-  p.add_argument("--svcca_keep", type=int, default=None,
-                 help="SVCCA keeps exactly this many directions instead of --svcca_variance")
-  p.add_argument("--cross", action="store_true",
-                 help="also SVCCA of every layer of A vs every layer of B (pooled)")
-  p.add_argument("--seed", type=int, default=0, help="which spatial positions")
-  p.add_argument("--out", required=True, help="output directory")
-  p.add_argument("--threads", type=int, default=0,
-                 help="BLAS threads for the CCA (0 = the library default; 1 on a busy machine)")
-  p.add_argument("--no_progress", action="store_true")
-  return p
+PROG = "python -m jaxbn.analysis.similarity"
+FLAGS = flags.FlagValues()
+_F = dict(flag_values=FLAGS)
+flags.DEFINE_string("arch", None, "registered architecture of both checkpoints", **_F)
+flags.DEFINE_string("a", None, "checkpoint A (imagenet | random[:S] | mean_var[:S] | WORKDIR | "
+                    ".pth/.safetensors/converted dir)", **_F)
+flags.DEFINE_string("b", None, "checkpoint B (same forms)", **_F)
+flags.DEFINE_string("label_a", None, "name of A in the plots (default: --a)", **_F)
+flags.DEFINE_string("label_b", None, "name of B in the plots (default: --b)", **_F)
+flags.DEFINE_string("data", "pneumoniamnist", "data set (as config.data.name)", **_F)
+flags.DEFINE_string("data_dir", None, "as config.data.data_dir", **_F)
+flags.DEFINE_string("split", "test", "train | val | test", **_F)
+flags.DEFINE_integer("num_images", 500, "first N images of the split", **_F)
+flags.DEFINE_integer("image_size", 64, "as config.data.image_size", **_F)
+flags.DEFINE_integer("batch_size", 50, "images per forward pass", **_F)
+flags.DEFINE_integer("num_classes", None,
+                     "head size of a WORKDIR checkpoint (default: the data set's classes)", **_F)
+flags.DEFINE_string("stage_widths", None,
+                    "ResNet stage_widths of both models, e.g. 64,128,128,256 (slim)", **_F)
+flags.DEFINE_string("stage_widths_b", None, "stage_widths of B only", **_F)
+flags.DEFINE_enum("level", "stage", ["stage", "module"], "compare stages or every module", **_F)
+flags.DEFINE_enum("mode", "subsample", ["subsample", "pool"],
+                  "conv layers: subsample spatial positions or average-pool them", **_F)
+flags.DEFINE_integer("points_per_neuron", cca_lib.POINTS_PER_NEURON, "datapoints per neuron", **_F)
+flags.DEFINE_float("svcca_variance", 0.99, "SVCCA keeps this fraction of the variance", **_F)
+flags.DEFINE_integer("svcca_keep", None,
+                     "SVCCA keeps exactly this many directions instead of --svcca_variance", **_F)
+flags.DEFINE_bool("cross", False, "also SVCCA of every layer of A vs every layer of B (pooled)",
+                  **_F)
+flags.DEFINE_integer("seed", 0, "which spatial positions", **_F)
+flags.DEFINE_string("out", None, "output directory", **_F)
+flags.DEFINE_integer(
+    "threads", 0, "BLAS threads for the CCA (0 = the library default; 1 on a busy machine)", **_F)
+flags.DEFINE_bool("no_progress", False, "no progress bars", **_F)
+flags.mark_flags_as_required(["arch", "a", "b", "out"], flag_values=FLAGS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  args = parser().parse_args(argv)
+  args = cli.parse(FLAGS, argv, prog=PROG, doc=__doc__)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  import tensorflow as tf
+  from jaxbn.tf_setup import hide_gpus_from_tf
 
-  tf.config.set_visible_devices([], "GPU")
+  hide_gpus_from_tf()
   from jaxbn.data import pipeline
 
   kw_a = {"stage_widths": _widths(args.stage_widths)} if args.stage_widths else {}
@@ -495,4 +494,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  cli.run(main)

@@ -1,4 +1,4 @@
-r"""AC-Corr: rank candidate pretrained models for a target task (AC-Norm, methods.md §2).
+r"""AC-Corr: rank candidate pretrained models for a target task (AC-Norm, arXiv:2307.15282).
 
 ``python -m jaxbn.main --config=configs/transferability.py --workdir=DIR``
 
@@ -6,7 +6,7 @@ For every candidate (an architecture plus its initialisation: ``imagenet``, a
 checkpoint path, or ``random`` as a control; architectures may differ):
 
 1. build it with AC-Norm layers (``norm='acnorm'``: source and target affine both
-   from the pretrained BN, methods.md §2) and a new head initialised as PyTorch's
+   from the pretrained BN, as in arXiv:2307.15282) and a new head initialised as PyTorch's
    ``nn.Linear`` (as in the PyTorch reference; ``transfer.head_init='random'``).
    jaxbn's usual zero head (``'zero'``) would leave the backbone's first gradient
    at exactly zero, so one step would not move any AC-Norm layer;

@@ -80,15 +80,11 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-try:  # TF must not grab the accelerator that JAX uses.
-  tf.config.set_visible_devices([], "GPU")
-except (RuntimeError, ValueError):  # Already initialised, or no GPU support.
-  pass
-
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 from jaxbn.data import image_folder  # pylint: disable=g-import-not-at-top
 from jaxbn.data import medmnist  # pylint: disable=g-import-not-at-top
+from jaxbn.tf_setup import hide_gpus_from_tf
 
 SPLITS = ("train", "val", "test")
 TFDS_PREFIX = "tfds:"
@@ -338,6 +334,7 @@ def _load_source(name: str, data_dir: str | None, cache_dir: str | None,
 
 def _source(config: ml_collections.ConfigDict) -> _Source:
   """The (memoised per process) source that ``config`` names."""
+  hide_gpus_from_tf()  # before TF builds any op: keep it off the accelerators JAX uses
   env = tuple(os.environ.get(k) for k in (
       medmnist.DATA_DIR_ENV, medmnist.CACHE_DIR_ENV, medmnist.OFFLINE_ENV,
       "TFDS_DATA_DIR"))

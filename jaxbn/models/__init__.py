@@ -1,6 +1,7 @@
 """Flax backbones (NHWC) with torchvision / EfficientNet-Lite topology."""
 
 from jaxbn.models.registry import (
+    DTYPES,
     CutPoint,
     ModelSpec,
     available_models,
@@ -14,6 +15,7 @@ from jaxbn.models.registry import (
 )
 
 __all__ = [
+    "DTYPES",
     "CutPoint",
     "ModelSpec",
     "available_models",

@@ -16,12 +16,12 @@ collection          names               what
 ==================  ==================  ==================================================
 
 Loading a pretrained *BN* checkpoint into an ``norm='acnorm'`` model
-(:func:`jaxbn.weights.convert.convert_state_dict` / ``load_pretrained``)
+(:func:`jaxbn.weights.pytorch.convert_state_dict` / ``load_pretrained``)
 initialises target and source from the same pretrained ``γ, β``
 (:func:`add_source_affine`), and the running statistics from the BN's. With
 random initialisation both affines start at ``γ = 1, β = 0``.
 
-Forward (methods.md §2): ``(S, γ_eff, β_eff) = jaxbn.ops.acnorm_affine(γ_s, β_s,
+Forward (arXiv:2307.15282): ``(S, γ_eff, β_eff) = jaxbn.ops.acnorm_affine(γ_s, β_s,
 γ_t, β_t, τ, ε)``; ``x̂ = (x - μ) / sqrt(σ² + ε)`` with batch statistics in
 training and running statistics with ``use_running_average=True``; ``y = x̂ γ_eff +
 β_eff``. Note what this means (it is the reference behaviour): at initialisation
@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbn import treepath
 from jaxbn.ops.acnorm import DEFAULT_TEMPERATURE, acnorm_affine
 
 SOURCE = "acnorm_source"  # the variable collection of the frozen source affine
@@ -166,26 +167,6 @@ class ACNorm(nn.Module):
 # --------------------------------------------------------------------------- #
 
 
-def _modules(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], dict]:
-  """Module path -> its direct leaves, for a nested dict of arrays."""
-  out: dict[tuple[str, ...], dict] = {}
-  leaves = {}
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      out.update(_modules(v, prefix + (k,)))
-    else:
-      leaves[k] = v
-  if leaves:
-    out[prefix] = leaves
-  return out
-
-
-def _get(tree: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-  for k in path:
-    tree = tree[k]
-  return tree
-
-
 def add_source_affine(variables: Mapping[str, Any], source_shapes: Mapping[str, Any]) -> dict:
   """``variables`` plus an ``acnorm_source`` collection copied from ``params``.
 
@@ -200,8 +181,8 @@ def add_source_affine(variables: Mapping[str, Any], source_shapes: Mapping[str, 
   if SOURCE in variables:
     return variables
   source: dict[str, Any] = {}
-  for path, leaves in _modules(source_shapes).items():
-    module_params = _get(variables["params"], path)
+  for path, leaves in treepath.modules(source_shapes).items():
+    module_params = treepath.get(variables["params"], path)
     node = source
     for k in path:
       node = node.setdefault(k, {})
@@ -217,14 +198,14 @@ def add_source_affine(variables: Mapping[str, Any], source_shapes: Mapping[str, 
 
 def layer_paths(variables: Mapping[str, Any]) -> list[tuple[str, ...]]:
   """Module paths of the AC-Norm layers (those holding an ``acnorm_source`` affine)."""
-  return sorted(_modules(variables.get(SOURCE, {})))
+  return sorted(treepath.modules(variables.get(SOURCE, {})))
 
 
 def layer_affines(variables: Mapping[str, Any]) -> dict[tuple[str, ...], tuple[Any, ...]]:
   """``{module path: (γ_s, β_s, γ_t, β_t)}`` of every AC-Norm layer (sorted by path)."""
   out = {}
   for path in layer_paths(variables):
-    src, tgt = _get(variables[SOURCE], path), _get(variables["params"], path)
+    src, tgt = treepath.get(variables[SOURCE], path), treepath.get(variables["params"], path)
     out[path] = (src["scale"], src["bias"], tgt["scale"], tgt["bias"])
   return out
 
@@ -250,33 +231,11 @@ def layer_settings(model: nn.Module, variables: Mapping[str, Any],
   return found
 
 
-def correlations(
-    variables: Mapping[str, Any],
-    settings: Mapping[tuple[str, ...], Mapping[str, float]] | None = None,
-    *,
-    temperature: float = DEFAULT_TEMPERATURE,
-    epsilon: float = 1e-5,
-) -> dict[tuple[str, ...], jax.Array]:
-  """``S`` of every AC-Norm layer of ``variables`` (no forward pass needed).
-
-  ``S`` depends only on the layer's affines, so it is recomputed here from
-  ``params`` (target) and ``acnorm_source`` (source). ``settings`` (from
-  :func:`layer_settings`) gives each layer's ε and τ; otherwise ``epsilon`` and
-  ``temperature`` apply to every layer.
-  """
-  out = {}
-  for path, affine in layer_affines(variables).items():
-    opts = (settings or {}).get(path, {"epsilon": epsilon, "temperature": temperature})
-    out[path] = acnorm_affine(*affine, opts["temperature"], opts["epsilon"])[0]
-  return out
-
-
 __all__ = [
     "ACNORM_MOMENTUM",
     "ACNorm",
     "SOURCE",
     "add_source_affine",
-    "correlations",
     "is_acnorm",
     "layer_affines",
     "layer_paths",

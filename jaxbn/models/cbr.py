@@ -23,7 +23,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxbn.models import norm as norm_lib
-from jaxbn.models.registry import ModelSpec
+from jaxbn.models.layers import classifier_tail, conv_and_norm
+from jaxbn.models.spec import ModelSpec
 
 BN_EPSILON = 1e-5
 
@@ -51,27 +52,19 @@ class CBR(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False, use_running_average: bool | None = None):
-    use_ra = use_running_average if use_running_average is not None else not train
+    conv, norm = conv_and_norm(self, train, use_running_average, epsilon=BN_EPSILON,
+                               padding="SAME")
     x = jnp.asarray(x, self.dtype)
     for i, features in enumerate(self.features, 1):
-      x = nn.Conv(
-          features, (self.kernel_size, self.kernel_size), padding="SAME", use_bias=False,
-          dtype=self.dtype, param_dtype=jnp.float32, name=f"conv{i}",
-      )(x)
-      x = norm_lib.make_norm(
-          self.norm, use_running_average=use_ra, epsilon=BN_EPSILON, momentum=self.bn_momentum,
-          axis_name=self.bn_axis_name,
-          dtype=self.dtype, name=f"bn{i}",
-      )(x)
+      x = conv(features, (self.kernel_size, self.kernel_size), name=f"conv{i}")(x)
+      x = norm(name=f"bn{i}")(x)
       x = nn.relu(x)
       if i < len(self.features) or self.pool_last:
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
-    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    if self.num_classes == 0:
-      return x
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=jnp.float32, name="fc")(x)
-    return jnp.asarray(x, jnp.float32)
+    return classifier_tail(
+        x, num_classes=self.num_classes, dropout_rate=self.dropout_rate, train=train,
+        dtype=self.dtype, name="fc",
+    )
 
 
 def _stage_of(num_blocks: int):

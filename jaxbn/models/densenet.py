@@ -29,7 +29,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxbn.models import norm as norm_lib
-from jaxbn.models.registry import CutPoint, ModelSpec, find_cut
+from jaxbn.models.layers import classifier_tail, conv_and_norm
+from jaxbn.models.prefix import CutPoint, find_cut
+from jaxbn.models.spec import ModelSpec
 
 ModuleDef = Any
 
@@ -180,17 +182,8 @@ class DenseNet(nn.Module):
 
     ``train`` and ``use_running_average`` behave as in :class:`jaxbn.models.resnet.ResNet`.
     """
-    use_ra = use_running_average if use_running_average is not None else not train
     cut = find_cut(cut_points(len(self.block_config)), self.truncate_at, "DenseNet")
-    conv = functools.partial(
-        nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-        kernel_init=conv_init,
-    )
-    norm = functools.partial(
-        norm_lib.make_norm, self.norm, use_running_average=use_ra,
-        epsilon=BN_EPSILON, momentum=self.bn_momentum, axis_name=self.bn_axis_name,
-        dtype=self.dtype,
-    )
+    conv, norm = conv_and_norm(self, train, use_running_average, epsilon=BN_EPSILON, kernel_init=conv_init)
     features = block_features(self.block_config, self.growth_rate, self.num_init_features)
 
     x = jnp.asarray(x, self.dtype)
@@ -211,15 +204,10 @@ class DenseNet(nn.Module):
 
     if cut is None:
       x = nn.relu(norm(name="norm5")(x))
-    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    if self.num_classes == 0:
-      return x
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.Dense(
-        self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
-        kernel_init=dense_init, name="classifier",
-    )(x)
-    return jnp.asarray(x, jnp.float32)
+    return classifier_tail(
+        x, num_classes=self.num_classes, dropout_rate=self.dropout_rate, train=train,
+        dtype=self.dtype, name="classifier", kernel_init=dense_init,
+    )
 
 
 def _spec(name: str) -> ModelSpec:

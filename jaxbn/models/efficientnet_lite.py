@@ -49,9 +49,9 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxbn.models import norm as norm_lib
-from jaxbn.models.layers import DepthwiseConv
-from jaxbn.models.registry import CutPoint, ModelSpec, find_cut
+from jaxbn.models.layers import DepthwiseConv, classifier_tail, conv_and_norm
+from jaxbn.models.prefix import CutPoint, find_cut
+from jaxbn.models.spec import ModelSpec
 
 ModuleDef = Any
 
@@ -310,14 +310,8 @@ class EfficientNetLite(nn.Module):
       use_running_average: overrides the BN mode chosen by ``train`` (e.g.
         ``train=True, use_running_average=True`` fine-tunes with frozen statistics).
     """
-    use_ra = use_running_average if use_running_average is not None else not train
     cut = find_cut(cut_points(self.depth_multiplier), self.truncate_at, "EfficientNet-Lite")
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32)
-    norm = functools.partial(
-        norm_lib.make_norm, self.norm, use_running_average=use_ra,
-        epsilon=BN_EPSILON, momentum=self.bn_momentum, axis_name=self.bn_axis_name,
-        dtype=self.dtype,
-    )
+    conv, norm = conv_and_norm(self, train, use_running_average, epsilon=BN_EPSILON)
 
     x = jnp.asarray(x, self.dtype)
     x = conv(
@@ -338,15 +332,10 @@ class EfficientNetLite(nn.Module):
       x = conv(HEAD_FEATURES, (1, 1), kernel_init=conv_init, name="conv_head")(x)
       x = nn.relu6(norm(name="bn1")(x))
 
-    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # global average pool
-    if self.num_classes == 0:
-      return x
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.Dense(
-        self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
-        kernel_init=dense_init, name="fc",
-    )(x)
-    return jnp.asarray(x, jnp.float32)
+    return classifier_tail(
+        x, num_classes=self.num_classes, dropout_rate=self.dropout_rate, train=train,
+        dtype=self.dtype, name="fc", kernel_init=dense_init,
+    )
 
 
 def _spec(name: str) -> ModelSpec:

@@ -1,13 +1,36 @@
-"""Layers shared by the backbones."""
+"""Layers shared by the backbones: conv/norm factories, the depthwise conv, the classifier tail."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from jaxbn.models import norm as norm_lib
+
+
+def conv_and_norm(model: nn.Module, train: bool, use_running_average: bool | None, *,
+                  epsilon: float, **conv_kwargs: Any) -> tuple[Callable[..., nn.Module], ...]:
+  """A backbone's bias-free ``nn.Conv`` and its norm layer factory (:func:`make_norm`).
+
+  ``model`` supplies the attributes every jaxbn backbone has: ``dtype``,
+  ``norm``, ``bn_momentum`` and ``bn_axis_name``. BN normalises with batch
+  statistics when ``train``, unless ``use_running_average`` says otherwise
+  (``train=True, use_running_average=True``: dropout on, frozen statistics).
+  ``conv_kwargs`` (e.g. ``kernel_init``, ``padding``) go to every conv.
+  """
+  use_ra = use_running_average if use_running_average is not None else not train
+  conv = functools.partial(nn.Conv, use_bias=False, dtype=model.dtype, param_dtype=jnp.float32,
+                           **conv_kwargs)
+  norm = functools.partial(
+      norm_lib.make_norm, model.norm, use_running_average=use_ra, epsilon=epsilon,
+      momentum=model.bn_momentum, axis_name=model.bn_axis_name, dtype=model.dtype,
+  )
+  return conv, norm
 
 
 def depthwise_conv_shifts(
@@ -72,3 +95,29 @@ class DepthwiseConv(nn.Module):
           dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels,
       )
     raise ValueError(f"DepthwiseConv impl must be auto | conv | shifts, got {impl!r}.")
+
+
+def classifier_tail(
+    x: jax.Array,
+    *,
+    num_classes: int,
+    dropout_rate: float,
+    train: bool,
+    dtype: Any,
+    name: str,
+    kernel_init: Callable[..., Any] = nn.linear.default_kernel_init,
+) -> jax.Array:
+  """Global average pooling → dropout → a new ``Dense`` head, every family's tail.
+
+  Call it inside a ``@nn.compact`` method: the ``Dropout`` and the ``Dense``
+  (called ``name``, the spec's ``head``) become submodules of the calling
+  model. Pooling and logits are float32 whatever the compute ``dtype``;
+  ``num_classes == 0`` returns the pooled (N, C) features, without a head.
+  """
+  x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # adaptive_avg_pool2d(1) + flatten
+  if num_classes == 0:
+    return x
+  x = nn.Dropout(dropout_rate, deterministic=not train)(x)
+  x = nn.Dense(num_classes, dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
+               name=name)(x)
+  return jnp.asarray(x, jnp.float32)

@@ -20,72 +20,29 @@ Calling convention shared by all models (NHWC input, float32 logits out)::
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from jaxbn.models import cbr, densenet, efficientnet_lite, resnet
+from jaxbn.models import prefix
+from jaxbn.models.prefix import CutPoint, find_cut
+from jaxbn.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+
+# ``model.dtype`` / ``--dtype`` names → compute dtypes (parameters stay float32).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16}
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-  """How to build one named architecture and feed it pretrained-style inputs."""
-
-  name: str
-  family: str  # "resnet" | "densenet" | "efficientnet_lite" | "cbr"
-  build: Callable[..., nn.Module]  # build(num_classes=..., dtype=..., norm=..., dropout_rate=...)
-  input_size: int = 224
-  mean: tuple[float, float, float] = IMAGENET_MEAN  # on [0, 1] pixels
-  std: tuple[float, float, float] = IMAGENET_STD
-  head: str = "fc"  # name of the classifier module in params
-  num_imagenet_classes: int = 1000
-  # Maps a top-level module name in ``params`` to its stage: 0 = stem,
-  # 1..num_stages = the network's stages (ResNet layer1..4, DenseNet blocks,
-  # EfficientNet-Lite MBConv stages; final norm/conv belong to the last stage),
-  # num_stages + 1 = the head. Used by ``masks.from_stage`` and truncation.
-  stage_of: Callable[[str], int] | None = None
-  num_stages: int = 4
-  # The valid ``truncate_at`` cuts in network order (see :class:`CutPoint`);
-  # None: the family cannot be truncated.
-  cuts: Callable[[], tuple["CutPoint", ...]] | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class CutPoint:
-  """One place where a backbone can be cut (TruncatedTL, ``truncate_at=name``).
-
-  The truncated model keeps the top-level modules ``kept`` (in network order;
-  the stem first), drops everything after them and ends with global average
-  pooling + the family's head (``spec.head``, a new dense layer).
-
-  Attributes:
-    name: what ``truncate_at`` takes, e.g. ``"layer3"``, ``"layer3_3"``,
-      ``"transition2"``, ``"stage4"``, ``"blocks_7"``.
-    level: ``"block"`` (after a stage: the coarse search) or ``"layer"``
-      (after one residual / MBConv block: the fine search).
-    kept: the top-level modules of the truncated model, head excluded. Two
-      cuts with the same ``kept`` (``layer3`` and ``layer3_5`` of ResNet-50)
-      build the same model.
-  """
-
-  name: str
-  level: str
-  kept: tuple[str, ...]
-
-  @property
-  def last(self) -> str:
-    """The last kept top-level module: the truncated model ends right after it."""
-    return self.kept[-1]
+def compute_dtype(name: str) -> Any:
+  """The JAX dtype called ``name`` (a key of :data:`DTYPES`); a clear error otherwise."""
+  if name not in DTYPES:
+    raise ValueError(f"Unknown dtype {name!r}; choose one of: {', '.join(DTYPES)}.")
+  return DTYPES[name]
 
 
 def _specs() -> dict[str, ModelSpec]:
-  # Imported lazily so that ``import jaxbn.models.registry`` stays cheap.
-  from jaxbn.models import cbr, densenet, efficientnet_lite, resnet
-
   specs: dict[str, ModelSpec] = {}
   for module in (resnet, densenet, efficientnet_lite, cbr):
     specs.update(module.SPECS)
@@ -125,33 +82,19 @@ def cut_points(name: str, level: str | None = None) -> list[str]:
 def _cuts(name: str) -> tuple[CutPoint, ...]:
   spec = get_spec(name)
   if spec.cuts is None:
-    raise ValueError(f"{name!r} ({spec.family}) does not support truncate_at.")
+    raise prefix.PrefixError(f"{name!r} ({spec.family}) does not support truncate_at.")
   return spec.cuts()
 
 
 def get_cut(name: str, truncate_at: str) -> CutPoint:
-  """The :class:`CutPoint` called ``truncate_at``; a clear error lists the valid ones."""
-  cut = find_cut(_cuts(name), truncate_at, name)
+  """The :class:`CutPoint` for the prefix ``truncate_at``; a clear error lists the valid ones.
+
+  Besides the family's cut names, ``stem`` and ``stageK`` name the cut that
+  keeps the same modules (:func:`jaxbn.models.prefix.truncation_cut`).
+  """
+  cut = prefix.truncation_cut(get_spec(name), truncate_at)
   assert cut is not None
   return cut
-
-
-def find_cut(cuts: Any, truncate_at: str | None, what: str) -> CutPoint | None:
-  """Resolves ``truncate_at`` among ``cuts`` (None: not truncated).
-
-  Raises ValueError naming every valid cut, block level first.
-  """
-  if truncate_at is None:
-    return None
-  for cut in cuts:
-    if cut.name == truncate_at:
-      return cut
-  block = ", ".join(c.name for c in cuts if c.level == "block")
-  layer = ", ".join(c.name for c in cuts if c.level == "layer") or "(none)"
-  raise ValueError(
-      f"Unknown truncate_at={truncate_at!r} for {what}; valid cuts: block level {block}; "
-      f"layer level {layer}; or None for the full model."
-  )
 
 
 def create_model(
@@ -172,14 +115,14 @@ def create_model(
     dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
     norm: normalisation layer, see :mod:`jaxbn.models.norm`.
     dropout_rate: dropout before the head (active only with ``train=True``).
-    truncate_at: TruncatedTL cut (:func:`cut_points`): keep the network up to
-      this point, then global average pooling + the head. None: full model.
+    truncate_at: TruncatedTL cut (:func:`cut_points`, or a ``stageK`` prefix,
+      :mod:`jaxbn.models.prefix`): keep the network up to this point, then
+      global average pooling + the head. None: full model.
     **kwargs: forwarded to the family's module (advanced options).
   """
   spec = get_spec(name)
   if truncate_at is not None:
-    get_cut(name, truncate_at)  # fail early, listing the valid cuts
-    kwargs["truncate_at"] = truncate_at
+    kwargs["truncate_at"] = get_cut(name, truncate_at).name  # fails early, listing the cuts
   return spec.build(
       num_classes=num_classes, dtype=dtype, norm=norm, dropout_rate=dropout_rate, **kwargs
   )
@@ -199,3 +142,10 @@ def init_variables(model: nn.Module, rng: jax.Array, input_size: int = 64) -> An
 
 def count_params(tree: Any) -> int:
   return int(sum(x.size for x in jax.tree_util.tree_leaves(tree)))
+
+
+__all__ = [
+    "DTYPES", "IMAGENET_MEAN", "IMAGENET_STD", "CutPoint", "ModelSpec", "available_models",
+    "compute_dtype", "count_params", "create_model", "cut_points", "find_cut", "get_cut",
+    "get_spec", "init_shapes", "init_variables",
+]

@@ -36,7 +36,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxbn.models import norm as norm_lib
-from jaxbn.models.registry import CutPoint, ModelSpec, find_cut
+from jaxbn.models.layers import classifier_tail, conv_and_norm
+from jaxbn.models.prefix import CutPoint, find_cut
+from jaxbn.models.spec import ModelSpec
 
 ModuleDef = Any
 
@@ -87,6 +89,18 @@ def stage_of(name: str) -> int:
   if name == "fc":
     return 5
   raise ValueError(f"{name!r} is not a top-level ResNet module.")
+
+
+def slim_widths(arch: str, from_stage: int = 3, factor: float = 0.5) -> tuple[int, ...]:
+  """``stage_widths`` of Transfusion's "slim" ResNet: stages ≥ ``from_stage`` × ``factor``.
+
+  >>> slim_widths("resnet50")
+  (64, 128, 128, 256)
+  """
+  if arch not in STAGE_SIZES:
+    raise ValueError(f"The slim variant is defined for ResNets, not {arch!r}.")
+  return tuple(w if s < from_stage else max(1, int(round(w * factor)))
+               for s, w in enumerate(STAGE_WIDTHS, 1))
 
 
 @functools.lru_cache(maxsize=None)
@@ -173,7 +187,7 @@ class ResNet(nn.Module):
       ``width * expansion`` channels); None = torchvision's :data:`STAGE_WIDTHS`
       ``(64, 128, 256, 512)``. Other widths change the parameter shapes of
       those stages, e.g. Transfusion's "slim" ResNet ``(64, 128, 128, 256)``
-      (:func:`jaxbn.weights.init.slim_widths`); pretrained weights then fit only
+      (:func:`slim_widths`); pretrained weights then fit only
       the stages left at their original width.
   """
 
@@ -199,17 +213,8 @@ class ResNet(nn.Module):
       use_running_average: overrides the BN mode chosen by ``train`` (e.g.
         ``train=True, use_running_average=True`` fine-tunes with frozen statistics).
     """
-    use_ra = use_running_average if use_running_average is not None else not train
     cut = find_cut(cut_points(tuple(self.stage_sizes)), self.truncate_at, "ResNet")
-    conv = functools.partial(
-        nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-        kernel_init=conv_init,
-    )
-    norm = functools.partial(
-        norm_lib.make_norm, self.norm, use_running_average=use_ra,
-        epsilon=BN_EPSILON, momentum=self.bn_momentum, axis_name=self.bn_axis_name,
-        dtype=self.dtype,
-    )
+    conv, norm = conv_and_norm(self, train, use_running_average, epsilon=BN_EPSILON, kernel_init=conv_init)
     block_cls: Callable[..., nn.Module] = BottleneckBlock if self.bottleneck else BasicBlock
     expansion = block_expansion(self.bottleneck)
 
@@ -237,15 +242,10 @@ class ResNet(nn.Module):
       )(x)
       in_features = width * expansion
 
-    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # adaptive_avg_pool2d(1) + flatten
-    if self.num_classes == 0:
-      return x
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.Dense(
-        self.num_classes, dtype=self.dtype, param_dtype=jnp.float32,
-        kernel_init=dense_init, name="fc",
-    )(x)
-    return jnp.asarray(x, jnp.float32)
+    return classifier_tail(
+        x, num_classes=self.num_classes, dropout_rate=self.dropout_rate, train=train,
+        dtype=self.dtype, name="fc", kernel_init=dense_init,
+    )
 
 
 def _spec(name: str) -> ModelSpec:

@@ -1,5 +1,5 @@
 """Pure, jitted array operations (no Flax state): building blocks of jaxbn's layers."""
 
-from jaxbn.ops.acnorm import ac_corr, acnorm_affine
+from jaxbn.ops.acnorm import acnorm_affine
 
-__all__ = ["ac_corr", "acnorm_affine"]
+__all__ = ["acnorm_affine"]

@@ -1,4 +1,4 @@
-r"""AC-Norm's affine recalibration as one pure jitted op (methods.md §2, steps 1-6).
+r"""AC-Norm's affine recalibration as one pure jitted op (arXiv:2307.15282, steps 1-6).
 
 Affine Collaborative Normalization (Zhang et al., arXiv 2307.15282) keeps, per
 normalisation layer with ``C`` channels, the *source* affine ``γ_s, β_s`` of the
@@ -85,10 +85,4 @@ def acnorm_affine(
   return s, g_t + recal[:, 0], b_t + recal[:, 1]
 
 
-@jax.jit
-def ac_corr(s: jax.Array) -> jax.Array:
-  """A layer's AC-Corr contribution: the sum of all entries of its ``S``."""
-  return jnp.sum(_f32(s))
-
-
-__all__ = ["DEFAULT_EPSILON", "DEFAULT_TEMPERATURE", "ac_corr", "acnorm_affine"]
+__all__ = ["DEFAULT_EPSILON", "DEFAULT_TEMPERATURE", "acnorm_affine"]

@@ -1,6 +1,6 @@
 """Checkpoint conversion, the known-checkpoint cache and converted-variable storage."""
 
-from jaxbn.weights.convert import (
+from jaxbn.weights.pytorch import (
     CheckpointError,
     convert_state_dict,
     load_pretrained,

@@ -13,7 +13,7 @@ without the leading underscore::
 Lite3 and Lite4 have no published PyTorch weights, but the same table fits a
 file saved from that implementation. Layout changes (OIHW → HWIO, depthwise
 (C, 1, k, k) → (k, k, 1, C), (out, in) → (in, out)) and the check of the table
-against the checkpoint and the model are done by :mod:`jaxbn.weights.convert`;
+against the checkpoint and the model are done by :mod:`jaxbn.weights.pytorch`;
 ``num_batches_tracked`` buffers are ignored there.
 """
 

@@ -25,7 +25,7 @@ import tempfile
 import urllib.error
 import urllib.request
 
-from jaxbn.weights.convert import CheckpointError
+from jaxbn.weights.base import CheckpointError
 
 _TORCHVISION = "https://download.pytorch.org/models/"
 

@@ -1,4 +1,4 @@
-r"""Transfusion initialisers (Raghu et al., NeurIPS 2019; methods.md §3).
+r"""Transfusion initialisers (Raghu et al., NeurIPS 2019, arXiv:1902.07208).
 
 Every function here takes variable trees (``{'params', 'batch_stats', ...}``
 of numpy arrays) and returns a new tree with exactly the structure and shapes
@@ -15,9 +15,11 @@ of the *target* model's random initialisation; nothing is modified in place.
 * :func:`transfuse` (*weight transfusion*): the top-level modules of a
   contiguous prefix of the network (all their collections: kernels, BN γ/β
   and running statistics) are copied from the pretrained variables, the rest
-  (the head included) keep the random initialisation. Cut points,
-  :func:`transfer_points`, are defined through ``ModelSpec.stage_of`` so every
-  family gets them:
+  (the head included) keep the random initialisation. The prefix is named in
+  jaxbn's one prefix vocabulary (:mod:`jaxbn.models.prefix`, shared with
+  TruncatedTL's ``truncate_at`` and ``masks.from_stage``); Transfusion's grid,
+  :func:`transfer_points`, is defined through ``ModelSpec.stage_of`` so every
+  family has it:
 
   ======== ==================================================================
   cut      copied top-level modules
@@ -34,26 +36,28 @@ of the *target* model's random initialisation; nothing is modified in place.
 
   Valid ``stageK``: 1 .. ``num_stages − 1`` (the last stage is ``all``); a
   ResNet has ``conv1 | stage1 | stage2 | stage3 | all``, EfficientNet-Lite
-  ``stage1`` … ``stage6`` (its ``conv_head``/``bn1`` belong to stage 7).
+  ``stage1`` … ``stage6`` (its ``conv_head``/``bn1`` belong to stage 7). Any
+  TruncatedTL cut name is a valid prefix too (``layer3_3``, ``transition2``,
+  EfficientNet-Lite ``stage7`` = its MBConv blocks without ``conv_head``).
 * The **slim** variant is a transfusion into a thinner model: ResNet with
   ``stage_widths`` (``jaxbn.models.resnet.ResNet``) halved in stages 3–4,
-  ``transfer_up_to='stage2'`` (:func:`slim_widths`, ``configs/transfusion_slim.py``).
+  ``transfer_up_to='stage2'`` (:func:`jaxbn.models.resnet.slim_widths`).
   Copied modules must have the pretrained shapes (a clear error otherwise).
 
 In training these are chosen by the config (``jaxbn.train.initial_variables``
-calls :func:`initial_variables` for them)::
+calls :func:`initial_variables`, a thin adapter over :func:`transfusion_variables`)::
 
     model.init = "mean_var"              # statistics of the registered ImageNet weights
     model.init = "mean_var:/path.pth"    # ... of any checkpoint load_pretrained reads
     model.init = "imagenet"; model.transfer_up_to = "stage2"   # weight transfusion
     model.init = "/path.pth"; model.transfer_up_to = "conv1"   # from any checkpoint
 
-Library use::
+Library use (not run as a doctest: it downloads ImageNet weights)::
 
-    from jaxbn.weights import convert, init
+    from jaxbn.weights import init, pytorch
     model = create_model("resnet50", num_classes=2)
     random = init_variables(model, jax.random.key(0))
-    pretrained = convert.load_pretrained("resnet50", num_classes=0)
+    pretrained = pytorch.load_pretrained("resnet50", num_classes=0)
     v = init.transfuse(random, pretrained, "resnet50", "stage2")
     v = init.mean_var(random, pretrained, jax.random.key(1), head="fc")
 """
@@ -64,42 +68,34 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
-from flax.traverse_util import flatten_dict as _flatten, unflatten_dict as _unflatten
 
-from jaxbn.models import registry
+import jaxbn.models as models
+from jaxbn import masks, treepath
+from jaxbn.models import prefix, registry
+from jaxbn.weights import pytorch
+from jaxbn.models.resnet import slim_widths  # its old home was here: re-exported
 
 MEAN_VAR = "mean_var"
-NONE = "none"
-ALL = "all"
-STEM_ALIASES = ("conv1", "stem")
+NONE = prefix.NONE
+ALL = prefix.ALL
+STEM_ALIASES = ("conv1", prefix.STEM)
 
-
-# --------------------------------------------------------------------------- #
-# Small tree helpers (nested dicts of arrays).
-# --------------------------------------------------------------------------- #
-
-
-def _host(tree: Any) -> dict[str, Any]:
-  """A plain nested dict of numpy arrays (FrozenDicts and jax arrays accepted)."""
-  return _unflatten({p: np.asarray(v) for p, v in _flatten(_as_dict(tree)).items()})
-
-
-def _as_dict(tree: Any) -> Any:
-  if isinstance(tree, Mapping):
-    return {k: _as_dict(v) for k, v in tree.items()}
-  return tree
+_host = treepath.to_host
+_flatten = treepath.flatten
+_unflatten = treepath.unflatten
 
 
 def batchnorm_modules(variables: Mapping[str, Any]) -> set[tuple]:
   """Paths (inside ``params``) of the BatchNorm modules, found structurally.
 
-  A BatchNorm is a ``params`` module whose twin in ``batch_stats`` owns ``mean``
-  and ``var`` (the rule of :mod:`jaxbn.masks`), whatever it is called.
+  The rule is :func:`jaxbn.masks.is_batchnorm`: a ``params`` module whose twin
+  in ``batch_stats`` owns ``mean`` and ``var`` of the affine's shape, whatever
+  it is called.
   """
-  stats = _flatten(_as_dict(variables.get("batch_stats", {})))
-  owners = {p[:-1] for p in stats if p[-1] == "mean"} & {p[:-1] for p in stats if p[-1] == "var"}
-  params = {p[:-1] for p in _flatten(_as_dict(variables.get("params", {})))}
-  return owners & params
+  stats = treepath.modules(treepath.as_dict(variables.get("batch_stats", {})))
+  params = treepath.modules(treepath.as_dict(variables.get("params", {})))
+  return {path for path, leaves in params.items()
+          if masks.is_batchnorm(path, leaves, stats.get(path))}
 
 
 # --------------------------------------------------------------------------- #
@@ -109,7 +105,7 @@ def batchnorm_modules(variables: Mapping[str, Any]) -> set[tuple]:
 
 def kernel_stats(pretrained: Mapping[str, Any]) -> dict[tuple, tuple[float, float]]:
   """``params`` path → (mean, variance) of every conv/dense kernel (ndim ≥ 2)."""
-  flat = _flatten(_as_dict(pretrained.get("params", {})))
+  flat = _flatten(pretrained.get("params", {}))
   return {
       p: (float(np.mean(v, dtype=np.float64)), float(np.var(v, dtype=np.float64)))
       for p, v in flat.items() if p[-1] == "kernel" and np.ndim(v) >= 2
@@ -171,7 +167,7 @@ def mean_var(
 
 def _top_level(variables: Mapping[str, Any]) -> list[str]:
   names: list[str] = []
-  for tree in _as_dict(variables).values():
+  for tree in treepath.as_dict(variables).values():
     for k in tree:
       if k not in names:
         names.append(k)
@@ -179,38 +175,36 @@ def _top_level(variables: Mapping[str, Any]) -> list[str]:
 
 
 def transfer_points(arch: str) -> list[str]:
-  """Valid ``transfer_up_to`` values of ``arch`` in network order (``none`` first)."""
+  """Transfusion's grid of ``transfer_up_to`` values for ``arch`` in network order.
+
+  ``none, conv1, stage1 … stage{S-1}, all``; every other prefix name of
+  :mod:`jaxbn.models.prefix` (``stem``, TruncatedTL cuts) is accepted too.
+  """
   spec = registry.get_spec(arch)
   if spec.stage_of is None:
-    raise ValueError(f"{arch!r} has no stage_of: weight transfusion is not defined for it.")
-  return [NONE, "conv1"] + [f"stage{k}" for k in range(1, spec.num_stages)] + [ALL]
+    raise prefix.PrefixError(
+        f"{arch!r} has no stage_of: weight transfusion is not defined for it.")
+  return [NONE, "conv1", *prefix.stage_names(spec), ALL]
 
 
 def transferred_modules(arch: str, transfer_up_to: str, names: Sequence[str]) -> list[str]:
   """The top-level modules among ``names`` that ``transfer_up_to`` copies.
 
-  ``names`` are a model's top-level module names (any order); see the module
-  docstring for the cuts. Raises ValueError listing the valid cuts.
+  ``names`` are a model's top-level module names (any order);
+  ``transfer_up_to`` is a prefix name (:mod:`jaxbn.models.prefix`). Raises
+  :class:`~jaxbn.models.prefix.PrefixError` listing the valid names.
   """
   spec = registry.get_spec(arch)
   valid = transfer_points(arch)
-  cut = "conv1" if transfer_up_to in STEM_ALIASES else transfer_up_to
-  if cut not in valid:
-    raise ValueError(
+  try:
+    return list(prefix.resolve(spec, transfer_up_to, names))
+  except prefix.PrefixError:
+    cuts = [n for n in prefix.names(spec) if n not in valid and n != prefix.STEM]
+    raise prefix.PrefixError(
         f"Unknown transfer_up_to={transfer_up_to!r} for {arch}; valid: {', '.join(valid)} "
-        "(conv1 is also called stem)."
-    )
-  body = [n for n in names if n != spec.head]
-  stages = {n: spec.stage_of(n) for n in body}
-  if cut == NONE:
-    return []
-  if cut == ALL:
-    return body
-  if cut == "conv1":
-    first = min(stages.values())  # 0 for a stem; CBR has none: its block 1
-    return [n for n in body if stages[n] == first]
-  k = int(cut[len("stage"):])
-  return [n for n in body if stages[n] <= k]
+        "(conv1 is also called stem)" + (f", or a TruncatedTL cut: {', '.join(cuts)}" if cuts
+                                          else "") + "."
+    ) from None
 
 
 def transfuse(
@@ -262,46 +256,31 @@ def transfuse(
   return _unflatten(out)
 
 
-def slim_widths(arch: str, from_stage: int = 3, factor: float = 0.5) -> tuple[int, ...]:
-  """ResNet ``stage_widths`` of the Transfusion "slim" variant: stages ≥ ``from_stage`` × factor."""
-  from jaxbn.models import resnet
-
-  if registry.get_spec(arch).family != "resnet":
-    raise ValueError(f"The slim variant is defined for ResNets, not {arch!r}.")
-  return tuple(w if s < from_stage else max(1, int(round(w * factor)))
-               for s, w in enumerate(resnet.STAGE_WIDTHS, 1))
-
-
 # --------------------------------------------------------------------------- #
-# Config entry point (jaxbn.train.initial_variables).
+# Entry point: ``model.init`` / ``transfer_up_to`` strings → variables.
 # --------------------------------------------------------------------------- #
 
 
-def handles(config) -> bool:
-  """Whether ``config.model`` asks for a Transfusion initialiser (this module's job)."""
-  m = config.model
-  return (str(m.init).split(":", 1)[0] == MEAN_VAR or m.get("transfer_up_to") is not None
-          or bool(m.get("stage_widths")))
+def wants_transfusion(init: str, transfer_up_to: str | None = None,
+                      stage_widths: Sequence[int] | None = None) -> bool:
+  """Whether these model settings ask for a Transfusion initialiser (this module's job)."""
+  return (str(init).split(":", 1)[0] == MEAN_VAR or transfer_up_to is not None
+          or bool(stage_widths))
 
 
-def initial_variables(config, model, num_outputs: int, rng) -> dict[str, Any]:
-  """Variables for ``config.model.init`` = ``mean_var[:SOURCE]`` or ``transfer_up_to`` set.
+def transfusion_variables(model, rng, *, arch: str, init: str,
+                          transfer_up_to: str | None = None) -> dict[str, Any]:
+  """Variables for ``init`` = ``mean_var[:SOURCE]``, or a ``transfer_up_to`` prefix.
 
   The target's random variables come from ``model.init`` with ``rng`` (the
-  model is built with the config's widths, ``truncate_at`` and head); the
-  pretrained ones from ``jaxbn.weights.convert.load_pretrained`` of the
+  caller built ``model`` with its widths, ``truncate_at`` and head); the
+  pretrained ones from ``jaxbn.weights.pytorch.load_pretrained`` of the
   registered ImageNet checkpoint (``imagenet``, ``mean_var``) or of the given
   path (``init=PATH``, ``mean_var:PATH``), without its head.
   """
-  from jaxbn.models import init_variables
-  from jaxbn.weights import convert
-
-  del num_outputs  # the head comes with ``model``
-  m = config.model
-  arch, init = m.arch, str(m.init)
-  transfer_up_to = m.get("transfer_up_to")
+  init = str(init)
   rng_random, rng_draw = jax.random.split(rng)
-  random = _host(init_variables(model, rng_random))
+  random = _host(models.init_variables(model, rng_random))
   if init == "random":
     if transfer_up_to not in (None, NONE):
       raise ValueError(
@@ -311,7 +290,7 @@ def initial_variables(config, model, num_outputs: int, rng) -> dict[str, Any]:
   is_mean_var = init.split(":", 1)[0] == MEAN_VAR
   kind, _, source = init.partition(":") if is_mean_var else ("", "", init)
   source = None if source in ("", "imagenet") else source
-  pretrained = convert.load_pretrained(arch, source, num_classes=0)
+  pretrained = pytorch.load_pretrained(arch, source, num_classes=0)
   if kind == MEAN_VAR:
     if transfer_up_to not in (None, NONE):
       raise ValueError("model.init='mean_var' and model.transfer_up_to cannot be combined.")
@@ -321,3 +300,28 @@ def initial_variables(config, model, num_outputs: int, rng) -> dict[str, Any]:
         f"model.stage_widths changes the shapes of {arch}: pretrained weights need "
         "model.transfer_up_to (the slim variant: 'stage2'), or use model.init='random'.")
   return transfuse(random, pretrained, arch, transfer_up_to)
+
+
+# The trainer's two calls (``jaxbn.train.initial_variables``): thin adapters that
+# only unpack ``config.model``; they belong in the trainer's set-up module.
+
+
+def handles(config) -> bool:
+  """:func:`wants_transfusion` of ``config.model``."""
+  m = config.model
+  return wants_transfusion(m.init, m.get("transfer_up_to"), m.get("stage_widths"))
+
+
+def initial_variables(config, model, num_outputs: int, rng) -> dict[str, Any]:
+  """:func:`transfusion_variables` for ``config.model`` (the head comes with ``model``)."""
+  del num_outputs
+  m = config.model
+  return transfusion_variables(model, rng, arch=m.arch, init=m.init,
+                               transfer_up_to=m.get("transfer_up_to"))
+
+
+__all__ = [
+    "ALL", "MEAN_VAR", "NONE", "batchnorm_modules", "handles", "initial_variables",
+    "kernel_stats", "mean_var", "slim_widths", "transfer_points", "transferred_modules",
+    "transfuse", "transfusion_variables", "wants_transfusion",
+]

@@ -23,7 +23,7 @@ import orbax.checkpoint as ocp
 
 from jaxbn.io import write_json_atomic
 from jaxbn.models import registry
-from jaxbn.weights.convert import CheckpointError, zero_head
+from jaxbn.weights.base import CheckpointError, zero_head
 
 MANIFEST = "jaxbn.json"
 

@@ -10,7 +10,7 @@ torchvision checkpoint goes in the Flax ``{'params', 'batch_stats'}`` tree of
                                   → ('params', 'denseblock1', 'denselayer1', 'norm1', 'scale')
 
 Layout changes (OIHW → HWIO, (out, in) → (in, out)) are applied by
-:mod:`jaxbn.weights.convert`, which also checks the table against both the
+:mod:`jaxbn.weights.pytorch`, which also checks the table against both the
 checkpoint and the model. ``num_batches_tracked`` buffers are not listed: they
 have no Flax counterpart and ``convert`` ignores them.
 """

@@ -1,0 +1,82 @@
+"""One vocabulary for network prefixes: TruncatedTL cuts, weight transfusion, from_stage."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from jaxbn import masks
+from jaxbn.models import create_model, get_cut, get_spec, init_shapes, prefix
+from jaxbn.weights import init
+
+
+@functools.lru_cache(maxsize=None)
+def _shapes(arch):
+  return init_shapes(create_model(arch, num_classes=2), input_size=32)
+
+
+def _top(arch):
+  return list(_shapes(arch)["params"])
+
+
+def test_stage_names_and_block_cuts_are_one_prefix():
+  # ResNet layerK / DenseNet transitionK = stageK, for truncation and transfusion alike.
+  for arch, native in (("resnet18", "layer"), ("densenet121", "transition")):
+    spec, top = get_spec(arch), _top(arch)
+    for k in (1, 2, 3):
+      assert get_cut(arch, f"stage{k}").name == f"{native}{k}"
+      assert set(prefix.resolve(spec, f"stage{k}", top)) == set(get_cut(arch, f"{native}{k}").kept)
+      assert set(prefix.resolve(spec, f"{native}{k}", top)) == set(get_cut(arch, f"{native}{k}").kept)
+  # EfficientNet-Lite's own stageK cuts agree with stage_of for K < 7.
+  spec, top = get_spec("efficientnet_lite0"), _top("efficientnet_lite0")
+  for k in range(1, 7):
+    assert set(prefix.resolve(spec, f"stage{k}", top)) == set(get_cut(spec.name, f"stage{k}").kept)
+  assert "conv_head" not in prefix.resolve(spec, "stage7", top)  # its cut: MBConv blocks only
+  assert "conv_head" in prefix.resolve(spec, "all", top) and "fc" not in prefix.resolve(spec, "all", top)
+
+
+def test_truncate_at_takes_stage_names_and_builds_the_same_model():
+  a = init_shapes(create_model("resnet18", num_classes=2, truncate_at="stage2"), 32)
+  b = init_shapes(create_model("resnet18", num_classes=2, truncate_at="layer2"), 32)
+  assert sorted(a["params"]) == sorted(b["params"]) == sorted(
+      ["conv1", "bn1", "layer1_0", "layer1_1", "layer2_0", "layer2_1", "fc"])
+  assert get_cut("resnet18", "conv1").name == "stem"  # Transfusion's spelling of the stem
+
+
+def test_transfer_up_to_takes_truncation_cut_names():
+  names = _top("resnet18")
+  assert sorted(init.transferred_modules("resnet18", "layer2_0", names)) == sorted(
+      ["conv1", "bn1", "layer1_0", "layer1_1", "layer2_0"])
+  assert sorted(init.transferred_modules("resnet18", "stem", names)) == ["bn1", "conv1"]
+  assert sorted(init.transferred_modules("resnet18", "conv1", names)) == ["bn1", "conv1"]
+
+
+def test_one_error_type_listing_the_valid_names():
+  with pytest.raises(prefix.PrefixError, match="valid cuts: block level layer1, layer2, layer3"):
+    get_cut("resnet18", "stage4")  # stage 4 ends at the full model: not a cut
+  with pytest.raises(prefix.PrefixError, match="conv1, stage1, stage2, stage3, all.*layer1_0"):
+    init.transferred_modules("resnet18", "layer9", _top("resnet18"))
+  with pytest.raises(prefix.PrefixError, match="does not support truncate_at"):
+    get_cut("cbr_small", "stage1")
+  assert issubclass(prefix.PrefixError, ValueError)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_lite0", "cbr_small"])
+def test_from_stage_trains_exactly_what_its_prefix_leaves(arch):
+  """masks.from_stage(k) = everything outside prefix.from_stage_prefix(k) (the head included)."""
+  spec, shapes = get_spec(arch), _shapes(arch)
+  top = list(shapes["params"])
+  for k in range(0, spec.num_stages + 2):
+    labels = masks.make_labels(shapes["params"], f"from_stage({k})", arch=arch,
+                               batch_stats=shapes["batch_stats"])
+    trained = {m for m in top
+               if any(v == masks.TRAINABLE for v in jax_leaves(labels[m]))}
+    frozen = set(prefix.resolve(spec, prefix.from_stage_prefix(k, spec.num_stages), top))
+    assert trained == set(top) - frozen, k
+
+
+def jax_leaves(tree):
+  import jax
+
+  return jax.tree_util.tree_leaves(tree)
