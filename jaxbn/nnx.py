@@ -98,10 +98,22 @@ def labels(
   """
   params = nnx.state(model, nnx.Param)
   batch_stats = nnx.state(model, stats)
-  return masks.make_labels(
-      params, strategy, batch_stats=batch_stats or None, arch=arch, head=head,
-      stage_of=stage_of, is_norm=is_norm,
-  )
+  try:
+    return masks.make_labels(
+        params, strategy, batch_stats=batch_stats, arch=arch, head=head,
+        stage_of=stage_of, is_norm=is_norm,
+    )
+  except ValueError as e:
+    if "no norm layer found" not in str(e):
+      raise
+    term = str(e).split(" selects no parameter")[0]
+    raise ValueError(
+        f"{term} selects no parameter: no norm layer found in this NNX model (a BatchNorm "
+        f"is a module whose {getattr(stats, '__name__', stats)} 'mean'/'var' sit beside "
+        "nnx.Param 'scale'/'bias' of the same shape). For a norm whose statistics are "
+        "another Variable type pass stats=<that type>; for norms without statistics "
+        "pass is_norm=jaxbn.masks.norm_by_name(<regex>)."
+    ) from None
 
 
 def nnx_filter(
@@ -261,3 +273,45 @@ def create_model(
   else:
     variables = registry.init_variables(module, rngs.params(), input_size)
   return from_linen(module, variables, rngs)
+
+
+# --------------------------------------------------------------------------- #
+# A functional train step (for benchmarks and compiled loops).
+# --------------------------------------------------------------------------- #
+
+
+def make_train_step(model: Backbone, strategy: Any, tx, *, bn_stats: str = "frozen",
+                    arch: str | None = None):
+  """``(step, state)``: a pure ``(state, batch, rng, lr_scale) -> (state, metrics)`` step.
+
+  The NNX counterpart of :func:`jaxbn.step.make_train_step`, written the way
+  NNX documents for hot loops: the model and its ``nnx.Optimizer`` are split
+  once into a graph definition and a state pytree, and the step merges them
+  inside ``jax.jit``. Gradients are taken with
+  ``nnx.grad(..., argnums=nnx.DiffState(0, f))`` for the strategy's filter
+  ``f`` only. ``bn_stats``: ``"frozen"`` (running statistics) or ``"batch"``.
+  ``rng`` and ``lr_scale`` are accepted for signature parity and unused (the
+  model's own dropout stream is part of the state).
+  """
+  from jaxbn import step as step_lib
+
+  if bn_stats not in ("frozen", "batch"):
+    raise ValueError(f"bn_stats must be 'frozen' or 'batch', got {bn_stats!r}.")
+  f = nnx_filter(model, strategy, arch=arch)
+  model.train()
+  model.set_attributes(use_running_average=bn_stats == "frozen")
+  optimizer = nnx.Optimizer(model, tx, wrt=f)
+  graphdef, state = nnx.split((model, optimizer))
+
+  def loss_fn(model, batch):
+    logits = model(batch["image"])
+    return step_lib.loss_per_example(logits, batch["label"], multi_label=False).mean()
+
+  def train_step(state, batch, rng, lr_scale):
+    del rng, lr_scale
+    model, optimizer = nnx.merge(graphdef, state)
+    loss, grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, f))(model, batch)
+    optimizer.update(model, grads)
+    return nnx.state((model, optimizer)), {"loss": loss}
+
+  return train_step, state
