@@ -416,8 +416,10 @@ def _python_blocks(path: pathlib.Path) -> list[str]:
 def test_docs_snippets_run_verbatim():
   blocks = _python_blocks(ROOT / "docs" / "nnx.md")
   assert len(blocks) >= 3
+  namespace = {"__name__": "docs_nnx"}  # one page, one session: blocks build on each other
   for block in blocks:
-    exec(compile(block, "docs/nnx.md", "exec"), {"__name__": "docs_nnx"})  # noqa: S102
+    exec(compile(block, "docs/nnx.md", "exec"), namespace)  # noqa: S102
+  assert namespace["n"](nnx.state(namespace["model"], namespace["f"])) == 44_578
 
 
 @pytest.mark.slow
