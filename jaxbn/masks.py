@@ -34,8 +34,21 @@ Strategies (combine terms with ``+``; the union trains):
                    the string is the pattern (it may contain ``+`` and ``|``)
 =================  ============================================================
 
-The same selectors exist as Python objects that add up:
-``masks.regex(r"layer4_.*") + "head"``, ``masks.from_stage(3)``.
+The same selectors exist as Python objects that combine with ``+``/``|``
+(union), ``&`` (intersection) and ``-`` (difference):
+``masks.regex(r"layer4_.*") + "head"``, ``masks.from_stage(3)``. A selector is a
+``(path, leaf) -> bool`` predicate over the parameters: :func:`where` wraps your
+own (``where(lambda path, leaf: leaf.ndim == 4) + "bn"``; a plain callable is
+accepted wherever a strategy is), and :meth:`Selector.predicate` resolves a
+built-in one on a params tree.
+
+**Flax NNX.** ``nnx_filter(model, "bn+head")`` gives an NNX filter for
+``nnx.Optimizer(model, tx, wrt=f)`` and ``nnx.grad(loss, argnums=nnx.DiffState(0,
+f))`` (see :mod:`jaxbn.nnx`), and the three lines above work unchanged with
+``params, batch_stats = nnx.state(model, nnx.Param), nnx.state(model,
+nnx.BatchStat)`` and ``nnx.Optimizer(model, tx, wrt=nnx.Param)``: label trees
+are matched to the parameters by path (:func:`align_labels`). NNX is imported
+only by :func:`nnx_filter`.
 
 **How BatchNorm is found.** Structurally, never by name: a params module is a
 BatchNorm when the module at the same path in ``batch_stats`` owns ``mean`` and
@@ -613,6 +626,7 @@ def make_labels(
       params, batch_stats=batch_stats, arch=arch, head=head, stage_of=stage_of, is_norm=is_norm
   )
   chosen = selector.select(ctx)
+  _nonempty(selector.name, chosen, "the terms' intersection / difference is empty.")
   return ctx.treedef.unflatten([TRAINABLE if p in chosen else FROZEN for p in ctx.paths])
 
 

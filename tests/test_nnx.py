@@ -194,6 +194,28 @@ def test_missing_affine_says_norms_were_found():
     masks.nnx_filter(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), "bn")
 
 
+def test_selector_algebra_on_linen_params():
+  params = {"conv": {"kernel": jnp.zeros((3, 3, 1, 4)), "bias": jnp.zeros(4)},
+            "fc": {"kernel": jnp.zeros((4, 2)), "bias": jnp.zeros(2)}}
+  trainable = lambda labels: {k for k, v in _flat(labels).items() if v == masks.TRAINABLE}  # noqa: E731
+  biases = masks.where(lambda path, leaf: path[-1] == "bias", name="biases")
+  assert trainable(masks.make_labels(params, biases | "head")) == {"conv/bias", "fc/kernel",
+                                                                   "fc/bias"}
+  assert trainable(masks.make_labels(params, "head" - biases)) == {"fc/kernel"}
+  assert trainable(masks.make_labels(params, "full" & biases)) == {"conv/bias", "fc/bias"}
+  assert (biases + "head").name == "where(biases)+head"
+  is_head = masks.parse_strategy("head").predicate(params)
+  assert is_head(("fc", "bias"), None) and not is_head(("conv", "bias"), None)
+  with pytest.raises(ValueError, match=r"'head&where\(biases\)-regex:fc/.\*' selects no "
+                                       r"parameter: the terms' intersection / difference"):
+    masks.make_labels(params, masks.parse_strategy("head") & biases - masks.regex("fc/.*"))
+  with pytest.raises(ValueError, match=r"'where\(<lambda>\)' selects no parameter: the "
+                                       r"predicate is false for every leaf"):
+    masks.make_labels(params, lambda path, leaf: False)
+  with pytest.raises(TypeError, match="Unknown keyword"):
+    masks.parse_strategy("head").predicate(params, batchstats={})
+
+
 def test_missing_affine_error_for_linen_too():
   class Linen(nn.Module):
     @nn.compact
