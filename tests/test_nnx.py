@@ -474,3 +474,19 @@ def test_example_bad_data_is_one_line_error(tmp_path):
   assert out.returncode != 0
   assert out.stderr.strip().splitlines()[-1].startswith("error: cannot read --data=")
   assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_bench_nnx_rows():
+  from jaxbn import bench
+
+  rows = bench.run_nnx_benchmark(["cbr_tiny"], ["full", "bn+head"], batch_size=2, image_size=32,
+                                 reps=1, progress=False)
+  by = {(r["strategy"], r["api"]): r for r in rows}
+  assert set(by) == {(s, a) for s in ("full", "bn+head") for a in ("linen", "nnx")}
+  for s in ("full", "bn+head"):
+    assert by[(s, "linen")]["ratio_to_linen"] == 1.0
+    assert by[(s, "nnx")]["trainable_params"] == by[(s, "linen")]["trainable_params"]
+  assert by[("bn+head", "nnx")]["trainable_params"] < by[("full", "nnx")]["trainable_params"]
+  table = bench.nnx_markdown(rows)
+  assert "| cbr_tiny | bn+head | nnx |" in table and "× linen" in table
