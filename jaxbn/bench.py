@@ -42,6 +42,9 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 flags.DEFINE_enum("bn_stats", "frozen", ["frozen", "batch"], "BN statistics mode.")
 flags.DEFINE_list("norms", ["bn"], "Normalisation layers (jaxbn.models.norm.NORMS).")
 flags.DEFINE_string("out", None, "Optional JSON file for the measurements.")
+flags.DEFINE_bool("nnx", False, "Also time the Flax NNX train step (jaxbn.nnx: the backbone "
+                  "as an NNX module, gradients only for the strategy's nnx_filter) of every "
+                  "configuration, side by side with Linen; adds the columns api and × linen.")
 flags.DEFINE_integer("devices", 1, "Data-parallel devices: batch split over a jit Mesh of the "
                      "first N devices, state replicated (0 = all). Fake CPU devices: "
                      "JAX_NUM_CPU_DEVICES=8.")
@@ -160,9 +163,103 @@ def markdown(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
+def build_nnx_step(arch: str, strategy: str, batch_size: int, image_size: int, dtype,
+                   bn_stats: str):
+  """:func:`build_step` for the NNX model of ``arch`` (``jaxbn.nnx.make_train_step``)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+  from flax import nnx
+
+  from jaxbn import nnx as jaxbn_nnx
+
+  model = jaxbn_nnx.create_model(arch, num_classes=2, dtype=dtype, rngs=nnx.Rngs(0))
+  fn, state = jaxbn_nnx.make_train_step(model, strategy, optax.adam(1e-4), bn_stats=bn_stats,
+                                        arch=arch)
+  rng = np.random.default_rng(0)  # the batch of build_step
+  batch = {
+      "image": jnp.asarray(rng.normal(size=(batch_size, image_size, image_size, 3)), jnp.float32),
+      "label": jnp.asarray(rng.integers(0, 2, size=(batch_size,)), jnp.int32),
+  }
+  f = jaxbn_nnx.nnx_filter(model, strategy, arch=arch)
+  size = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
+  return (jax.jit(fn, donate_argnums=(0,)), state, batch, size(nnx.state(model, f)),
+          size(nnx.state(model, nnx.Param)))
+
+
+def run_nnx_benchmark(archs, strategies, *, batch_size, image_size, reps, dtype="float32",
+                      bn_stats="frozen", progress=True) -> list[dict]:
+  """Linen and NNX train steps of every (arch, strategy), timed round-robin in one run."""
+  import jax
+  import jax.numpy as jnp
+  from tqdm.auto import tqdm
+
+  dt = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
+  builders = {"linen": build_step, "nnx": build_nnx_step}
+  configs = [(a, s, api) for a in archs for s in strategies for api in builders]
+  runs = {}
+  for arch, strategy, api in tqdm(configs, desc="compile", disable=not progress):
+    fn, state, batch, trainable, total = builders[api](arch, strategy, batch_size, image_size,
+                                                       dt, bn_stats)
+    t0 = time.perf_counter()
+    state, m = fn(state, batch, jax.random.key(0), 1.0)
+    jax.block_until_ready(m)
+    compile_s = time.perf_counter() - t0
+    state, m = fn(state, batch, jax.random.key(0), 1.0)  # one warm step
+    jax.block_until_ready(m)
+    runs[(arch, strategy, api)] = dict(fn=fn, state=state, batch=batch, times=[],
+                                       trainable=trainable, total=total, compile_s=compile_s)
+  with tqdm(total=reps * len(configs), desc="timing", disable=not progress) as bar:
+    for _ in range(reps):
+      for key in configs:
+        r = runs[key]
+        t0 = time.perf_counter()
+        r["state"], m = r["fn"](r["state"], r["batch"], jax.random.key(0), 1.0)
+        jax.block_until_ready((r["state"], m))
+        r["times"].append(time.perf_counter() - t0)
+        bar.update()
+  med = {key: statistics.median(r["times"]) for key, r in runs.items()}
+  ratio = lambda key, ref: round(med[key] / med[ref], 3) if ref in med else None  # noqa: E731
+  return [{
+      "arch": arch, "strategy": strategy, "api": api, "batch_size": batch_size,
+      "image_size": image_size, "dtype": dtype, "bn_stats": bn_stats,
+      "device": jax.devices()[0].device_kind, "ms_per_step": round(1e3 * med[key], 2),
+      "images_per_s": round(batch_size / med[key], 1),
+      "ratio_to_full": ratio(key, (arch, "full", api)),
+      "ratio_to_linen": ratio(key, (arch, strategy, "linen")),
+      "trainable_params": runs[key]["trainable"], "total_params": runs[key]["total"],
+      "compile_s": round(runs[key]["compile_s"], 1), "reps": reps,
+  } for key in configs for arch, strategy, api in [key]]
+
+
+def nnx_markdown(rows: list[dict]) -> str:
+  fmt = lambda x: f"{x:.2f}" if x is not None else "—"  # noqa: E731
+  lines = ["| arch | strategy | api | trainable params | ms/step | × full step (same api) | "
+           "× linen |", "|---|---|---|---:|---:|---:|---:|"]
+  lines += [f"| {r['arch']} | {r['strategy']} | {r['api']} | {r['trainable_params']:,} | "
+            f"{r['ms_per_step']:.1f} | {fmt(r['ratio_to_full'])} | {fmt(r['ratio_to_linen'])} |"
+            for r in rows]
+  return "\n".join(lines)
+
+
 def main(argv):
   del argv
   import jax
+
+  if FLAGS.nnx:
+    rows = run_nnx_benchmark(FLAGS.archs, FLAGS.strategies, batch_size=FLAGS.batch_size,
+                             image_size=FLAGS.image_size, reps=FLAGS.reps, dtype=FLAGS.dtype,
+                             bn_stats=FLAGS.bn_stats)
+    print(f"\nTrain step, Linen vs NNX, batch {FLAGS.batch_size}, {FLAGS.image_size}px, "
+          f"{FLAGS.dtype}, BN statistics {FLAGS.bn_stats}, {jax.devices()[0].device_kind}, "
+          f"median of {FLAGS.reps} round-robin repetitions:\n")
+    print(nnx_markdown(rows))
+    if FLAGS.out:
+      from jaxbn.weights.store import write_json_atomic
+
+      write_json_atomic(FLAGS.out, rows)
+    return
 
   rows = run_benchmark(FLAGS.archs, FLAGS.strategies, batch_size=FLAGS.batch_size,
                        image_size=FLAGS.image_size, reps=FLAGS.reps, dtype=FLAGS.dtype,

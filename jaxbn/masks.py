@@ -34,8 +34,21 @@ Strategies (combine terms with ``+``; the union trains):
                    the string is the pattern (it may contain ``+`` and ``|``)
 =================  ============================================================
 
-The same selectors exist as Python objects that add up:
-``masks.regex(r"layer4_.*") + "head"``, ``masks.from_stage(3)``.
+The same selectors exist as Python objects that combine with ``+``/``|``
+(union), ``&`` (intersection) and ``-`` (difference):
+``masks.regex(r"layer4_.*") + "head"``, ``masks.from_stage(3)``. A selector is a
+``(path, leaf) -> bool`` predicate over the parameters: :func:`where` wraps your
+own (``where(lambda path, leaf: leaf.ndim == 4) + "bn"``; a plain callable is
+accepted wherever a strategy is), and :meth:`Selector.predicate` resolves a
+built-in one on a params tree.
+
+**Flax NNX.** ``nnx_filter(model, "bn+head")`` gives an NNX filter for
+``nnx.Optimizer(model, tx, wrt=f)`` and ``nnx.grad(loss, argnums=nnx.DiffState(0,
+f))`` (see :mod:`jaxbn.nnx`), and the three lines above work unchanged with
+``params, batch_stats = nnx.state(model, nnx.Param), nnx.state(model,
+nnx.BatchStat)`` and ``nnx.Optimizer(model, tx, wrt=nnx.Param)``: label trees
+are matched to the parameters by path (:func:`align_labels`). NNX is imported
+only by :func:`nnx_filter`.
 
 **How BatchNorm is found.** Structurally, never by name: a params module is a
 BatchNorm when the module at the same path in ``batch_stats`` owns ``mean`` and
@@ -73,6 +86,7 @@ import collections
 import dataclasses
 import math
 import re
+import sys
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
 import jax
@@ -87,8 +101,8 @@ Path = tuple[str, ...]
 # hold the module's *direct* leaves (name -> array or ShapeDtypeStruct).
 NormPredicate = Callable[[Path, Mapping[str, Any], Union[Mapping[str, Any], None]], bool]
 
-# optax.partition is the newer name of optax.multi_transform (same semantics).
-_partition = getattr(optax, "partition", None) or optax.multi_transform
+# (path, leaf) -> bool: the public form of a selection rule (see :func:`where`).
+LeafPredicate = Callable[[Path, Any], bool]
 
 
 # --------------------------------------------------------------------------- #
@@ -162,10 +176,25 @@ def _key_name(key: Any) -> str | None:
   return None  # GetAttrKey, e.g. the `.value` of an nn.Partitioned box.
 
 
+def _nnx_variable_type() -> type | None:
+  """``flax.nnx.Variable`` if NNX is already imported (an NNX tree cannot exist otherwise)."""
+  nnx = sys.modules.get("flax.nnx")
+  return getattr(nnx, "Variable", None)
+
+
 def _flatten(tree: Any) -> tuple[list[Path], list[Any], Any]:
-  keyed, treedef = jax.tree_util.tree_flatten_with_path(tree)
+  """(string paths, leaves, treedef); an NNX ``Variable`` is one leaf (its value).
+
+  So an ``nnx.State`` of ``Param`` s flattens like the pure dict of its arrays,
+  and a tree unflattened from the treedef holds plain values where the
+  variables were (the structure ``nnx.Optimizer`` hands to optax).
+  """
+  variable = _nnx_variable_type()
+  is_leaf = (lambda x: isinstance(x, variable)) if variable is not None else None
+  keyed, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
   paths = [tuple(n for n in map(_key_name, kp) if n is not None) for kp, _ in keyed]
-  return paths, [leaf for _, leaf in keyed], treedef
+  leaves = [leaf.get_value() if is_leaf and is_leaf(leaf) else leaf for _, leaf in keyed]
+  return paths, leaves, treedef
 
 
 def _by_module(paths: Iterable[Path], leaves: Iterable[Any]) -> dict[Path, dict[str, Any]]:
@@ -194,6 +223,7 @@ class _Context:
     self._stage_of = stage_of
     self._is_norm = is_norm
     self._norm_roles: dict[Path, str] | None = None
+    self.norm_modules: list[Path] = []  # filled by norm_roles()
 
   def spec(self):
     from jaxbn.models import registry  # Lazy: masks works without jaxbn models.
@@ -218,9 +248,10 @@ class _Context:
     stats_tree = {} if self.batch_stats is None else self.batch_stats
     stats_paths, stats_leaves, _ = _flatten(stats_tree)
     stats = _by_module(stats_paths, stats_leaves)
-    roles = {}
+    roles, self.norm_modules = {}, []
     for module, leaves in _by_module(self.paths, self.leaves).items():
       if is_norm(module, leaves, stats.get(module)):
+        self.norm_modules.append(module)
         roles.update({module + (k,): k for k in ("scale", "bias") if k in leaves})
     self._norm_roles = roles
     return roles
@@ -286,23 +317,101 @@ class _Context:
 
 @dataclasses.dataclass(frozen=True)
 class Selector:
-  """A named rule picking the trainable leaves; ``a + b`` trains the union.
+  """A named rule picking the trainable leaves.
 
-  Build them with :func:`parse_strategy`, :func:`regex` or :func:`from_stage`;
-  strings are parsed when added: ``from_stage(3) + "bn"``.
+  ``a + b`` (or ``a | b``) trains the union, ``a & b`` the intersection and
+  ``a - b`` what ``a`` selects but ``b`` does not. Strings are parsed and plain
+  ``(path, leaf) -> bool`` callables wrapped with :func:`where` when combined:
+  ``from_stage(3) + "bn"``, ``parse_strategy("bn") - where(lambda p, x: p[0] == "bn0")``.
+  Build them with :func:`parse_strategy`, :func:`regex`, :func:`from_stage` or
+  :func:`where`; :meth:`predicate` turns one into a ``(path, leaf) -> bool``
+  predicate for a given params tree.
   """
 
   name: str
   select: Callable[[_Context], set[Path]] = dataclasses.field(repr=False, compare=False)
 
-  def __add__(self, other: "Selector | str") -> "Selector":
+  def _combine(self, other: Any, op: str, fn: Callable[[set, set], set]) -> "Selector":
     other = _as_selector(other)
-    return Selector(
-        f"{self.name}+{other.name}", lambda ctx: self.select(ctx) | other.select(ctx)
-    )
+    return Selector(f"{self.name}{op}{other.name}",
+                    lambda ctx: fn(self.select(ctx), other.select(ctx)))
 
-  def __radd__(self, other: str) -> "Selector":
+  def __add__(self, other: Any) -> "Selector":
+    return self._combine(other, "+", set.__or__)
+
+  __or__ = __add__
+
+  def __and__(self, other: Any) -> "Selector":
+    return self._combine(other, "&", set.__and__)
+
+  def __sub__(self, other: Any) -> "Selector":
+    return self._combine(other, "-", set.__sub__)
+
+  def __radd__(self, other: Any) -> "Selector":
     return _as_selector(other) + self
+
+  __ror__ = __radd__
+
+  def __rand__(self, other: Any) -> "Selector":
+    return _as_selector(other) & self
+
+  def __rsub__(self, other: Any) -> "Selector":
+    return _as_selector(other) - self
+
+  def predicate(self, params: Any, **context: Any) -> LeafPredicate:
+    """This rule resolved on ``params``: a ``(path, leaf) -> bool`` predicate.
+
+    ``context``: the keyword arguments of :func:`make_labels` (``batch_stats``,
+    ``arch``, ``head``, ``stage_of``, ``is_norm``). ``path`` is a tuple of
+    strings (list indices as ``'0'``); the leaf is not looked at.
+
+    >>> import numpy as np
+    >>> params = {"conv": {"kernel": np.zeros((3, 3, 1, 2))}, "fc": {"kernel": np.zeros((2, 2))}}
+    >>> is_head = parse_strategy("head").predicate(params)
+    >>> is_head(("fc", "kernel"), None), is_head(("conv", "kernel"), None)
+    (True, False)
+    """
+    chosen = frozenset(self.select(_Context(params, **_context_kwargs(context))))
+    return lambda path, leaf=None: tuple(map(str, path)) in chosen
+
+
+def _context_kwargs(context: Mapping[str, Any]) -> dict[str, Any]:
+  keys = ("batch_stats", "arch", "head", "stage_of", "is_norm")
+  unknown = set(context) - set(keys)
+  if unknown:
+    raise TypeError(f"Unknown keyword(s) {sorted(unknown)}; expected some of {keys}.")
+  return {k: context.get(k) for k in keys}
+
+
+def where(predicate: LeafPredicate, name: str | None = None) -> Selector:
+  """Trains the leaves for which ``predicate(path, leaf)`` is true.
+
+  ``path`` is the leaf's position as a tuple of strings (``('layer4_0',
+  'conv1', 'kernel')``; list indices as ``'0'``), ``leaf`` its array (or
+  ``jax.ShapeDtypeStruct``). The predicate must select at least one parameter.
+  Combine with the named strategies: ``where(is_depthwise) + "bn"``; a plain
+  callable given as a strategy is wrapped the same way.
+
+  >>> import numpy as np
+  >>> params = {"conv": {"kernel": np.zeros((3, 3, 1, 4)), "bias": np.zeros(4)},
+  ...           "fc": {"kernel": np.zeros((4, 2)), "bias": np.zeros(2)}}
+  >>> biases = where(lambda path, leaf: path[-1] == "bias", name="biases")
+  >>> make_labels(params, biases + "head")["conv"]
+  {'bias': 'trainable', 'kernel': 'frozen'}
+  >>> make_labels(params, parse_strategy("full") - biases)["fc"]
+  {'bias': 'frozen', 'kernel': 'trainable'}
+  """
+  if not callable(predicate):
+    raise TypeError(f"where() needs a callable (path, leaf) -> bool, got {predicate!r}.")
+  label = name or getattr(predicate, "__name__", "predicate")
+
+  def select(ctx: _Context) -> set[Path]:
+    chosen = {p for p, leaf in zip(ctx.paths, ctx.leaves) if predicate(p, leaf)}
+    examples = ", ".join("/".join(p) for p in ctx.paths[:3])
+    return _nonempty(f"where({label})", chosen, f"the predicate is false for every "
+                     f"leaf; paths look like {examples}.")
+
+  return Selector(f"where({label})", select)
 
 
 def _nonempty(name: str, chosen: set[Path], why: str) -> set[Path]:
@@ -314,6 +423,16 @@ def _nonempty(name: str, chosen: set[Path], why: str) -> set[Path]:
 def _norm_selector(name: str, roles: tuple[str, ...]) -> Selector:
   def select(ctx: _Context) -> set[Path]:
     chosen = {p for p, role in ctx.norm_roles().items() if role in roles}
+    if not chosen and ctx.norm_modules:
+      found = ", ".join("/".join(m) for m in ctx.norm_modules[:4])
+      more = f" and {len(ctx.norm_modules) - 4} more" if len(ctx.norm_modules) > 4 else ""
+      missing = " or ".join(repr(r) for r in roles)
+      raise ValueError(
+          f"Strategy term {name!r} selects no parameter: {len(ctx.norm_modules)} norm "
+          f"layer(s) were found ({found}{more}) but none has a {missing} parameter "
+          f"(built with use_scale=False / use_bias=False?). Choose another term, e.g. "
+          f"'bn' for whatever affine they have."
+      )
     why = (
         "no norm layer found (BatchNorm = a params module with scale/bias shaped "
         "like the mean/var its batch_stats path owns). Check that batch_stats is "
@@ -438,6 +557,8 @@ def _as_selector(strategy: "str | Selector | Sequence[str | Selector]") -> Selec
     return strategy
   if isinstance(strategy, str):
     return parse_strategy(strategy)
+  if callable(strategy):
+    return where(strategy)
   if isinstance(strategy, Sequence) and strategy:
     selectors = [_as_selector(s) for s in strategy]
     out = selectors[0]
@@ -445,7 +566,8 @@ def _as_selector(strategy: "str | Selector | Sequence[str | Selector]") -> Selec
       out = out + s
     return out
   raise TypeError(
-      f"strategy must be a string, a Selector or a non-empty list of them; got {strategy!r}."
+      "strategy must be a string, a Selector, a (path, leaf) -> bool callable or a "
+      f"non-empty list of them; got {strategy!r}."
   )
 
 
@@ -504,7 +626,20 @@ def make_labels(
       params, batch_stats=batch_stats, arch=arch, head=head, stage_of=stage_of, is_norm=is_norm
   )
   chosen = selector.select(ctx)
+  _nonempty(selector.name, chosen, "the terms' intersection / difference is empty.")
   return ctx.treedef.unflatten([TRAINABLE if p in chosen else FROZEN for p in ctx.paths])
+
+
+def nnx_filter(model: Any, strategy: "str | Selector | Sequence[str | Selector]", **kwargs: Any):
+  """An NNX filter for the parameters ``strategy`` trains (see :func:`jaxbn.nnx.nnx_filter`).
+
+  ``f = nnx_filter(model, "bn+head")`` works as ``nnx.Optimizer(model, tx,
+  wrt=f)`` and ``nnx.grad(loss, argnums=nnx.DiffState(0, f))``. Flax NNX is
+  imported only when this is called.
+  """
+  from jaxbn import nnx as jaxbn_nnx  # Lazy: Linen users never import NNX.
+
+  return jaxbn_nnx.nnx_filter(model, strategy, **kwargs)
 
 
 def trainable_mask(labels: Any) -> Any:
@@ -577,13 +712,63 @@ def summary(params: Any, labels: Any, *, depth: int = 1) -> str:
   )
 
 
+def freeze_mask(labels: Any) -> Any:
+  """``True`` where a label is ``'frozen'``: the mask of ``optax.freeze`` / ``optax.selective_transform``.
+
+  ``optax.selective_transform(tx, freeze_mask=freeze_mask(labels))`` moves the
+  same leaves as ``make_optimizer(tx, labels)`` (only its state names differ:
+  ``'train'``/``'freeze'``; jaxbn keeps ``'trainable'``/``'frozen'`` so older
+  checkpoints restore).
+
+  >>> freeze_mask({"bn": {"scale": "trainable"}, "conv": {"kernel": "frozen"}})
+  {'bn': {'scale': False}, 'conv': {'kernel': True}}
+  """
+  return jax.tree.map(lambda label: label == FROZEN, labels)
+
+
+def align_labels(labels: Any, params: Any) -> Any:
+  """``labels`` re-laid on ``params``' own containers, leaf by leaf, by path.
+
+  A label tree built on one view of the parameters (a Linen dict, a
+  ``FrozenDict``, an ``nnx.State`` of ``Param`` s, ``nnx.to_pure_dict``) then
+  fits another: ``nnx.Optimizer`` initialises optax with an ``nnx.State`` of
+  ``Param`` s and updates it with the pure ``State`` of their arrays. A label
+  may sit above several leaves (a prefix tree); every parameter needs one.
+  Identical structures are returned as they are.
+
+  >>> align_labels({"fc": "trainable"}, {"fc": {"kernel": 0, "bias": 0}})
+  {'fc': {'bias': 'trainable', 'kernel': 'trainable'}}
+  """
+  label_paths, label_leaves, label_def = _flatten(labels)
+  paths, _, treedef = _flatten(params)
+  if label_def == treedef:
+    return labels
+  table = dict(zip(label_paths, label_leaves))
+  out = []
+  for path in paths:
+    for i in range(len(path), -1, -1):
+      if path[:i] in table:
+        out.append(table[path[:i]])
+        break
+    else:
+      raise ValueError(
+          f"No label for parameter {'/'.join(path)!r}: the label tree was built for other "
+          f"parameters (label paths look like "
+          f"{', '.join('/'.join(p) for p in label_paths[:3])}). Build the labels from the "
+          "same model."
+      )
+  return treedef.unflatten(out)
+
+
 def make_optimizer(tx: optax.GradientTransformation, labels: Any) -> optax.GradientTransformation:
   """Applies ``tx`` to trainable leaves and ``optax.set_to_zero()`` to frozen ones.
 
   Built with ``optax.partition``, which hands each inner transformation only its
   own leaves (the others are ``optax.MaskedNode``): frozen leaves get exactly
   zero updates and no optimizer state. ``labels`` may also be a function
-  ``params -> labels`` (as ``optax.partition`` allows).
+  ``params -> labels`` (as ``optax.partition`` allows), and is matched to the
+  parameters by path (:func:`align_labels`), so labels made from an
+  ``nnx.State`` drive ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` unchanged.
 
   >>> import jax.numpy as jnp, optax
   >>> params = {"bn": {"scale": jnp.ones(4)}, "conv": {"kernel": jnp.ones((3, 3, 4, 4))}}
@@ -595,7 +780,11 @@ def make_optimizer(tx: optax.GradientTransformation, labels: Any) -> optax.Gradi
   >>> float(abs(updates["conv"]["kernel"]).max())
   0.0
   """
-  return _partition({TRAINABLE: tx, FROZEN: optax.set_to_zero()}, labels)
+  get = labels if callable(labels) else (lambda params: labels)
+  return optax.partition(
+      {TRAINABLE: tx, FROZEN: optax.set_to_zero()},
+      lambda params: align_labels(get(params), params),
+  )
 
 
 def build(
@@ -634,15 +823,19 @@ __all__ = [
     "STRATEGIES",
     "TRAINABLE",
     "Selector",
+    "align_labels",
     "build",
     "count",
+    "freeze_mask",
     "from_stage",
     "is_batchnorm",
     "make_labels",
     "make_optimizer",
+    "nnx_filter",
     "norm_by_name",
     "parse_strategy",
     "regex",
     "summary",
     "trainable_mask",
+    "where",
 ]
