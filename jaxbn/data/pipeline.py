@@ -537,12 +537,12 @@ def global_positions(step: tf.Tensor, *, global_batch: int, process_index: int,
 
 
 def example_index(position: tf.Tensor, num_examples: int, seed: int) -> tf.Tensor:
-  """Example at stream ``position``: a seeded permutation of the split per epoch."""
+  """Example at (scalar) stream ``position``: a seeded permutation of the split per epoch."""
   position = tf.cast(position, tf.int64)
   epoch, offset = position // num_examples, position % num_examples
-  shuffle_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
   return tf.random.experimental.index_shuffle(
-      offset, shuffle_seed, tf.constant(num_examples - 1, tf.int64))
+      offset, tf.stack([tf.constant(seed, tf.int64), epoch]),
+      tf.constant(num_examples - 1, tf.int64))
 
 
 def train_iterator(config: ml_collections.ConfigDict, *, batch_size: int,
