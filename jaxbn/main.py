@@ -80,10 +80,6 @@ def main(argv: list[str]) -> None:
     validate.check(FLAGS.config, tasks=TASKS)
   except validate.ConfigError as e:
     validate.fail(str(e))
-  # Keep TensorFlow (input pipeline only) off the accelerators.
-  import tensorflow as tf
-
-  tf.config.set_visible_devices([], "GPU")
   import jax
 
   distributed = FLAGS.distributed
@@ -96,16 +92,19 @@ def main(argv: list[str]) -> None:
       sys.exit(f"error: jax.distributed.initialize() failed: {str(e).rstrip('.')}. Give --coordinator=HOST:PORT "
                "--num_processes=N --process_id=I, run every process inside a TPU VM or a "
                "SLURM step (srun), or pass --nodistributed for a single process.")
-  logging.info("JAX process %d/%d, %d local / %d global devices (%s).", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(),
-               jax.devices()[0].platform)
-
-  try:
+  try:  # before TensorFlow is imported: its start-up lines would precede the error line
     validate.check_devices(FLAGS.config, jax.device_count(), jax.process_count())
     workdir_lib.check_and_record(FLAGS.config, FLAGS.workdir,
                                  allow_change=FLAGS.allow_config_change)
   except (validate.ConfigError, workdir_lib.WorkdirMismatch) as e:
     validate.fail(str(e))
+  logging.info("JAX process %d/%d, %d local / %d global devices (%s).", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(),
+               jax.devices()[0].platform)
+  # Keep TensorFlow (input pipeline only) off the accelerators.
+  import tensorflow as tf
+
+  tf.config.set_visible_devices([], "GPU")
 
   from jaxbn import train
 

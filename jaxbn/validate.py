@@ -54,7 +54,10 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
   from absl import flags
 
   try:
-    return flags.FLAGS(list(argv))
+    rest = flags.FLAGS(list(argv))
+    if "config" in flags.FLAGS:
+      _ = "task" in flags.FLAGS.config  # a config file that failed to load raises when read
+    return rest
   except Exception as e:  # pylint: disable=broad-except
     fail(flag_error_message(e, argv))
   raise AssertionError("unreachable")
