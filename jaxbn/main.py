@@ -7,6 +7,12 @@ On several hosts (TPU pod slice, SLURM) every process runs the same command;
 detected (or ``--coordinator``/``--num_processes``/``--process_id`` are given);
 ``--distributed`` forces it (Cloud TPU VMs, which JAX detects through the metadata
 server, not the environment), ``--nodistributed`` turns it off.
+
+Every config mistake is one ``error:`` line and exit status 2, before any model,
+data or workdir is touched (:mod:`jaxbn.validate`); a workdir holds one
+experiment (:mod:`jaxbn.workdir`, ``--allow_config_change`` to resume anyway);
+SIGTERM/SIGINT checkpoint and exit with status 75 (:mod:`jaxbn.preemption`),
+and rerunning the command resumes.
 """
 
 from __future__ import annotations
@@ -36,6 +42,10 @@ flags.DEFINE_bool(
     "auto-detected: Cloud TPU VM, SLURM step, ...). Default: when --coordinator/"
     "--num_processes is given or the environment is multi-process (TPU_WORKER_HOSTNAMES, "
     "TPU_PROCESS_ADDRESSES, JAX_COORDINATOR_ADDRESS, SLURM_NTASKS > 1).")
+flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Resume a workdir whose recorded config differs in experiment fields (the run then "
+    "mixes two configs; the workdir records the new one).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -69,10 +79,12 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  # Keep TensorFlow (input pipeline only) off the accelerators.
-  from jaxbn.tf_setup import hide_gpus_from_tf
+  from jaxbn import preemption, validate, workdir as workdir_lib
 
-  hide_gpus_from_tf()
+  try:
+    validate.check(FLAGS.config, tasks=TASKS)
+  except validate.ConfigError as e:
+    validate.fail(str(e))
   import jax
 
   distributed = FLAGS.distributed
@@ -85,9 +97,19 @@ def main(argv: list[str]) -> None:
       sys.exit(f"error: jax.distributed.initialize() failed: {str(e).rstrip('.')}. Give --coordinator=HOST:PORT "
                "--num_processes=N --process_id=I, run every process inside a TPU VM or a "
                "SLURM step (srun), or pass --nodistributed for a single process.")
+  try:  # before TensorFlow is imported: its start-up lines would precede the error line
+    validate.check_devices(FLAGS.config, jax.device_count(), jax.process_count())
+    workdir_lib.check_and_record(FLAGS.config, FLAGS.workdir,
+                                 allow_change=FLAGS.allow_config_change)
+  except (validate.ConfigError, workdir_lib.WorkdirMismatch) as e:
+    validate.fail(str(e))
   logging.info("JAX process %d/%d, %d local / %d global devices (%s).", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
+  # Keep TensorFlow (input pipeline only) off the accelerators.
+  from jaxbn.tf_setup import hide_gpus_from_tf
+
+  hide_gpus_from_tf()
 
   from jaxbn import train
 
@@ -98,10 +120,15 @@ def main(argv: list[str]) -> None:
   run = getattr(importlib.import_module(module_name), function)
   try:
     run(FLAGS.config, FLAGS.workdir)
+  except preemption.Preempted as e:
+    logging.warning("%s", e)
+    sys.exit(preemption.EXIT_STATUS)
   except (ValueError, train.TrainingError, FileNotFoundError) as e:
     logging.error("%s", e)
     sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  from jaxbn import validate as _validate
+
+  app.run(main, flags_parser=_validate.parse_flags)

@@ -24,7 +24,7 @@ import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from jaxbn import masks, metrics as metrics_lib, step as step_lib
+from jaxbn import masks, metrics as metrics_lib, preemption, step as step_lib
 from jaxbn.checkpoint import RunCheckpoints, is_url, write_json
 from jaxbn.data import pipeline
 from jaxbn.models import acnorm, count_params, create_model, get_spec, init_variables
@@ -197,14 +197,15 @@ def evaluate(config, split, info, spec, par: DataParallel, eval_step, variables)
 
 
 def _train_batches(config, spec, stage_idx: int, skip: int) -> Iterator[dict]:
-  """The stage's shuffled batches, deterministic in (seed, stage), from batch ``skip``."""
+  """The stage's batches from batch ``skip`` on: the global batch ``k`` depends only on
+  (seed, stage, k), and this process reads its slice of it (no replay on resume)."""
   it = pipeline.train_iterator(
       config.data, batch_size=config.batch_size // jax.process_count(),
       image_size=config.data.image_size, mean=spec.mean, std=spec.std,
-      seed=config.seed * 1000 + stage_idx,
+      seed=config.seed * 1000 + stage_idx, start_step=skip,
       process_index=jax.process_index(), process_count=jax.process_count(),
   )
-  return itertools.islice(it, skip, None)
+  return it
 
 
 def _check_config(config, par: DataParallel) -> None:
@@ -219,7 +220,17 @@ def _check_config(config, par: DataParallel) -> None:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains per ``config``, resumable from ``workdir``; returns the results dict."""
+  """Trains per ``config``, resumable from ``workdir``; returns the results dict.
+
+  SIGTERM/SIGINT: checkpoint after the current step and raise
+  ``preemption.Preempted`` (no results.json), see :mod:`jaxbn.preemption`.
+  """
+  with preemption.Preemption(jax.process_index(), jax.process_count()) as preempt:
+    return _train_and_evaluate(config, workdir, preempt)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        preempt: preemption.Preemption) -> dict:
   par = DataParallel(config.parallel)
   _check_config(config, par)
   is_chief = jax.process_index() == 0
@@ -316,10 +327,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             config, stage, stage_idx, loop, state, par, eval_step, info, spec, ckpts, writer,
             global_step, start_time, workdir,
         )
+      if preempt.should_stop(global_step):
+        _stop_for_preemption(preempt, ckpts, writer, par, state, loop, stage_idx, global_step,
+                             start_time, workdir)
     host = par.get_state(state)
     params = jax.tree.map(np.asarray, host.params)
     batch_stats = jax.tree.map(np.asarray, host.batch_stats)
 
+  if preempt.signal is not None and not preempt.multi_process:  # signalled after the last step
+    _stop_for_preemption(preempt, ckpts, writer, par, state, loop, len(stages) - 1, global_step,
+                         start_time, workdir)
   ckpts.wait()
   results = _final_results(config, info, par, eval_step, ckpts, loop, params, batch_stats,
                            n_total, trainable, global_step, start_time, constants)
@@ -335,6 +352,19 @@ def _new_state(params, batch_stats, tx, step: int, constants=None) -> step_lib.T
       step=jnp.asarray(step, jnp.int32), params=params, batch_stats=batch_stats,
       opt_state=tx.init(params), constants=dict(constants or {}),
   )
+
+
+def _stop_for_preemption(preempt, ckpts, writer, par, state, loop: LoopState, stage_idx: int,
+                         global_step: int, start_time: float, workdir: str) -> None:
+  """Checkpoints ``global_step`` (unless an evaluation just did), then raises ``Preempted``."""
+  if ckpts.latest_step() != global_step:
+    saved = dataclasses.replace(loop, elapsed=loop.elapsed + time.time() - start_time)
+    meta = {"loop": saved.to_json(), "state_stage": stage_idx}
+    ckpts.save(global_step, par.get_state(state), meta, best=False)
+  ckpts.wait()
+  writer.flush()
+  ckpts.close()
+  raise preemption.Preempted(global_step, workdir, preempt.signal_name)
 
 
 def _cap(stage_steps: list[int], max_steps: int) -> list[int]:

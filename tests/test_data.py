@@ -152,24 +152,58 @@ def test_per_host_shards_are_disjoint_and_cover_the_split(
                              atol=1e-5)
 
 
-def test_train_shards_are_disjoint_cover_train_and_reshuffle(pneumonia_config,
-                                                             pneumonia_npz):
+def test_train_epochs_are_permutations_of_the_split(pneumonia_config, pneumonia_npz):
   config = ml_collections.ConfigDict(pneumonia_config.to_dict())
   config.augment = False
-  kwargs = dict(batch_size=2354, image_size=28, mean=0.0, std=1.0, seed=0,
-                process_count=2)
-  host0 = pipeline.train_iterator(config, process_index=0, **kwargs)
-  epoch1, epoch2 = next(host0), next(host0)  # A batch is a whole shard here.
-  host1 = next(pipeline.train_iterator(config, process_index=1, **kwargs))
-  # Each host sees its shard once per epoch, in a new order every epoch.
-  assert not np.array_equal(epoch1["label"], epoch2["label"])
-  np.testing.assert_array_equal(np.sort(epoch1["label"]), np.sort(epoch2["label"]))
-  # Two shards of 2354 whose multiset union is the train split: disjoint and
-  # complete. No augmentation, 28 → 28: exact pixels scaled to [0, 1].
-  union = np.concatenate([epoch1["image"], host1["image"]])[..., 0] * 255
-  np.testing.assert_allclose(union, np.round(union), atol=1e-3)
-  rows = lambda x: np.sort(np.round(x).astype(np.uint8).reshape(4708, -1), axis=0)
-  np.testing.assert_array_equal(rows(union), rows(pneumonia_npz["train_images"]))
+  kwargs = dict(batch_size=2354, image_size=28, mean=0.0, std=1.0, seed=0, process_count=2)
+  host0 = pipeline.train_iterator(config, process_index=0, with_index=True, **kwargs)
+  host1 = pipeline.train_iterator(config, process_index=1, with_index=True, **kwargs)
+  # Global batch = one epoch here; the two processes read its two halves.
+  epoch1 = {k: np.concatenate([a, b]) for (k, a), b in
+            zip(next(host0).items(), next(host1).values())}
+  epoch2 = np.concatenate([next(host0)["index"], next(host1)["index"]])
+  # Each epoch is a new permutation of all 4708 examples.
+  np.testing.assert_array_equal(np.sort(epoch1["index"]), np.arange(4708))
+  np.testing.assert_array_equal(np.sort(epoch2), np.arange(4708))
+  assert not np.array_equal(epoch1["index"], epoch2)
+  # 'index' names the example: no augmentation, 28 → 28, exact pixels and labels.
+  np.testing.assert_allclose(epoch1["image"][..., 0] * 255,
+                             pneumonia_npz["train_images"][epoch1["index"]], atol=1e-3)
+  np.testing.assert_array_equal(epoch1["label"],
+                                pneumonia_npz["train_labels"][epoch1["index"], 0])
+
+
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_global_batches_do_not_depend_on_the_process_count(pneumonia_config, process_count):
+  # Augmented: crops and flips are drawn per stream position, not per process.
+  kwargs = dict(image_size=32, mean=MEAN, std=STD, seed=5)
+  one = pipeline.train_iterator(pneumonia_config, batch_size=64, with_index=True, **kwargs)
+  parts = [pipeline.train_iterator(pneumonia_config, batch_size=64 // process_count,
+                                   process_index=i, process_count=process_count,
+                                   with_index=True, **kwargs) for i in range(process_count)]
+  for _ in range(3):
+    whole, split = next(one), [next(p) for p in parts]
+    for key in whole:
+      np.testing.assert_array_equal(whole[key], np.concatenate([s[key] for s in split]))
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_start_step_reads_batch_k_directly(pneumonia_config, cache):
+  config = ml_collections.ConfigDict(pneumonia_config.to_dict())
+  config.cache = cache  # decoded in memory, or PNG bytes decoded per example
+  kwargs = dict(batch_size=48, image_size=32, mean=MEAN, std=STD, seed=1, with_index=True)
+  # 100 batches of 48 cross the epoch boundary at position 4708.
+  stream = pipeline.train_iterator(pneumonia_config, **kwargs)
+  batches = [next(stream) for _ in range(100)]
+  resumed = pipeline.train_iterator(config, start_step=98, **kwargs)
+  for k in (98, 99):
+    got = next(resumed)
+    np.testing.assert_array_equal(got["index"], batches[k]["index"])
+    np.testing.assert_allclose(got["image"], batches[k]["image"], atol=1e-6)
+  # Positions p -> example index_shuffle(p mod N, [seed, p div N]): pure in (seed, p).
+  positions = 98 * 48 + np.arange(48)
+  np.testing.assert_array_equal(
+      [int(pipeline.example_index(p, 4708, 1)) for p in positions], batches[98]["index"])
 
 
 def test_md5_mismatch_is_a_one_line_error(tmp_path):

@@ -3,12 +3,10 @@
 Each process has 2 CPU devices (``JAX_NUM_CPU_DEVICES``; the cross-process
 collectives are JAX's CPU default, gloo) and runs the ordinary command line,
 ``python -m jaxbn.main ... --coordinator=127.0.0.1:PORT --num_processes=2
---process_id=I``. The reference is one process with 4 devices and the same
-global batch, fed the same examples: process ``i`` of a 2-process run reads the
-``i``-th shard of the data (per-process shuffling), so the reference runs the
-same pipeline for both shards and concatenates their batches, which is what
-``jax.make_array_from_process_local_data`` (training) and the gathers of
-``evaluate`` assemble in the 2-process run.
+--process_id=I``. The reference is a plain one-process run of the same command
+with 4 devices: the global batch ``k`` depends only on the seed and ``k``
+(jaxbn.data.pipeline), process ``i`` reading its rows of it, so the two runs
+are the same experiment.
 """
 
 import json
@@ -28,49 +26,13 @@ from jaxbn.checkpoint import RunCheckpoints
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 4
 
-# jaxbn.main in one process, with pipeline iterators that read the data as the
-# two processes of a 2-process run do and concatenate their batches.
-REFERENCE = r"""
-import sys
-import numpy as np
-from jaxbn.data import pipeline
-
-N = 2
-_train, _eval = pipeline.train_iterator, pipeline.eval_iterator
-
-
-def _merge(iterators):
-  for parts in zip(*iterators):
-    yield {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
-def train_iterator(config, *, batch_size, process_index=0, process_count=1, **kw):
-  assert (process_index, process_count) == (0, 1)
-  return _merge([_train(config, batch_size=batch_size // N, process_index=i, process_count=N,
-                        **kw) for i in range(N)])
-
-
-def eval_iterator(config, split, *, batch_size, process_index=0, process_count=1, **kw):
-  assert (process_index, process_count) == (0, 1)
-  return _merge([_eval(config, split, batch_size=batch_size // N, process_index=i,
-                       process_count=N, **kw) for i in range(N)])
-
-
-pipeline.train_iterator, pipeline.eval_iterator = train_iterator, eval_iterator
-from absl import app  # noqa: E402
-from jaxbn import main  # noqa: E402
-
-sys.argv[0] = "jaxbn.main"
-app.run(main.main)
-"""
-
 
 def _args(workdir) -> list[str]:
   return [
       "--config=configs/bn_only.py", f"--workdir={workdir}",
       "--config.model.arch=cbr_small", "--config.model.init=random",
       "--config.model.dropout_rate=0.0", "--config.data.image_size=28",
-      "--config.data.augment=False", "--config.batch_size=32", "--config.eval_batch_size=64",
+      "--config.data.augment=True", "--config.batch_size=32", "--config.eval_batch_size=64",
       "--config.warmup.epochs=0", f"--config.max_steps={STEPS}", "--config.eval_every_steps=2",
       "--config.eval_max_batches=1",
   ]
@@ -125,7 +87,7 @@ def test_two_processes_equal_one_process(tmp_path):
         cmd, cwd=REPO, env=_env(2), stdout=logs[f"process{i}"].open("w"),
         stderr=subprocess.STDOUT)
   procs["reference"] = subprocess.Popen(
-      [sys.executable, "-c", REFERENCE, *_args(single)], cwd=REPO, env=_env(4),
+      [sys.executable, "-m", "jaxbn.main", *_args(single)], cwd=REPO, env=_env(4),
       stdout=logs["reference"].open("w"), stderr=subprocess.STDOUT)
   _wait(procs, logs)
 
@@ -142,7 +104,8 @@ def test_two_processes_equal_one_process(tmp_path):
     assert (step_dir / "commit_success.txt").is_file() or (step_dir / "_CHECKPOINT_METADATA").is_file()
   assert not [p for p in multi.rglob("*") if "tmp" in p.name], "leftover temporary files"
   files = sorted(p.name for p in multi.iterdir() if p.is_file())
-  assert files[0].startswith("events.out.tfevents") and files[1:] == ["results.json"], files
+  assert files[0] == "config.json" and files[1].startswith("events.out.tfevents"), files
+  assert files[2:] == ["results.json"], files
 
   # Restorable, and equal to the one-process run (params, BN statistics, optimizer state).
   a, b = _restore_state(multi / "checkpoints" / str(STEPS)), _restore_state(

@@ -193,7 +193,7 @@ def scan(root: str, *, val_fraction: float = 0.1, test_fraction: float = 0.1,
       labels={s: np.asarray(labels[s], np.int32) for s in SPLITS})
 
 
-def _decode(path: tf.Tensor) -> tf.Tensor:
+def decode(path: tf.Tensor) -> tf.Tensor:
   image = tf.io.decode_image(tf.io.read_file(path), channels=3,
                              expand_animations=False)
   image.set_shape([None, None, 3])
@@ -218,7 +218,7 @@ def as_dataset(folder: ImageFolder, split: str, *, process_index: int = 0,
   })
   if shuffle_seed is not None and hi > lo:
     ds = ds.shuffle(hi - lo, seed=shuffle_seed, reshuffle_each_iteration=True)
-  return ds.map(lambda x: {"image": _decode(x["image"]), "label": x["label"]},
+  return ds.map(lambda x: {"image": decode(x["image"]), "label": x["label"]},
                 num_parallel_calls=tf.data.AUTOTUNE)
 
 

@@ -44,13 +44,16 @@ field; missing fields take these defaults):
     whose classes include left/right organs.
   hflip: optional bool overriding that per-data-set flip default (flips
     only happen with ``augment``).
-  shuffle_buffer: int, default 10_000 (capped at the shard size).
-  cache: optional bool. Keep this process's decoded training images (before
-    resize/augmentation, so 28-px uint8 for MedMNIST: 3.7 MB for
-    PneumoniaMNIST) in memory after the first epoch. None (default): cache
-    when the images have a fixed shape and fit in 1 GiB (every MedMNIST set,
-    ``tfds:colorectal_histology``; not ``tfds:patch_camelyon``, ~7 GB, nor
-    variable-size sets such as ``tfds:malaria`` or folders).
+  shuffle_buffer: int, default 10_000. Unused by training since the global
+    index order below (each epoch is a full permutation); kept so that old
+    commands still parse.
+  cache: optional bool. How the training split is held in memory for random
+    access: decoded (uint8 before resize/augmentation, 28-px for MedMNIST:
+    3.7 MB for PneumoniaMNIST) or, with ``False``, as the stored encoded
+    (PNG/JPEG) bytes decoded per example. None (default): decoded when the
+    images have a fixed shape and fit in 1 GiB (every MedMNIST set,
+    ``tfds:colorectal_histology``), else encoded. Folders are read from their
+    files by index.
 
 Per example: decode → gray→RGB (tile) → resize to ``image_size`` (bilinear;
 antialiased when shrinking; aspect ratio not kept) → [augment] → scale to
@@ -60,10 +63,23 @@ the per-channel affine scaling/normalisation, which commutes exactly with
 bilinear resizing, is applied before the resize when the source is the
 smaller image (MedMNIST's 28 px): same output, a fraction of the work.
 
-Multi-host: process ``i`` of ``n`` reads the ``i``-th of ``n`` disjoint,
-near-equal slices of each split (``tfds.even_splits``); ``batch_size`` is the
-per-process batch. Evaluation pads every process to the same number of
-batches, so all processes run the same number of steps.
+Training order (one global order for any number of hosts): global batch
+``k`` of a run with global batch size ``G`` holds the examples at positions
+``p = k*G .. k*G + G - 1`` of an endless stream; position ``p`` is example
+``index_shuffle(p mod N, seed=[seed, p div N])`` of the ``N`` training examples,
+i.e. a fresh seeded permutation every epoch (``tf.random.experimental.
+index_shuffle``, a stateless bijection: nothing is materialised). Its
+augmentation draws from ``fold_in(seed, p)``. So batch ``k`` depends only on
+(seed, k): process ``i`` of ``n`` reads rows ``i*G/n .. (i+1)*G/n - 1`` of it
+(``batch_size`` is the per-process ``G/n``), which is the row block
+``jax.make_array_from_process_local_data`` gives that process's devices, so a
+2-process run trains on the same global batches as a 1-process run; and
+``start_step=k`` starts at batch ``k`` without reading batches ``0..k-1``.
+
+Evaluation: process ``i`` of ``n`` reads the ``i``-th of ``n`` disjoint,
+near-equal slices of each split (``tfds.even_splits``) and every process is
+padded to the same number of batches, so all processes run the same number of
+steps; the trainer gathers the predictions of all processes.
 """
 
 from __future__ import annotations
@@ -134,7 +150,8 @@ class _Source:
   process's slice as {'image': uint8 [h, w, c], 'label': int or 0/1 vector};
   ``shard_sizes(split, process_count)`` the slice sizes of all processes.
   ``image_bytes`` is the decoded size of one image when all have the same
-  static shape, else None (decides ``cache=None``).
+  static shape, else None (decides ``cache=None``). ``table(split, decoded)``
+  the whole split for random access (:class:`_Table`).
   """
 
   info: DatasetInfo
@@ -142,6 +159,24 @@ class _Source:
   read: Callable[[str, int, int, int | None], tf.data.Dataset]
   shard_sizes: Callable[[str, int], list[int]]
   image_bytes: int | None = None
+  table: Callable[[str, bool], "_Table"] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class _Table:
+  """A split held in memory for random access by example index.
+
+  ``columns`` are tensors with a leading axis of ``size`` (images decoded, or
+  encoded bytes / file paths); ``decode`` turns one gathered row into
+  {'image': uint8 [h, w, c], 'label'}.
+  """
+
+  size: int
+  columns: dict[str, tf.Tensor]
+  decode: Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]]
+
+  def example(self, index: tf.Tensor) -> dict[str, tf.Tensor]:
+    return self.decode({k: tf.gather(v, index) for k, v in self.columns.items()})
 
 
 # ------------------------------------------------------------------ sources --
@@ -178,7 +213,26 @@ def _tfds_reader(builder: tfds.core.DatasetBuilder, splits: dict[str, str],
     shards = tfds.even_splits(splits[split], n=process_count)
     return [builder.info.splits[s].num_examples for s in shards]
 
-  return read, shard_sizes
+  image_feature = builder.info.features[image_key]
+
+  @functools.lru_cache(maxsize=4)
+  def table(split, decoded):
+    # The whole split in stored order (MedMNIST: npz order), read once per process.
+    decoders = None if decoded else {image_key: tfds.decode.SkipDecoding()}
+    ds = builder.as_dataset(split=splits[split], shuffle_files=False, decoders=decoders)
+    images, labels = [], []
+    for x in tfds.as_numpy(ds):
+      images.append(x[image_key])
+      labels.append(x[label_key])
+    columns = {"image": tf.constant(np.stack(images) if decoded else np.asarray(images, object),
+                                    tf.uint8 if decoded else tf.string),
+               "label": tf.constant(np.stack(labels))}
+    if decoded:
+      return _Table(len(labels), columns, lambda x: x)
+    return _Table(len(labels), columns, lambda x: {
+        "image": image_feature.decode_example(x["image"]), "label": x["label"]})
+
+  return read, shard_sizes, table
 
 
 def _medmnist_source(name: str, data_dir: str | None, cache_dir: str | None,
@@ -190,9 +244,9 @@ def _medmnist_source(name: str, data_dir: str | None, cache_dir: str | None,
       name=name, num_classes=table.num_classes, multi_label=table.multi_label,
       class_names=table.label_names,
       num_examples={s: builder.info.splits[s].num_examples for s in SPLITS})
-  read, shard_sizes = _tfds_reader(builder, {s: s for s in SPLITS})
+  read, shard_sizes, rows = _tfds_reader(builder, {s: s for s in SPLITS})
   return _Source(_check_info(info), table.hflip_ok, read, shard_sizes,
-                 _static_image_bytes(builder.info.features["image"]))
+                 _static_image_bytes(builder.info.features["image"]), rows)
 
 
 def tfds_splits(available: Sequence[str]) -> dict[str, str]:
@@ -285,9 +339,9 @@ def _catalog_source(name: str, data_dir: str | None, download: bool) -> _Source:
       class_names=tuple(label.names),
       num_examples={s: builder.info.splits[splits[s]].num_examples
                     for s in SPLITS})
-  read, shard_sizes = _tfds_reader(builder, splits, image_key, label_key)
+  read, shard_sizes, rows = _tfds_reader(builder, splits, image_key, label_key)
   return _Source(_check_info(info), True, read, shard_sizes,
-                 _static_image_bytes(builder.info.features[image_key]))
+                 _static_image_bytes(builder.info.features[image_key]), rows)
 
 
 def _folder_source(root: str) -> _Source:
@@ -307,7 +361,15 @@ def _folder_source(root: str) -> _Source:
     return [image_folder.shard_size(n, i, process_count)
             for i in range(process_count)]
 
-  return _Source(_check_info(info), True, read, shard_sizes)
+  def table(split, decoded):
+    del decoded  # files are decoded per example
+    files, labels = folder.files[split], folder.labels[split]
+    return _Table(len(files), {
+        "image": tf.constant(files, tf.string, shape=[len(files)]),
+        "label": tf.constant(labels, tf.int32, shape=[len(files)]),
+    }, lambda x: {"image": image_folder.decode(x["image"]), "label": x["label"]})
+
+  return _Source(_check_info(info), True, read, shard_sizes, None, table)
 
 
 def _unknown_name_message(name: str) -> str:
@@ -463,47 +525,71 @@ def _check_process(process_index: int, process_count: int) -> None:
                      f"{process_index} and {process_count}.")
 
 
+def global_positions(step: tf.Tensor, *, global_batch: int, process_index: int,
+                     process_count: int) -> tf.Tensor:
+  """Stream positions of this process's rows of global batch ``step`` (int64 [G/n])."""
+  per_process = global_batch // process_count
+  first = step * global_batch + process_index * per_process
+  return first + tf.range(per_process, dtype=tf.int64)
+
+
+def example_index(position: tf.Tensor, num_examples: int, seed: int) -> tf.Tensor:
+  """Example at (scalar) stream ``position``: a seeded permutation of the split per epoch."""
+  position = tf.cast(position, tf.int64)
+  epoch, offset = position // num_examples, position % num_examples
+  return tf.random.experimental.index_shuffle(
+      offset, tf.stack([tf.constant(seed, tf.int64), epoch]),
+      tf.constant(num_examples - 1, tf.int64))
+
+
 def train_iterator(config: ml_collections.ConfigDict, *, batch_size: int,
                    image_size: int, mean, std, seed: int,
-                   process_index: int = 0, process_count: int = 1
+                   process_index: int = 0, process_count: int = 1,
+                   start_step: int = 0, with_index: bool = False
                    ) -> Iterator[dict[str, np.ndarray]]:
   """Infinite, shuffled, augmented training batches for this process.
 
-  Shuffling is seeded and differs between epochs; augmentation draws from
-  stateless per-example seeds, so a given ``seed`` gives the same stream on
-  every run. The stream is repeated before batching, so batches run across
-  epoch boundaries and none is partial.
+  Global batch ``k`` (``batch_size * process_count`` examples) depends only on
+  ``seed`` and ``k`` (module docstring); this process gets its
+  ``batch_size`` rows of it, from batch ``start_step`` on, so a resumed run
+  reads batch ``k`` directly. Every epoch is a new permutation; batches run
+  across epoch boundaries and none is partial.
 
   Yields:
     {'image': float32 [B, S, S, 3], 'label': int32 [B] (float32 [B, L] for
-    multi-label)}, ``B = batch_size`` (per process), ``S = image_size``.
+    multi-label)}, ``B = batch_size`` (per process), ``S = image_size``;
+    with ``with_index`` also 'index': int64 [B], the examples' indices in the
+    split.
   """
   _check_process(process_index, process_count)
+  if start_step < 0:
+    raise ValueError(f"start_step must be >= 0, got {start_step}.")
   source = _source(config)
-  size = source.shard_sizes("train", process_count)[process_index]
-  if size == 0:
-    raise ValueError(
-        f"Process {process_index}/{process_count} has no training examples of "
-        f"{source.info.name} ({source.info.num_examples['train']} in all).")
+  num_examples = source.info.num_examples["train"]
   scale, offset = _normalizer(mean, std)
   augment = bool(_get(config, "augment"))
   hflip = _get(config, "hflip")
   hflip = augment and (source.hflip_ok if hflip is None else bool(hflip))
+  table = source.table("train", _should_cache(_get(config, "cache"), source, num_examples))
+  aug_seed = tf.constant([seed, 0], tf.int64)
+  global_batch = batch_size * process_count
 
-  ds = source.read("train", process_index, process_count, seed)
-  if _should_cache(_get(config, "cache"), source, size):
-    ds = ds.cache()
-  buffer = max(1, min(int(_get(config, "shuffle_buffer")), size))
-  ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-  base_seed = tf.constant([seed, process_index], tf.int64)
+  def process(position):
+    index = example_index(position, table.size, seed)
+    example = table.example(index)
+    out = preprocess(example, image_size=image_size, scale=scale,
+                     offset=offset, multi_label=source.info.multi_label,
+                     augment=augment, hflip=hflip,
+                     seed=tf.random.experimental.stateless_fold_in(aug_seed, position))
+    if with_index:
+      out["index"] = index
+    return out
 
-  def process(index, example):
-    example_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
-    return preprocess(example, image_size=image_size, scale=scale,
-                      offset=offset, multi_label=source.info.multi_label,
-                      augment=augment, hflip=hflip, seed=example_seed)
-
-  ds = ds.enumerate().map(process, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = tf.data.Dataset.range(start_step, np.iinfo(np.int64).max)
+  ds = ds.map(lambda k: global_positions(k, global_batch=global_batch,
+                                         process_index=process_index,
+                                         process_count=process_count)).unbatch()
+  ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True)
   ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
   return iter(tfds.as_numpy(ds))
