@@ -19,6 +19,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jaxbn import compile_cache
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.json.")
@@ -80,6 +82,8 @@ def main(argv: list[str]) -> None:
       sys.exit(f"error: jax.distributed.initialize() failed: {str(e).rstrip('.')}. Give --coordinator=HOST:PORT "
                "--num_processes=N --process_id=I, run every process inside a TPU VM or a "
                "SLURM step (srun), or pass --nodistributed for a single process.")
+  if cache := compile_cache.setup_from_flags():
+    logging.info("Persistent compilation cache: %s", cache)
   logging.info("JAX process %d/%d, %d local / %d global devices (%s).", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)
