@@ -18,6 +18,20 @@ of AC-Norm's per-layer ``(C, C)`` recalibration::
       --bn_stats=batch
 The step is jaxbn's real one (``jaxbn.step.make_train_step``, BN statistics
 frozen as in the paper, optimizer built by ``jaxbn.masks``), on synthetic data.
+
+``--peers=torch`` also times the same step in PyTorch (:mod:`jaxbn.bench_torch`:
+the same network in ``torch.nn``, the same weights, frozen parameters with
+``requires_grad_(False)``, BN in eval mode, ``channels_last``, Adam over the
+trainable parameters), interleaved with jaxbn's steps, and adds the column
+"× torch" (jaxbn time / PyTorch time)::
+
+  python -m jaxbn.bench --archs=resnet50,efficientnet_lite0 --strategies=full,bn+head \
+      --batch_size=16 --image_size=112 --peers=torch
+
+``--grad_wrt=trainable,all`` times jaxbn's step as it is (gradients of the
+trainable leaves only) and the earlier one (gradients of every leaf, zero
+updates for the frozen ones) side by side. ``--pipeline`` measures the input
+pipeline and the default run's evaluation share instead (:mod:`jaxbn.bench_pipeline`).
 """
 
 from __future__ import annotations
@@ -32,6 +46,8 @@ import time
 
 from absl import app, flags
 
+from jaxbn import bench_pipeline  # noqa: F401  (defines the --pipeline_* flags)
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("archs", ["resnet50", "efficientnet_lite0"], "Architectures.")
 flags.DEFINE_list("strategies", ["full", "bn+head", "head"], "jaxbn.masks strategies.")
@@ -45,13 +61,16 @@ flags.DEFINE_string("out", None, "Optional JSON file for the measurements.")
 flags.DEFINE_bool("nnx", False, "Also time the Flax NNX train step (jaxbn.nnx: the backbone "
                   "as an NNX module, gradients only for the strategy's nnx_filter) of every "
                   "configuration, side by side with Linen; adds the columns api and × linen.")
+flags.DEFINE_list("peers", [], "Frameworks to time the same steps in: torch.")
+flags.DEFINE_list("grad_wrt", ["trainable"], "jaxbn.step grad_wrt variants: trainable, all.")
+flags.DEFINE_bool("pipeline", False, "Input-pipeline and end-to-end mode (jaxbn.bench_pipeline).")
 flags.DEFINE_integer("devices", 1, "Data-parallel devices: batch split over a jit Mesh of the "
                      "first N devices, state replicated (0 = all). Fake CPU devices: "
                      "JAX_NUM_CPU_DEVICES=8.")
 
 
 def build_step(arch: str, strategy: str, batch_size: int, image_size: int, dtype, bn_stats: str,
-               norm: str = "bn"):
+               norm: str = "bn", grad_wrt: str = "trainable", peers=()):
   """A compiled train step, its initial state and a batch, for one configuration."""
   import jax
   import jax.numpy as jnp
@@ -72,7 +91,8 @@ def build_step(arch: str, strategy: str, batch_size: int, image_size: int, dtype
       constants={k: v for k, v in variables.items() if k not in ("params", "batch_stats")},
   )
   fn = jax.jit(
-      step_lib.make_train_step(model, tx, labels, bn_stats=bn_stats, multi_label=False),
+      step_lib.make_train_step(model, tx, labels, bn_stats=bn_stats, multi_label=False,
+                               grad_wrt=grad_wrt),
       donate_argnums=(0,),
   )
   rng = np.random.default_rng(0)
@@ -81,7 +101,31 @@ def build_step(arch: str, strategy: str, batch_size: int, image_size: int, dtype
       "label": jnp.asarray(rng.integers(0, 2, size=(batch_size,)), jnp.int32),
   }
   trainable, total = masks.count(variables["params"], labels)
-  return fn, state, batch, trainable, total
+  peer_steps = {}
+  if "torch" in peers:  # the same step in PyTorch, same weights and batch
+    peer_steps["torch"] = _torch_step(arch, variables, labels, batch, bn_stats)
+  return fn, state, batch, trainable, total, peer_steps
+
+
+def _torch_step(arch, variables, labels, batch, bn_stats):
+  import numpy as np
+  import torch
+
+  from jaxbn import bench_torch
+
+  bench_torch.use_threads_like_xla()
+  model, opt = bench_torch.build_peer(arch, jax_to_numpy(variables), labels, bn_stats=bn_stats)
+  images = bench_torch.to_input(np.asarray(batch["image"]))
+  step = bench_torch.make_step(model, opt, images,
+                               torch.from_numpy(np.asarray(batch["label"]).astype(np.int64)))
+  return step
+
+
+def jax_to_numpy(tree):
+  import jax
+  import numpy as np
+
+  return jax.tree.map(np.asarray, tree)
 
 
 def _place(state, batch, devices: int):
@@ -96,18 +140,21 @@ def _place(state, batch, devices: int):
 
 
 def run_benchmark(archs, strategies, *, batch_size, image_size, reps, dtype="float32",
-                  bn_stats="frozen", progress=True, devices=1, norms=("bn",)) -> list[dict]:
+                  bn_stats="frozen", progress=True, devices=1, norms=("bn",),
+                  grad_wrt=("trainable",), peers=()) -> list[dict]:
   import jax
   from tqdm.auto import tqdm
 
   from jaxbn.models.registry import DTYPES
   dt = DTYPES[dtype]
   devices = devices or jax.device_count()
-  configs = [(a, s, n) for a in archs for s in strategies for n in norms]
+  configs = [(a, s, n, g) for a in archs for s in strategies for n in norms for g in grad_wrt
+             if g == grad_wrt[0] or s != "full"]  # "full": both variants are the same step
   runs = {}
-  for arch, strategy, norm in tqdm(configs, desc="compile", disable=not progress):
-    fn, state, batch, trainable, total = build_step(arch, strategy, batch_size, image_size, dt,
-                                                    bn_stats, norm)
+  for arch, strategy, norm, g in tqdm(configs, desc="compile", disable=not progress):
+    fn, state, batch, trainable, total, peer_steps = build_step(
+        arch, strategy, batch_size, image_size, dt, bn_stats, norm, g,
+        peers if g == grad_wrt[0] else ())
     if devices > 1:
       state, batch = _place(state, batch, devices)
     t0 = time.perf_counter()
@@ -116,8 +163,11 @@ def run_benchmark(archs, strategies, *, batch_size, image_size, reps, dtype="flo
     compile_s = time.perf_counter() - t0
     state, m = fn(state, batch, jax.random.key(0), 1.0)  # one warm step
     jax.block_until_ready(m)
-    runs[(arch, strategy, norm)] = dict(fn=fn, state=state, batch=batch, times=[],
-                                        trainable=trainable, total=total, compile_s=compile_s)
+    for peer in peer_steps.values():
+      peer()  # one warm step
+    runs[(arch, strategy, norm, g)] = dict(fn=fn, state=state, batch=batch, times=[],
+                                           trainable=trainable, total=total, compile_s=compile_s,
+                                           peers=peer_steps, peer_times={p: [] for p in peer_steps})
   with tqdm(total=reps * len(configs), desc="timing", disable=not progress) as bar:
     for _ in range(reps):
       for key in configs:
@@ -126,40 +176,72 @@ def run_benchmark(archs, strategies, *, batch_size, image_size, reps, dtype="flo
         r["state"], m = r["fn"](r["state"], r["batch"], jax.random.key(0), 1.0)
         jax.block_until_ready((r["state"], m))
         r["times"].append(time.perf_counter() - t0)
+        for name, peer_step in r["peers"].items():  # the peer right after: same conditions
+          t0 = time.perf_counter()
+          peer_step().item()
+          r["peer_times"][name].append(time.perf_counter() - t0)
         bar.update()
   rows = []
-  for arch, strategy, norm in configs:
-    r = runs[(arch, strategy, norm)]
+  for arch, strategy, norm, g in configs:
+    r = runs[(arch, strategy, norm, g)]
     med = statistics.median(r["times"])
-    full = runs.get((arch, "full", norm))
-    bn = runs.get((arch, strategy, "bn"))
+    full = runs.get((arch, "full", norm, grad_wrt[0]))
+    bn = runs.get((arch, strategy, "bn", g))
+    peer_cols = {}
+    for name, times in r["peer_times"].items():
+      peer_cols[f"{name}_ms_per_step"] = round(1e3 * statistics.median(times), 2)
+      peer_cols[f"{name}_ratio_to_full"] = None
+      # jaxbn / peer, pair by pair (each peer step ran right after jaxbn's).
+      peer_cols[f"ratio_to_{name}"] = round(
+          statistics.median(a / b for a, b in zip(r["times"], times)), 3)
+      # Fastest repetition of each: the least disturbed by other processes.
+      peer_cols[f"{name}_ms_min"] = round(1e3 * min(times), 2)
+      peer_cols[f"ratio_to_{name}_min"] = round(min(r["times"]) / min(times), 3)
     rows.append({
-        "arch": arch, "strategy": strategy, "norm": norm, "batch_size": batch_size,
+        "arch": arch, "strategy": strategy, "norm": norm, "grad_wrt": g,
+        "batch_size": batch_size,
         "image_size": image_size,
         "dtype": dtype, "bn_stats": bn_stats, "device": jax.devices()[0].device_kind,
         "devices": devices,
-        "ms_per_step": round(1e3 * med, 2), "images_per_s": round(batch_size / med, 1),
+        "ms_per_step": round(1e3 * med, 2), "ms_min": round(1e3 * min(r["times"]), 2),
+        "images_per_s": round(batch_size / med, 1),
         "ratio_to_full": round(med / statistics.median(full["times"]), 3) if full else None,
         "ratio_to_bn": round(med / statistics.median(bn["times"]), 3) if bn else None,
         "trainable_params": r["trainable"], "total_params": r["total"],
-        "compile_s": round(r["compile_s"], 1), "reps": reps,
+        "compile_s": round(r["compile_s"], 1), "reps": reps, **peer_cols,
     })
+  for row in rows:  # the peer's own bn+head / full ratio
+    for name in peers:
+      full_row = next((x for x in rows if x["arch"] == row["arch"] and x["strategy"] == "full"
+                       and f"{name}_ms_per_step" in x), None)
+      if full_row and f"{name}_ms_per_step" in row:
+        row[f"{name}_ratio_to_full"] = round(
+            row[f"{name}_ms_per_step"] / full_row[f"{name}_ms_per_step"], 3)
   return rows
 
 
 def markdown(rows: list[dict]) -> str:
   norms = any(r.get("norm", "bn") != "bn" for r in rows)
+  grads = len({r.get("grad_wrt", "trainable") for r in rows}) > 1
+  peers = sorted({k[:-len("_ms_per_step")] for r in rows for k in r
+                  if k.endswith("_ms_per_step") and k != "ms_per_step"})
   lines = [
-      "| arch | strategy |" + (" norm |" if norms else "") + " trainable params | ms/step | "
-      "images/s | × full step |" + (" × bn |" if norms else ""),
-      "|---|---|" + ("---|" if norms else "") + "---:|---:|---:|---:|" + ("---:|" if norms else ""),
+      "| arch | strategy |" + (" norm |" if norms else "") + (" grad wrt |" if grads else "")
+      + " trainable params | ms/step | images/s | × full step |" + (" × bn |" if norms else "")
+      + "".join(f" {p} ms/step | {p} × full step | × {p} |" for p in peers),
+      "|---|---|" + ("---|" if norms else "") + ("---|" if grads else "") + "---:|---:|---:|---:|"
+      + ("---:|" if norms else "") + "---:|---:|---:|" * len(peers),
   ]
   fmt = lambda x: f"{x:.2f}" if x is not None else "—"  # noqa: E731
   for r in rows:
     lines.append(f"| {r['arch']} | {r['strategy']} |" + (f" {r['norm']} |" if norms else "")
+                 + (f" {r.get('grad_wrt', 'trainable')} |" if grads else "")
                  + f" {r['trainable_params']:,} | {r['ms_per_step']:.1f} | "
                  f"{r['images_per_s']:.1f} | {fmt(r['ratio_to_full'])} |"
-                 + (f" {fmt(r.get('ratio_to_bn'))} |" if norms else ""))
+                 + (f" {fmt(r.get('ratio_to_bn'))} |" if norms else "")
+                 + "".join(f" {r[p + '_ms_per_step']:.1f} | {fmt(r[p + '_ratio_to_full'])} | "
+                           f"{fmt(r['ratio_to_' + p])} |" if p + "_ms_per_step" in r
+                           else " — | — | — |" for p in peers))
   return "\n".join(lines)
 
 
@@ -192,16 +274,17 @@ def run_nnx_benchmark(archs, strategies, *, batch_size, image_size, reps, dtype=
                       bn_stats="frozen", progress=True) -> list[dict]:
   """Linen and NNX train steps of every (arch, strategy), timed round-robin in one run."""
   import jax
-  import jax.numpy as jnp
   from tqdm.auto import tqdm
 
-  dt = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype]
+  from jaxbn.models.registry import DTYPES
+
+  dt = DTYPES[dtype]
   builders = {"linen": build_step, "nnx": build_nnx_step}
   configs = [(a, s, api) for a in archs for s in strategies for api in builders]
   runs = {}
   for arch, strategy, api in tqdm(configs, desc="compile", disable=not progress):
     fn, state, batch, trainable, total = builders[api](arch, strategy, batch_size, image_size,
-                                                       dt, bn_stats)
+                                                       dt, bn_stats)[:5]  # no torch peers
     t0 = time.perf_counter()
     state, m = fn(state, batch, jax.random.key(0), 1.0)
     jax.block_until_ready(m)
@@ -247,6 +330,10 @@ def main(argv):
   del argv
   import jax
 
+  if FLAGS.pipeline:
+    from jaxbn import bench_pipeline
+
+    return bench_pipeline.main(FLAGS.out)
   if FLAGS.nnx:
     rows = run_nnx_benchmark(FLAGS.archs, FLAGS.strategies, batch_size=FLAGS.batch_size,
                              image_size=FLAGS.image_size, reps=FLAGS.reps, dtype=FLAGS.dtype,
@@ -256,14 +343,24 @@ def main(argv):
           f"median of {FLAGS.reps} round-robin repetitions:\n")
     print(nnx_markdown(rows))
     if FLAGS.out:
-      from jaxbn.weights.store import write_json_atomic
+      from jaxbn.io import write_json_atomic
 
       write_json_atomic(FLAGS.out, rows)
     return
 
+  unknown = set(FLAGS.peers) - {"torch"}
+  if unknown:
+    raise SystemExit(f"error: unknown --peers {sorted(unknown)}; known: torch.")
+  if "torch" in FLAGS.peers:
+    try:
+      import torch  # noqa: F401
+    except ImportError:
+      raise SystemExit("error: --peers=torch needs PyTorch: pip install torch (CPU build is "
+                       "enough).") from None
   rows = run_benchmark(FLAGS.archs, FLAGS.strategies, batch_size=FLAGS.batch_size,
                        image_size=FLAGS.image_size, reps=FLAGS.reps, dtype=FLAGS.dtype,
-                       bn_stats=FLAGS.bn_stats, devices=FLAGS.devices, norms=FLAGS.norms)
+                       bn_stats=FLAGS.bn_stats, devices=FLAGS.devices, norms=FLAGS.norms,
+                       grad_wrt=FLAGS.grad_wrt, peers=FLAGS.peers)
   print(f"\nTrain step, batch {FLAGS.batch_size}, {FLAGS.image_size}px, {FLAGS.dtype}, BN "
         f"statistics {FLAGS.bn_stats}, {FLAGS.devices or jax.device_count()} x "
         f"{jax.devices()[0].device_kind}, "

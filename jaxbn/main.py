@@ -30,6 +30,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jaxbn import compile_cache
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.json.")
@@ -103,6 +105,8 @@ def main(argv: list[str]) -> None:
                                  allow_change=FLAGS.allow_config_change)
   except (validate.ConfigError, workdir_lib.WorkdirMismatch) as e:
     validate.fail(str(e))
+  if cache := compile_cache.setup_from_flags():
+    logging.info("Persistent compilation cache: %s", cache)
   logging.info("JAX process %d/%d, %d local / %d global devices (%s).", jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.devices()[0].platform)

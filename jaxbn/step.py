@@ -2,10 +2,15 @@
 
 ``make_train_step`` returns a pure function ``(state, batch, rng, lr_scale) ->
 (state, metrics)``. Under ``jax.jit`` with a batch-sharded input the mean loss
-is already global; under ``jax.pmap`` pass ``axis_name`` and the gradients of
-the *trainable* leaves (and the loss, and batch statistics) are averaged over
-devices — frozen leaves are never reduced, so their gradients stay dead code
-that XLA removes.
+is already global; under ``jax.pmap`` pass ``axis_name`` and the gradients (and
+the loss, and batch statistics) are averaged over devices.
+
+Only what trains is differentiated: the step splits ``params`` by the mask
+labels into the trainable leaves, which ``jax.value_and_grad`` sees, and the
+frozen ones, which the loss closes over as constants. The optimizer (a
+``jaxbn.masks.make_optimizer`` partition: frozen leaves hold no state) updates
+the trainable leaves; frozen leaves are passed through untouched, with no
+zero gradient, zero update or ``p + 0`` pass over them.
 """
 
 from __future__ import annotations
@@ -57,6 +62,34 @@ def probabilities(logits: jax.Array, multi_label: bool) -> jax.Array:
   return jax.nn.sigmoid(logits) if multi_label else jax.nn.softmax(logits, axis=-1)
 
 
+def split_trainable(params: Any, trainable: Any) -> tuple[list, list, Callable[[list, list], Any]]:
+  """``params`` → (trainable leaves, frozen leaves, ``merge(trainable, frozen) -> params``).
+
+  ``trainable`` is a boolean tree (``masks.trainable_mask``), equal to ``params``'
+  structure or a prefix of it (a ``True`` module marks all its leaves).
+
+  >>> t, f, merge = split_trainable({"a": 1, "b": 2}, {"a": True, "b": False})
+  >>> t, f, merge([10], f)
+  ([1], [2], {'a': 10, 'b': 2})
+  """
+  mask = [bool(m) for m, sub in zip(*_prefix_leaves(trainable, params))
+          for _ in jax.tree.leaves(sub)]
+  leaves, treedef = jax.tree.flatten(params)
+  train = [x for x, m in zip(leaves, mask) if m]
+  frozen = [x for x, m in zip(leaves, mask) if not m]
+
+  def merge(train_leaves: list, frozen_leaves: list) -> Any:
+    t, f = iter(train_leaves), iter(frozen_leaves)
+    return treedef.unflatten([next(t) if m else next(f) for m in mask])
+
+  return train, frozen, merge
+
+
+def _prefix_leaves(prefix: Any, tree: Any) -> tuple[list, list]:
+  leaves, treedef = jax.tree.flatten(prefix)
+  return leaves, treedef.flatten_up_to(tree)
+
+
 def make_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -66,6 +99,7 @@ def make_train_step(
     multi_label: bool,
     label_smoothing: float = 0.0,
     axis_name: str | None = None,
+    grad_wrt: str = "trainable",
 ) -> Callable:
   """The training step.
 
@@ -78,9 +112,14 @@ def make_train_step(
     multi_label: sigmoid BCE instead of softmax cross-entropy.
     label_smoothing: label smoothing factor.
     axis_name: pmap axis to average over; ``None`` under jit.
+    grad_wrt: ``"trainable"`` (differentiate the trainable leaves only, frozen ones
+      are constants) or ``"all"`` (every leaf; frozen leaves get zero updates —
+      the earlier step, kept to measure the difference; same results).
   """
   if bn_stats not in ("frozen", "batch"):
     raise ValueError(f"bn_stats must be 'frozen' or 'batch', got {bn_stats!r}.")
+  if grad_wrt not in ("trainable", "all"):
+    raise ValueError(f"grad_wrt must be 'trainable' or 'all', got {grad_wrt!r}.")
   trainable = masks.trainable_mask(labels)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, lr_scale):
@@ -88,7 +127,13 @@ def make_train_step(
     if axis_name is not None:
       rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
 
-    def loss_fn(params):
+    if grad_wrt == "trainable":
+      train, frozen, merge = split_trainable(state.params, trainable)
+    else:  # every leaf is differentiated
+      train, frozen, merge = split_trainable(state.params, True)
+
+    def loss_fn(train_leaves):
+      params = merge(train_leaves, frozen)
       variables = {**state.constants, "params": params, "batch_stats": state.batch_stats}
       if bn_stats == "batch":
         logits, updated = model.apply(
@@ -105,19 +150,32 @@ def make_train_step(
       ).mean()
       return loss, new_stats
 
-    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(train)
     if axis_name is not None:
-      grads = jax.tree.map(
-          lambda g, t: jax.lax.pmean(g, axis_name) if t else g, grads, trainable
-      )
+      if grad_wrt == "trainable":
+        grads = jax.lax.pmean(grads, axis_name)
+      else:  # frozen gradients are never reduced: they stay dead code
+        grads = jax.tree.map(
+            lambda g, t: jax.lax.pmean(g, axis_name) if t else g,
+            merge(grads, frozen), trainable)
+        grads = jax.tree.leaves(grads)
       loss = jax.lax.pmean(loss, axis_name)
       if bn_stats == "batch":
         new_stats = jax.lax.pmean(new_stats, axis_name)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    updates = jax.tree.map(lambda u: u * lr_scale, updates)
+    # The optimizer is a partition over the whole tree; frozen leaves get zeros that
+    # only its set_to_zero branch sees (and whose updates nothing reads: XLA drops them).
+    full_grads = merge(grads, [jnp.zeros_like(x) for x in frozen])
+    updates, opt_state = tx.update(full_grads, state.opt_state, state.params)
+    if grad_wrt == "trainable":
+      t_updates, _, _ = split_trainable(updates, trainable)
+      new_params = merge(
+          optax.apply_updates(train, [u * lr_scale for u in t_updates]), frozen)
+    else:
+      updates = jax.tree.map(lambda u: u * lr_scale, updates)
+      new_params = optax.apply_updates(state.params, updates)
     new_state = state.replace(
         step=state.step + 1,
-        params=optax.apply_updates(state.params, updates),
+        params=new_params,
         batch_stats=new_stats,
         opt_state=opt_state,
     )

@@ -54,7 +54,8 @@ def setup():
   return model, variables, batch
 
 
-def run_steps(model, variables, batch, strategy, bn_stats, par, n=3, opt=None):
+def run_steps(model, variables, batch, strategy, bn_stats, par, n=3, opt=None,
+              grad_wrt="trainable"):
   labels = masks.make_labels(variables["params"], strategy, batch_stats=variables["batch_stats"])
   tx = masks.make_optimizer(opt or optax.adam(1e-2), labels)
   state = step_lib.TrainState(
@@ -63,7 +64,8 @@ def run_steps(model, variables, batch, strategy, bn_stats, par, n=3, opt=None):
       constants={k: v for k, v in variables.items() if k not in ("params", "batch_stats")},
   )
   step = par.compile_train(step_lib.make_train_step(
-      model, tx, labels, bn_stats=bn_stats, multi_label=False, axis_name=par.axis_name))
+      model, tx, labels, bn_stats=bn_stats, multi_label=False, axis_name=par.axis_name,
+      grad_wrt=grad_wrt))
   state = par.put_state(state)
   for _ in range(n):
     state, _ = step(state, par.put_batch(batch), jax.random.key(1), 1.0)
@@ -85,6 +87,27 @@ def test_frozen_leaves_identical_and_bn_stats_mode(setup, bn_stats):
       assert not np.array_equal(new, flat_old[path]), path
   stats_same = jax.tree.map(np.array_equal, state.batch_stats, variables["batch_stats"])
   assert all(jax.tree.leaves(stats_same)) == (bn_stats == "frozen")
+
+
+@pytest.mark.parametrize("mode,bn_stats", [("jit", "frozen"), ("jit", "batch"), ("pmap", "batch")])
+def test_trainable_only_gradients_equal_all_leaf_gradients(setup, mode, bn_stats):
+  # The step differentiates only the trainable leaves; the earlier step (every
+  # leaf differentiated, frozen ones given zero updates) must give the same state.
+  model, variables, batch = setup
+  par = DataParallel(mode, jax.devices()[:2])
+  new, _ = run_steps(model, variables, batch, "bn+head", bn_stats, par)
+  old, _ = run_steps(model, variables, batch, "bn+head", bn_stats, par, grad_wrt="all")
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), new, old)
+  assert jax.tree.structure(new.opt_state) == jax.tree.structure(old.opt_state)
+
+
+def test_split_trainable_takes_prefix_masks():
+  params = {"bn": {"scale": np.ones(2), "bias": np.zeros(2)}, "conv": {"kernel": np.ones(3)}}
+  train, frozen, merge = step_lib.split_trainable(params, {"bn": True, "conv": False})
+  assert [x.shape for x in train] == [(2,), (2,)] and [x.shape for x in frozen] == [(3,)]
+  back = merge([t + 1 for t in train], frozen)
+  np.testing.assert_array_equal(back["bn"]["scale"], 2 * np.ones(2))
+  assert back["conv"]["kernel"] is params["conv"]["kernel"]
 
 
 @pytest.mark.parametrize("bn_stats", ["frozen", "batch"])
