@@ -87,6 +87,7 @@ except (RuntimeError, ValueError):  # Already initialised, or no GPU support.
 
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
+from jaxbn.data import augment as augment_lib  # pylint: disable=g-import-not-at-top
 from jaxbn.data import image_folder  # pylint: disable=g-import-not-at-top
 from jaxbn.data import medmnist  # pylint: disable=g-import-not-at-top
 
@@ -499,12 +500,17 @@ def train_iterator(config: ml_collections.ConfigDict, *, batch_size: int,
   buffer = max(1, min(int(_get(config, "shuffle_buffer")), size))
   ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
   base_seed = tf.constant([seed, process_index], tf.int64)
+  extra_aug = augment_lib.settings(config)
 
   def process(index, example):
     example_seed = tf.random.experimental.stateless_fold_in(base_seed, index)
-    return preprocess(example, image_size=image_size, scale=scale,
-                      offset=offset, multi_label=source.info.multi_label,
-                      augment=augment, hflip=hflip, seed=example_seed)
+    out = preprocess(example, image_size=image_size, scale=scale,
+                     offset=offset, multi_label=source.info.multi_label,
+                     augment=augment, hflip=hflip, seed=example_seed)
+    if augment_lib.is_active(**extra_aug):  # rotations, shifts, vflip
+      out["image"] = augment_lib.random_affine(
+          out["image"], tf.random.experimental.stateless_fold_in(example_seed, 1), **extra_aug)
+    return out
 
   ds = ds.enumerate().map(process, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True)
