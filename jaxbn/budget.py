@@ -9,8 +9,9 @@ optimizer steps (validation AUC still climbing when training stops) and one of
 steps (``min_steps`` / ``max_stage_steps`` of 0 = no bound), and early stopping
 on validation AUC (``early_stopping_patience`` evaluations without a new best,
 ``early_stopping_metric='val_auc'``) ends it once it has converged. Evaluations
-happen every ``steps_per_epoch`` steps, but at least ``min_evals`` times per
-stage, so the stopping rule sees the curve on a small data set too.
+happen every ``steps_per_epoch`` steps, but at least ``min_evals`` times in the
+last stage, so the best-by-validation checkpoint (and the stopping rule) sees the
+curve on a large data set too.
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ def stage_steps(epochs: float, steps_per_epoch: int, *, min_steps: int = 0,
 
 def eval_interval(steps_per_epoch: int, total_steps: int, *, eval_every_steps: int = 0,
                   min_evals: int = 0) -> int:
-  """Steps between validation passes: ``eval_every_steps`` if set, else once per
-  epoch, shortened so a run of ``total_steps`` evaluates at least ``min_evals`` times."""
-  every = eval_every_steps or steps_per_epoch
+  """Steps between validation passes: ``eval_every_steps`` if set (it wins), else once
+  per epoch, shortened so a stage of ``total_steps`` evaluates at least ``min_evals`` times."""
+  if eval_every_steps:
+    return int(eval_every_steps)
+  every = steps_per_epoch
   if min_evals and total_steps:
     every = min(every, max(1, math.floor(total_steps / min_evals)))
   return max(1, every)

@@ -18,6 +18,8 @@ atomically (temporary file + rename):
 * ``val_auc_vs_step.png``, ``val_auc_vs_wall.png``: validation AUC curves per
   strategy (one panel per dataset × architecture; unfinished runs dashed).
 * ``params_vs_auc.png``: trainable parameters (log) vs test AUC (mean ± sd).
+* ``summary.json``, ``summary.csv``: the rows as data (mean and sd over seeds of
+  validation / test AUC, plain and with TTA), for tables elsewhere.
 
 Train-step time comes from the ``steps_per_sec`` scalars the trainer writes
 to its TensorBoard events (median over the last stage, its first interval
@@ -38,6 +40,7 @@ import sys
 import time
 from typing import Any, Iterable, Sequence
 
+from jaxbn.io import write_json_atomic, write_text_atomic
 from jaxbn.plotting import pyplot, save_figure
 from jaxbn.sweep import PLAN_FILE, RESULTS, RUN_META
 
@@ -680,6 +683,26 @@ def plot_params_vs_auc(rows: list[dict], path: str) -> None:
 # --------------------------------------------------------------------------- #
 
 
+SUMMARY_FIELDS = ("dataset", "arch", "strategy", "n_done", "n_runs", "trainable_params",
+                  "total_params", "wall_time_s", "total_steps", "steps_to_best") + tuple(
+                      f"{p}_{k}" for k in SPREAD_METRICS for p in ("m", "sd"))
+
+
+def write_rows(rows: list[dict], stem: str) -> None:
+  """``stem.json`` and ``stem.csv``: one row per (dataset, arch, strategy), mean (``m_``) and
+  sd (``sd_``) over seeds of each metric in SPREAD_METRICS (machine-readable report source)."""
+  import csv
+  import io
+
+  table = [{k: r.get(k) for k in SUMMARY_FIELDS} for r in rows]
+  write_json_atomic(f"{stem}.json", table, sort_keys=False)
+  buf = io.StringIO()
+  w = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
+  w.writeheader()
+  w.writerows({k: "" if v is None else v for k, v in r.items()} for r in table)
+  write_text_atomic(f"{stem}.csv", buf.getvalue())
+
+
 def write_report(paths: Sequence[str], out: str | None = None,
                  title: str = "jaxbn fine-tuning report", command: str | None = None) -> dict:
   """Writes ``report.md`` and the PNGs into ``out``; returns what it found."""
@@ -691,6 +714,7 @@ def write_report(paths: Sequence[str], out: str | None = None,
   plot_curves(runs, rows, os.path.join(out, PNGS[1]), "wall")
   plot_params_vs_auc(rows, os.path.join(out, PNGS[2]))
   text = render_markdown(runs, rows, plans, notes, paths, title, command)
+  write_rows(rows, os.path.join(out, "summary"))
   md = os.path.join(out, "report.md")
   tmp = f"{md}.tmp.{os.getpid()}"
   with open(tmp, "w") as f:

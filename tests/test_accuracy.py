@@ -279,3 +279,9 @@ def test_report_mean_sd_and_spread_marks(tmp_path):
   assert "0.9800 ± 0.0100 | best" in line["A"]
   assert "-0.0050 ≈" in line["B"]
   assert "-0.0700 |" in line["C"] and "≈" not in line["C"]
+  report.write_rows(list(rows.values()), str(tmp_path / "summary"))
+  table = json.loads((tmp_path / "summary.json").read_text())
+  assert [r["strategy"] for r in table] == ["A", "B", "C"]
+  assert table[0]["m_best_val_auc"] == pytest.approx(0.98) and table[0]["m_test_auc"] is None
+  csv_lines = (tmp_path / "summary.csv").read_text().splitlines()
+  assert csv_lines[0].startswith("dataset,arch,strategy") and len(csv_lines) == 4
