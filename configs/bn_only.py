@@ -1,11 +1,18 @@
 r"""BN-only fine-tuning — the partial-transfusion paper's proposed ``fc_then_bn``.
 
-Stage 1 trains the new head alone for exactly one epoch (lr 1e-3); stage 2 trains
-the BN scale/bias (γ, β) plus the head (lr 1e-3). BN statistics stay frozen
-(inference mode). Defaults: EfficientNet-Lite0 ImageNet weights, PneumoniaMNIST
-(shipped with jaxbn, runs offline).
+Stage 1 trains the new head alone (lr 1e-3) for one epoch but at least 50 steps;
+stage 2 trains the BN scale/bias (γ, β) plus the head (lr 1e-3, cosine decay) for
+4 epochs, but at least 300 and at most 3,000 optimizer steps (jaxbn.budget: a
+data set of 500 images gets enough steps, one of 100,000 a bounded run), with at
+least 8 validation passes; the best-by-validation-AUC checkpoint is kept. BN
+statistics stay frozen (inference mode). 28-px MedMNIST images are upsampled to
+64 px; random resized crop + horizontal flip where the data allow it.
+Defaults: EfficientNet-Lite0 ImageNet weights (1.3 % of the parameters train),
+PneumoniaMNIST (shipped with jaxbn, runs offline). See docs/accuracy.md for how
+each choice was measured (issue 17).
 
   python -m jaxbn.main --config=configs/bn_only.py --workdir=/tmp/bn_only
+  python -m jaxbn.main --config=configs/bn_only.py:tta=hflip+shift --workdir=...  # + TTA scores
   python -m jaxbn.main --config=configs/bn_only.py:model.arch=resnet50 --workdir=...
 """
 
@@ -15,5 +22,9 @@ from jaxbn.config import apply_overrides, base_config, stage
 def get_config(arg=None):
   c = base_config()
   c.warmup = stage("head", epochs=1, lr=1e-3)
+  c.warmup.min_steps = 50
   c.finetune = stage("bn+head", epochs=4, lr=1e-3, schedule="cosine")
+  c.finetune.min_steps = 300
+  c.finetune.max_steps = 3000
+  c.min_evals = 8
   return apply_overrides(c, arg)

@@ -54,12 +54,15 @@ class RunCheckpoints:
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
 
-  def save(self, step: int, state: Any, meta: dict, *, best: bool) -> None:
+  def save(self, step: int, state: Any, meta: dict, *, best: bool,
+           best_variables: Any = None) -> None:
+    """Saves ``state``; with ``best`` also its variables (or ``best_variables``, e.g. an EMA)."""
     self.latest.save(
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     )
     if best:
-      variables = state.variables  # params, batch_stats (+ constants, e.g. acnorm_source)
+      # params, batch_stats (+ constants, e.g. acnorm_source)
+      variables = state.variables if best_variables is None else best_variables
       self.best.save(
           step,
           args=ocp.args.Composite(

@@ -28,6 +28,10 @@ def stage(strategy: str, epochs: float, lr: float, schedule: str = "constant") -
           schedule=schedule,  # constant | cosine | plateau
           warmup_steps=0,  # linear lr warm-up at the start of the stage
           early_stopping_patience=0,  # evaluations without val improvement; 0 = off
+          # jaxbn.budget: the stage runs clip(epochs * steps/epoch, min_steps, max_steps)
+          # steps (0 = no bound), so a small data set still gets enough optimizer steps.
+          min_steps=0,
+          max_steps=0,
       )
   )
 
@@ -68,6 +72,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.augment = True
   c.data.hflip = placeholder(bool)  # None = per-dataset default
   c.data.shuffle_buffer = 10_000
+  # jaxbn.data.augment (train only, off by default): rotation up to ±rotate_deg,
+  # shift up to ±shift × the side, random up-down flip where the data allow it.
+  c.data.rotate_deg = 0.0
+  c.data.shift = 0.0
+  c.data.vflip = False
   c.data.cache = placeholder(bool)  # None = cache in memory when it fits
 
   c.batch_size = 64  # global, split over all devices
@@ -91,6 +100,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.plateau_patience = 1  # evaluations
   c.min_lr = 1e-6
   c.early_stopping_metric = "val_loss"  # val_loss | val_auc
+  c.min_evals = 0  # jaxbn.budget: evaluate at least this often per stage (0 = per epoch)
+  # jaxbn.ema: evaluate (and keep as best) an EMA of the trainable parameters; 0 = off.
+  c.ema_decay = 0.0
+  # jaxbn.tta: test-time augmentation views ("hflip,vflip,shift"; "" = off), reported
+  # in results.json as tta_* fields beside the plain scores; tta_shift: × the image side.
+  c.tta = ""
+  c.tta_shift = 0.0625
+  # False: never evaluate the test split (results.json test fields are null) — for
+  # choosing a recipe on validation data only.
+  c.eval_test = True
 
   c.parallel = "jit"  # jit (Mesh + NamedSharding, the pjit path) | pmap
   c.eval_every_steps = 0  # 0 = once per epoch

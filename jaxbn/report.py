@@ -18,6 +18,8 @@ atomically (temporary file + rename):
 * ``val_auc_vs_step.png``, ``val_auc_vs_wall.png``: validation AUC curves per
   strategy (one panel per dataset × architecture; unfinished runs dashed).
 * ``params_vs_auc.png``: trainable parameters (log) vs test AUC (mean ± sd).
+* ``summary.json``, ``summary.csv``: the rows as data (mean and sd over seeds of
+  validation / test AUC, plain and with TTA), for tables elsewhere.
 
 Train-step time comes from the ``steps_per_sec`` scalars the trainer writes
 to its TensorBoard events (median over the last stage, its first interval
@@ -46,6 +48,7 @@ from typing import Any, Iterable, Sequence
 from absl import flags
 
 from jaxbn import cli
+from jaxbn.io import write_json_atomic, write_text_atomic
 from jaxbn.plotting import pyplot, save_figure
 from jaxbn.sweep import PLAN_FILE, RESULTS, RUN_META
 
@@ -209,7 +212,8 @@ def _read_run(run_dir: str, planned: dict | None = None) -> RunInfo:
     info.note = "not started"
     return info
   if results is not None:
-    needed = [k for k in ("test_auc", "test_acc") if not isinstance(results.get(k), (int, float))]
+    keys = ("best_val_auc",) if results.get("test_skipped") else ("test_auc", "test_acc")
+    needed = [k for k in keys if not isinstance(results.get(k), (int, float))]
     if needed:
       info.status, info.note = "broken", f"{RESULTS} lacks {', '.join(needed)}"
     else:
@@ -349,10 +353,71 @@ def summarize(runs: list[RunInfo], plans: list[dict] | None = None) -> list[dict
             step_time_exact=all(r.step_time_exact for r in done),
             wall_time_s=_mean_sd([x.get("wall_time_s") for x in res])[0],
             total_steps=_mean_sd([x.get("total_steps") for x in res])[0],
+            **_spread_fields(res),
             notes=[f"{r.name}: {r.status}" + (f" ({r.note})" if r.note else "")
                    for r in group if r.status != "done"],
         ))
   return rows
+
+
+# Metrics compared across rows with their seed spread (results.json fields).
+SPREAD_METRICS = {"best_val_auc": "val AUC", "tta_val_auc": "val AUC (TTA)",
+                  "test_auc": "test AUC", "tta_test_auc": "test AUC (TTA)"}
+
+
+def _spread_fields(results: list[dict]) -> dict:
+  out = {}
+  for key in SPREAD_METRICS:
+    mean, sd = _mean_sd([x.get(key) for x in results])
+    out[f"m_{key}"], out[f"sd_{key}"] = mean, sd
+  return out
+
+
+def within_spread(mean_a: float, sd_a: float | None, mean_b: float, sd_b: float | None
+                  ) -> bool | None:
+  """Is ``|mean_a - mean_b|`` smaller than the seed spread (the larger of the two sds)?
+
+  None when neither row has an sd (one seed each): the spread is unknown.
+  """
+  sds = [s for s in (sd_a, sd_b) if s is not None]
+  if not sds:
+    return None
+  return abs(mean_a - mean_b) < max(sds)
+
+
+def spread_markdown(rows: list[dict]) -> list[str]:
+  """Per dataset × architecture and metric: each row's mean ± sd and its difference to the
+  best row, marked ``≈`` when smaller than the seed spread (not a real difference)."""
+  lines = []
+  groups = list(dict.fromkeys((r["dataset"], r["arch"]) for r in rows))
+  for key, label in SPREAD_METRICS.items():
+    table = []
+    for ds, arch in groups:
+      group = [r for r in rows if (r["dataset"], r["arch"]) == (ds, arch)
+               and r.get(f"m_{key}") is not None]
+      if not group:
+        continue
+      best = max(group, key=lambda r: r[f"m_{key}"])
+      for r in group:
+        mean, sd = r[f"m_{key}"], r[f"sd_{key}"]
+        if r is best:
+          mark = "best"
+        else:
+          delta = mean - best[f"m_{key}"]
+          close = within_spread(mean, sd, best[f"m_{key}"], best[f"sd_{key}"])
+          mark = f"{delta:+.4f}" + {True: " ≈ (within spread)", False: "",
+                                    None: " (spread unknown: 1 seed)"}[close]
+        table.append(f"| {ds} | {arch} | {r['strategy']} | {r['n_done']} | {_pm(mean, sd)} | "
+                     f"{mark} |")
+    if table:
+      lines += [f"### {label}", "", "| dataset | arch | strategy | seeds | "
+                f"{label} (mean ± sd) | Δ to the best |", "|---|---|---|---|---|---|"] + table + [""]
+  if lines:
+    lines = ["## Differences and seed spread", "",
+             "Δ: difference of the mean to the best row's; ≈ marks a difference smaller than "
+             "the larger seed sd of the two rows (not distinguishable with these seeds).",
+             ""] + lines
+  return lines
 
 
 # --------------------------------------------------------------------------- #
@@ -493,6 +558,7 @@ def render_markdown(runs: list[RunInfo], rows: list[dict], plans: list[dict],
     lines += ["", "MedMNIST v2 rows: Yang et al., Scientific Data 2023 (trained from scratch, "
               "28 px or upsampled to 224 px); the runs above use the official splits and test set.",
               ""]
+    lines += spread_markdown(rows)
     lines += ["## All results", ""]
     lines += table_markdown(rows)
     lines += ["", "Trainable params: the last stage's trainable parameters (e.g. everything for "
@@ -618,6 +684,26 @@ def plot_params_vs_auc(rows: list[dict], path: str) -> None:
 # --------------------------------------------------------------------------- #
 
 
+SUMMARY_FIELDS = ("dataset", "arch", "strategy", "n_done", "n_runs", "trainable_params",
+                  "total_params", "wall_time_s", "total_steps", "steps_to_best") + tuple(
+                      f"{p}_{k}" for k in SPREAD_METRICS for p in ("m", "sd"))
+
+
+def write_rows(rows: list[dict], stem: str) -> None:
+  """``stem.json`` and ``stem.csv``: one row per (dataset, arch, strategy), mean (``m_``) and
+  sd (``sd_``) over seeds of each metric in SPREAD_METRICS (machine-readable report source)."""
+  import csv
+  import io
+
+  table = [{k: r.get(k) for k in SUMMARY_FIELDS} for r in rows]
+  write_json_atomic(f"{stem}.json", table, sort_keys=False)
+  buf = io.StringIO()
+  w = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
+  w.writeheader()
+  w.writerows({k: "" if v is None else v for k, v in r.items()} for r in table)
+  write_text_atomic(f"{stem}.csv", buf.getvalue())
+
+
 def write_report(paths: Sequence[str], out: str | None = None,
                  title: str = "jaxbn fine-tuning report", command: str | None = None) -> dict:
   """Writes ``report.md`` and the PNGs into ``out``; returns what it found."""
@@ -629,6 +715,7 @@ def write_report(paths: Sequence[str], out: str | None = None,
   plot_curves(runs, rows, os.path.join(out, PNGS[1]), "wall")
   plot_params_vs_auc(rows, os.path.join(out, PNGS[2]))
   text = render_markdown(runs, rows, plans, notes, paths, title, command)
+  write_rows(rows, os.path.join(out, "summary"))
   md = os.path.join(out, "report.md")
   tmp = f"{md}.tmp.{os.getpid()}"
   with open(tmp, "w") as f:

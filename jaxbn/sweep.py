@@ -13,8 +13,15 @@ A sweep config (``configs/sweeps/*.py``, ``get_config(arg)``) holds:
 * ``grid.strategies``, ``grid.archs``, ``grid.datasets``, ``grid.seeds``:
   comma-separated names (the order is the run and report order).
 
-A run's config is ``base_config()`` + common + dataset + ``model.arch=<arch>`` +
-strategy + ``seed=<seed>``. Each run trains in ``WORKDIR/runs/<run name>``
+A run's config is ``base_config()`` (or, when the sweep config has ``base``, that
+config file's ``get_config``, e.g. ``configs/bn_only.py:finetune.lr=3e-4``) + common +
+dataset + ``model.arch=<arch>`` + strategy + ``seed=<seed>``.
+
+Seeds of one config, with no sweep file (:func:`seeds_sweep`)::
+
+  python -m jaxbn.sweep --train_config=configs/bn_only.py --seeds=3 --workdir=/tmp/s
+  python -m jaxbn.sweep --train_config=configs/bn_only.py:finetune.strategy=full \
+      --seeds=0,1,2 --datasets=pneumoniamnist,retinamnist --name=full --workdir=/tmp/s Each run trains in ``WORKDIR/runs/<run name>``
 (``sweep_run.json`` there records what it is). Runs go seed-major, then
 architecture, strategy, dataset: every cell gets its first seed before any gets
 a second, and the first strategies are done on every dataset first, so a sweep
@@ -71,6 +78,7 @@ class Run:
   dataset: str
   seed: int
   overrides: tuple[str, ...]  # applied in order over jaxbn.config.base_config()
+  base: str = ""  # config file[:arg] to start from instead of base_config()
 
   @property
   def name(self) -> str:
@@ -79,7 +87,7 @@ class Run:
   def to_json(self) -> dict:
     return {"name": self.name, "strategy": self.strategy, "arch": self.arch,
             "dataset": self.dataset, "seed": self.seed, "overrides": list(self.overrides),
-            "dir": os.path.join("runs", self.name)}
+            "dir": os.path.join("runs", self.name), **({"base": self.base} if self.base else {})}
 
 
 def _names(value: Any) -> list[str]:
@@ -115,13 +123,69 @@ def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
                              f"{dataset!r} has no budget entry for.") from None
           overrides = tuple(o for o in (sweep.get("common", ""), ds.get("overrides", ""),
                                         f"model.arch={arch}", strat, f"seed={seed}") if o)
-          runs.append(Run(strategy, arch, dataset, seed, overrides))
+          runs.append(Run(strategy, arch, dataset, seed, overrides, sweep.get("base", "") or ""))
   return runs
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """``path/to/config.py[:arg]`` → its ``get_config(arg)`` (as ``--config=`` would)."""
+  import importlib.util
+
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ValueError(f"Config file {path!r} not found (from {spec!r}).")
+  module_spec = importlib.util.spec_from_file_location(
+      f"jaxbn_sweep_base_{abs(hash(os.path.abspath(path)))}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"Config file {path!r} has no get_config().")
+  return module.get_config(arg or None)
+
+
+def parse_seeds(text: str | Sequence[str]) -> list[int]:
+  """``"3"`` → [0, 1, 2]; ``"0,5"`` or ``["0", "5"]`` → [0, 5]."""
+  items = _names(text)
+  try:
+    seeds = [int(x) for x in items]
+  except ValueError:
+    raise ValueError(f"Seeds must be a count or comma-separated integers, got {text!r}.") from None
+  if len(seeds) == 1 and not (isinstance(text, str) and "," in text):
+    if seeds[0] < 1:
+      raise ValueError(f"A seed count must be >= 1, got {seeds[0]}.")
+    return list(range(seeds[0]))
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f"Repeated seeds in {text!r}.")
+  return seeds
+
+
+def seeds_sweep(train_config: str, seeds: Sequence[int], datasets: Sequence[str] = (),
+                name: str | None = None) -> ml_collections.ConfigDict:
+  """A sweep running ``seeds`` of one config file (on ``datasets``, default its own)."""
+  config = load_config_file(train_config)
+  label = name or os.path.splitext(os.path.basename(train_config.partition(":")[0]))[0]
+  datasets = list(datasets) or [config.data.name]
+  c = ml_collections.ConfigDict()
+  c.name = f"{label}_seeds"
+  c.base = train_config
+  c.common = ""
+  c.datasets = ml_collections.ConfigDict(
+      {_key(d): {"overrides": f"data.name={d}", "budget": {}} for d in datasets})
+  c.strategies = ml_collections.ConfigDict({label: ""})
+  c.grid = ml_collections.ConfigDict(dict(
+      strategies=label, archs=config.model.arch, datasets=",".join(_key(d) for d in datasets),
+      seeds=",".join(str(s) for s in seeds)))
+  return c
+
+
+def _key(dataset: str) -> str:
+  """A data set name usable as a ConfigDict key and a directory name."""
+  return "".join(ch if ch.isalnum() or ch in "_-" else "_" for ch in dataset)
 
 
 def run_config(run: Run) -> ml_collections.ConfigDict:
   """The training config of one run (unknown keys are an error, as on the command line)."""
-  config = config_lib.base_config()
+  config = load_config_file(run.base) if run.base else config_lib.base_config()
   for overrides in run.overrides:
     try:
       config_lib.apply_overrides(config, overrides)
@@ -373,13 +437,24 @@ def main(argv: list[str]) -> None:
   if cache:
     jax.config.update("jax_compilation_cache_dir", os.path.abspath(cache))
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  if (FLAGS.config is None) == (FLAGS.train_config is None):
+    raise SystemExit("error: give either --config=SWEEP.py (a sweep config) or "
+                     "--train_config=CONFIG.py --seeds=N (seeds of one training config).")
+  if FLAGS.train_config is not None:
+    try:
+      sweep = seeds_sweep(FLAGS.train_config, parse_seeds(FLAGS.seeds), FLAGS.datasets or (),
+                          FLAGS.name)
+    except ValueError as e:
+      raise SystemExit(f"error: {e}") from None
+  else:
+    sweep = FLAGS.config
   if FLAGS.dry_run:
-    for i, run in enumerate(expand(FLAGS.config), 1):
+    for i, run in enumerate(expand(sweep), 1):
       run_config(run)
       status = run_status(os.path.join(FLAGS.workdir, "runs", run.name))
       print(f"{i:3d} {run.name} [{status}]\n    " + ",".join(run.overrides))
     return
-  summary = run_sweep(FLAGS.config, FLAGS.workdir, only=FLAGS.only,
+  summary = run_sweep(sweep, FLAGS.workdir, only=FLAGS.only,
                       command=" ".join(["python -m jaxbn.sweep"] + sys.argv[1:]),
                       prune_checkpoints=FLAGS.prune_checkpoints)
   if summary["failed"]:
@@ -399,7 +474,12 @@ def _define_flags() -> None:
                     "Delete each finished run's checkpoints (results.json and events stay).")
   flags.DEFINE_string("compilation_cache_dir", None,
                       "Persistent XLA compilation cache (default WORKDIR/.jax_cache; '' = off).")
-  flags.mark_flags_as_required(["config", "workdir"])
+  flags.DEFINE_string("train_config", None,
+                      "Instead of --config: one training config file[:overrides], run for --seeds.")
+  flags.DEFINE_string("seeds", "3", "With --train_config: a count (3 = seeds 0,1,2) or a list.")
+  flags.DEFINE_list("datasets", None, "With --train_config: data sets (default: the config's).")
+  flags.DEFINE_string("name", None, "With --train_config: the row label (default: file name).")
+  flags.mark_flags_as_required(["workdir"])
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from jaxbn import masks, metrics as metrics_lib, preemption, step as step_lib
+from jaxbn import budget, ema as ema_lib, masks, metrics as metrics_lib, preemption
+from jaxbn import step as step_lib, tta as tta_lib
 from jaxbn.checkpoint import RunCheckpoints, is_url, write_json
 from jaxbn.data import pipeline
 from jaxbn.models import acnorm, count_params, create_model, get_spec, init_variables
@@ -244,10 +245,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
   stages = stages_of(config)
   steps_per_epoch = max(1, info.num_examples["train"] // config.batch_size)
-  stage_steps = [max(1, round(s.epochs * steps_per_epoch)) for _, s in stages]
+  stage_steps = [budget.stage_steps(s.epochs, steps_per_epoch, min_steps=s.get("min_steps", 0),
+                                    max_stage_steps=s.get("max_steps", 0)) for _, s in stages]
   if config.max_steps:
     stage_steps = _cap(stage_steps, config.max_steps)
-  eval_every = config.eval_every_steps or steps_per_epoch
+  eval_every = budget.eval_interval(steps_per_epoch, stage_steps[-1],
+                                    eval_every_steps=config.eval_every_steps,
+                                    min_evals=config.get("min_evals", 0))
 
   variables = initial_variables(config, model, info.num_classes, init_rng)
   params, batch_stats = variables["params"], variables.get("batch_stats", {})
@@ -282,6 +286,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     logging.info("Resuming from %s at step %d (stage %d).", workdir, last, loop.stage + 1)
 
   eval_step = par.compile_eval(step_lib.make_eval_step(model, multi_label=info.multi_label))
+  tta_views = tta_lib.parse_views(config.get("tta", ""))
+  tta_step = par.compile_eval(tta_lib.make_eval_step(
+      model, multi_label=info.multi_label, views=tta_views, image_size=config.data.image_size,
+      shift=config.get("tta_shift", 1 / 16))) if tta_views else None
+  ema_decay, ema_params = float(config.get("ema_decay", 0.0)), None
   progress = periodic_actions.ReportProgress(
       num_train_steps=sum(stage_steps), writer=writer, every_steps=config.log_every_steps
   )
@@ -309,10 +318,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         label_smoothing=config.label_smoothing, axis_name=par.axis_name,
     ))
     batches = _train_batches(config, spec, stage_idx, loop.stage_step)
+    ema_update = ema_lib.make_update(masks.trainable_mask(labels[stage_idx]),
+                                     ema_decay) if ema_decay else None
+    if ema_update and ema_params is None:  # not checkpointed: a resumed run restarts it
+      ema_params = jax.tree.map(jnp.copy, state.params)  # the step donates state's buffers
     stop = False
     while loop.stage_step < stage_steps[stage_idx] and not stop:
       state, step_metrics = train_step(state, par.put_batch(next(batches)), train_rng,
                                        loop.lr_scale)
+      if ema_update:
+        ema_params = ema_update(ema_params, state.params, global_step)
       loop.stage_step += 1
       global_step += 1
       progress(global_step)
@@ -325,7 +340,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if evaluate_now:
         stop = _evaluate_and_checkpoint(
             config, stage, stage_idx, loop, state, par, eval_step, info, spec, ckpts, writer,
-            global_step, start_time, workdir,
+            global_step, start_time, workdir, ema_params=ema_params,
         )
       if preempt.should_stop(global_step):
         _stop_for_preemption(preempt, ckpts, writer, par, state, loop, stage_idx, global_step,
@@ -338,8 +353,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     _stop_for_preemption(preempt, ckpts, writer, par, state, loop, len(stages) - 1, global_step,
                          start_time, workdir)
   ckpts.wait()
+  if ema_params is not None:  # the EMA weights are what gets evaluated and kept
+    params = jax.tree.map(np.asarray, par.get_state(state.replace(params=ema_params)).params)
   results = _final_results(config, info, par, eval_step, ckpts, loop, params, batch_stats,
-                           n_total, trainable, global_step, start_time, constants)
+                           n_total, trainable, global_step, start_time, constants,
+                           tta_step=tta_step)
   if is_chief:
     write_json(os.path.join(workdir, "results.json"), results)
   writer.flush()
@@ -419,13 +437,16 @@ def record_evaluation(loop: LoopState, val: dict, stage: ml_collections.ConfigDi
 
 def _evaluate_and_checkpoint(config, stage, stage_idx: int, loop: LoopState, state, par,
                              eval_step, info, spec, ckpts, writer, global_step, start_time,
-                             workdir) -> bool:
+                             workdir, ema_params=None) -> bool:
   """Validation, best/plateau/early-stopping bookkeeping and checkpointing.
 
+  With ``ema_params`` (jaxbn.ema) those are evaluated and kept as the best
+  variables; the resumable checkpoint keeps the raw training state.
   Returns True when the stage should stop early.
   """
   stage_name = stage_name_of(config, stage_idx)
-  val = evaluate(config, "val", info, spec, par, eval_step, state.variables)
+  eval_state = state if ema_params is None else state.replace(params=ema_params)
+  val = evaluate(config, "val", info, spec, par, eval_step, eval_state.variables)
   if not math.isfinite(val["loss"]):
     _raise_nan(global_step, ckpts, workdir)
   wall = loop.elapsed + time.time() - start_time
@@ -443,17 +464,23 @@ def _evaluate_and_checkpoint(config, stage, stage_idx: int, loop: LoopState, sta
     if stop:  # resume must not re-run a stage that stopped early
       saved.stage, saved.stage_step = saved.stage + 1, 0
     meta = {"loop": saved.to_json(), "state_stage": stage_idx}
-    ckpts.save(global_step, par.get_state(state), meta, best=improved)
+    ckpts.save(global_step, par.get_state(state), meta, best=improved,
+               best_variables=None if ema_params is None else par.get_state(eval_state).variables)
   return stop
 
 
 def _final_results(config, info, par, eval_step, ckpts, loop, params, batch_stats, n_total,
-                   trainable_counts, global_step, start_time, constants=None) -> dict:
+                   trainable_counts, global_step, start_time, constants=None,
+                   tta_step=None) -> dict:
   last = {**(constants or {}), "params": params, "batch_stats": batch_stats}
   best = ckpts.restore_best(last)
   variables = best[0] if best else last
   spec = get_spec(config.model.arch)
-  test = evaluate(config, "test", info, spec, par, eval_step, par.put_state(variables))
+  device_variables = par.put_state(variables)
+  eval_test = config.get("eval_test", True)
+  test = (evaluate(config, "test", info, spec, par, eval_step, device_variables) if eval_test
+          else {"auc": None, "acc": None, "loss": None})
+  tta = tta_results(config, info, spec, par, tta_step, device_variables, eval_test)
   wall = loop.elapsed + time.time() - start_time
   last_stage = list(trainable_counts)[-1] if trainable_counts else None
   results = {
@@ -483,7 +510,26 @@ def _final_results(config, info, par, eval_step, ckpts, loop, params, batch_stat
       "devices": par.num_devices,
       "parallel": par.mode,
       "history": loop.history,
+      "test_skipped": not eval_test,
+      "ema_decay": config.get("ema_decay", 0.0),
+      **tta,
+      "config": config.to_dict(),
   }
-  logging.info("Test (best val AUC step %d): AUC %.4f ACC %.4f.", loop.best_step, test["auc"],
-               test["acc"])
+  if eval_test:
+    logging.info("Test (best val AUC step %d): AUC %.4f ACC %.4f.", loop.best_step, test["auc"],
+                 test["acc"])
   return results
+
+
+def tta_results(config, info, spec, par, tta_step, variables, eval_test: bool = True) -> dict:
+  """``tta_*`` fields of results.json: validation (and test) AUC/ACC of ``variables`` with
+  test-time augmentation (jaxbn.tta), reported beside the plain scores; {} when off."""
+  if tta_step is None:
+    return {}
+  out = {"tta": list(tta_lib.parse_views(config.tta))}
+  for split in ("val", "test") if eval_test else ("val",):
+    m = evaluate(config, split, info, spec, par, tta_step, variables)
+    out.update({f"tta_{split}_auc": m["auc"], f"tta_{split}_acc": m["acc"]})
+  logging.info("TTA (%s): %s", config.tta,
+               {k: round(v, 4) for k, v in out.items() if isinstance(v, float)})
+  return out

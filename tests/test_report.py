@@ -165,7 +165,8 @@ def test_pngs_are_valid_and_written_atomically(synthetic_sweep, tmp_path):
     with Image.open(out / name) as im:
       im.verify()
       assert im.size[0] > 100 and im.size[1] > 100
-  assert sorted(os.listdir(out)) == sorted(["report.md", *report.PNGS])  # no temporaries left
+  assert sorted(os.listdir(out)) == sorted(  # no temporaries left
+      ["report.md", "summary.json", "summary.csv", *report.PNGS])
 
 
 def test_report_with_no_finished_runs(tmp_path):

@@ -98,6 +98,7 @@ import tensorflow as tf
 
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
+from jaxbn.data import augment as augment_lib  # pylint: disable=g-import-not-at-top
 from jaxbn.data import image_folder  # pylint: disable=g-import-not-at-top
 from jaxbn.data import medmnist  # pylint: disable=g-import-not-at-top
 from jaxbn.tf_setup import hide_gpus_from_tf
@@ -574,13 +575,18 @@ def train_iterator(config: ml_collections.ConfigDict, *, batch_size: int,
   aug_seed = tf.constant([seed, 0], tf.int64)
   global_batch = batch_size * process_count
 
+  extra_aug = augment_lib.settings(config)
+
   def process(position):
     index = example_index(position, table.size, seed)
     example = table.example(index)
+    example_seed = tf.random.experimental.stateless_fold_in(aug_seed, position)
     out = preprocess(example, image_size=image_size, scale=scale,
                      offset=offset, multi_label=source.info.multi_label,
-                     augment=augment, hflip=hflip,
-                     seed=tf.random.experimental.stateless_fold_in(aug_seed, position))
+                     augment=augment, hflip=hflip, seed=example_seed)
+    if augment_lib.is_active(**extra_aug):  # rotations, shifts, vflip
+      out["image"] = augment_lib.random_affine(
+          out["image"], tf.random.experimental.stateless_fold_in(example_seed, 1), **extra_aug)
     if with_index:
       out["index"] = index
     return out

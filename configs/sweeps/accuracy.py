@@ -1,0 +1,69 @@
+r"""Issue 17's lever study: one change at a time over the BN-only recipe, on VALIDATION AUC.
+
+  python -m jaxbn.sweep --config=configs/sweeps/accuracy.py --workdir=/tmp/levers
+  python -m jaxbn.report /tmp/levers --out=/tmp/levers/report
+
+Every run trains BN γ,β + head (``configs/bn_only.py``'s stages, given here as
+overrides over :func:`jaxbn.config.base_config`) with ``eval_test=False``: the
+test split is never evaluated, so the levers are chosen on validation data only.
+Every run also reports TTA (``tta=hflip+shift``) validation AUC beside the plain
+one; TTA is evaluation-only, so it needs no run of its own.
+
+``base`` is the starting recipe (the bn_only defaults before issue 17: 64 px,
+Lite0, crop + horizontal flip, head 1 epoch then BN+head 4 epochs at 1e-3,
+cosine); each other strategy changes one thing. Architectures are the
+``grid.archs`` axis (``--config.grid.archs=efficientnet_lite0,efficientnet_lite1``).
+Presets (text after ``:``): ``levers`` (default) or ``round2`` (combinations of
+the levers that helped in round one).
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# MedMNIST npz files: $JAXBN_DATA_DIR, else ../shared/data/medmnist beside the repository.
+DATA_DIR = os.environ.get("JAXBN_DATA_DIR") or os.path.normpath(
+    os.path.join(_REPO, "..", "shared", "data", "medmnist"))
+
+BASE = ("warmup.strategy=head,warmup.epochs=1,warmup.lr=1e-3,"
+        "finetune.strategy=bn+head,finetune.epochs=4,finetune.lr=1e-3,finetune.schedule=cosine,"
+        "data.image_size=64,data.augment=True,eval_test=False,tta=hflip+shift")
+
+LEVERS = {  # in order of expected effect (the queue runs in this order)
+    "base": "",
+    "size96": "data.image_size=96",
+    "ema": "ema_decay=0.99",
+    "rot_shift": "data.rotate_deg=10.0,data.shift=0.0625",
+    "label_smooth": "label_smoothing=0.1",
+    "lr3e-3": "finetune.lr=3e-3",
+    "epochs8": "finetune.epochs=8",
+    "no_aug": "data.augment=False",
+    "no_warmup": "warmup.epochs=0",
+    "lr3e-4": "finetune.lr=3e-4",
+    "size128": "data.image_size=128",
+}
+ROUND2 = {}
+
+
+def get_config(arg=None):
+  preset = arg or "levers"
+  if preset not in ("levers", "round2"):
+    raise ValueError(f"Unknown preset {preset!r}: levers | round2.")
+  c = ml_collections.ConfigDict()
+  c.name = f"accuracy_{preset}"
+  c.common = BASE
+  c.datasets = ml_collections.ConfigDict({
+      "pneumoniamnist": {"overrides": "data.name=pneumoniamnist", "budget": {}},
+      "retinamnist": {"overrides": f"data.name=retinamnist,data.data_dir={DATA_DIR}",
+                      "budget": {}},
+  })
+  c.strategies = ml_collections.ConfigDict(LEVERS if preset == "levers" else ROUND2)
+  c.grid = ml_collections.ConfigDict()
+  c.grid.strategies = ",".join(LEVERS if preset == "levers" else ROUND2)  # dict order
+  c.grid.archs = "efficientnet_lite0"
+  c.grid.datasets = "pneumoniamnist"
+  c.grid.seeds = "0"
+  return c

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Issue 17: the exact commands behind docs/accuracy.md (run from the repository root, CPU only).
+# RetinaMNIST is read from ../shared/data/medmnist (JAXBN_DATA_DIR); PneumoniaMNIST is shipped.
+set -euo pipefail
+export JAXBN_OFFLINE=1 JAXBN_DATA_DIR=../shared/data/medmnist
+
+# 1. Levers, VALIDATION only (eval_test=False: the test split is never evaluated).
+#    The base recipe (the pre-issue-17 bn_only defaults) ran as a plain run; its test
+#    figures are computed by the trainer but not used (levers.json holds validation only).
+nice -n 10 python -m jaxbn.main --config=configs/bn_only.py:finetune.min_steps=0,warmup.min_steps=0,min_evals=0 \
+    --workdir=/tmp/acc/base64
+nice -n 10 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py --workdir=/tmp/acc/levers \
+    --prune_checkpoints --only=size96,ema,rot_shift,label_smooth,epochs8,no_aug,lr3e-3,no_warmup
+nice -n 10 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py --workdir=/tmp/acc/levers2 \
+    --compilation_cache_dir=/tmp/acc/levers/.jax_cache --prune_checkpoints --only=rot_shift,label_smooth,lr3e-3
+PYTHONPATH=. python docs/accuracy/levers_extract.py base=/tmp/acc/base64 /tmp/acc/levers /tmp/acc/levers2
+
+# 2. The final table: configs/bn_only.py, 3 seeds, PneumoniaMNIST and RetinaMNIST (the same
+#    recipe, only the data set changes), TTA scores reported beside the plain ones.
+#    (--only runs one cell; the seeds ran as separate processes of the same command.)
+nice -n 10 python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift --name=bn_only \
+    --seeds=0,1,2 --datasets=pneumoniamnist,retinamnist --workdir=/tmp/acc/final
+python -m jaxbn.report /tmp/acc/final --out=docs/accuracy/final \
+    --title="Issue 17: BN-only recipe (configs/bn_only.py), EfficientNet-Lite0, 28 px data at 64 px"
