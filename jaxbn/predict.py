@@ -147,6 +147,9 @@ def predict_workdir(workdir: str, images: list[str], top: int = 5) -> list[dict]
 
 def main(argv: list[str]) -> None:
   del argv
+  from absl import logging
+
+  logging.set_verbosity(logging.WARNING)  # orbax's INFO lines would bury the JSON
   try:
     if FLAGS.workdir:
       if FLAGS.checkpoint:
