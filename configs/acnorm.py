@@ -9,8 +9,12 @@ two differ only in the normalisation layer and ``bn_stats``.
 
   python -m jaxbn.main --config=configs/acnorm.py --workdir=/tmp/acnorm
   python -m jaxbn.main --config=configs/acnorm.py --workdir=/tmp/acnorm \
-      --config.data.name=retinamnist --config.data.data_dir=../shared/data/medmnist
+      --config.data.name=retinamnist --config.data.data_dir=/path/to/medmnist
   # softmax temperature: --config.model.norm=acnorm:tau=0.5
+
+Measured: this recipe is the ``acnorm`` mode of configs/sweeps/acnorm.py. On
+RetinaMNIST at 64 px it gave test AUC 0.701 ± 0.004 (3 seeds), 188 s a run on a
+2-core x86-64 CPU, no GPU (docs/acnorm/sweep/report.md).
 """
 
 from jaxbn.config import apply_overrides, base_config, stage

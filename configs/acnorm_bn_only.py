@@ -7,6 +7,10 @@ not a parameter. Batch statistics as in AC-Norm's reference (``:bn_stats=frozen`
 gives the partial-transfusion paper's frozen statistics instead).
 
   python -m jaxbn.main --config=configs/acnorm_bn_only.py --workdir=/tmp/acnorm_bn_only
+
+Measured: this recipe is the ``acnorm_bn_only`` mode of configs/sweeps/acnorm.py.
+On RetinaMNIST at 64 px it gave test AUC 0.677 ± 0.012 (3 seeds), 134 s a run on
+a 2-core x86-64 CPU, no GPU (docs/acnorm/sweep/report.md).
 """
 
 from jaxbn.config import apply_overrides, base_config, stage

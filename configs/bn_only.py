@@ -14,6 +14,10 @@ each choice was measured (issue 17).
   python -m jaxbn.main --config=configs/bn_only.py --workdir=/tmp/bn_only
   python -m jaxbn.main --config=configs/bn_only.py:tta=hflip+shift --workdir=...  # + TTA scores
   python -m jaxbn.main --config=configs/bn_only.py:model.arch=resnet50 --workdir=...
+
+Measured (docs/results/bn_only_default.md, the first command): test AUC 0.963,
+ACC 0.901, best validation AUC 0.988 at step 219 of 365; 811 s of training and
+evaluation, 2.35 GiB peak memory, on a 2-core x86-64 CPU, no GPU.
 """
 
 from jaxbn.config import apply_overrides, base_config, stage

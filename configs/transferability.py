@@ -1,7 +1,7 @@
 r"""AC-Corr transferability ranking of candidate pretrained models (AC-Norm, arXiv:2307.15282).
 
   python -m jaxbn.main --config=configs/transferability.py --workdir=/tmp/acc \
-      --config.data.name=retinamnist --config.data.data_dir=../shared/data/medmnist
+      --config.data.name=retinamnist --config.data.data_dir=/path/to/medmnist
   # with the validation (fine-tune every candidate, Kendall τ vs validation AUC):
   python -m jaxbn.main --config=configs/transferability.py --workdir=/tmp/acc \
       --config.transfer.validate=True --config.transfer.validate_steps=100
@@ -9,6 +9,11 @@ r"""AC-Corr transferability ranking of candidate pretrained models (AC-Norm, arX
 Writes WORKDIR/transferability.{md,json} and transferability_layers.png; see jaxbn/analysis/transferability.py.
 The validation fine-tunes with this config's training fields (those of
 configs/acnorm.py: AC-Norm + full fine-tuning), capped at ``validate_steps``.
+
+Measured: the ranking and its validation on RetinaMNIST and PneumoniaMNIST are in
+docs/acnorm/transferability.md and docs/acnorm/transferability_pneumoniamnist.md
+(2-core x86-64 CPU, no GPU). The random-init control scores 428.73 and
+fine-tunes worst; the ImageNet EfficientNet-Lites score 4.7-4.9.
 """
 
 import ml_collections

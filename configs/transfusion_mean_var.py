@@ -6,6 +6,9 @@ Each conv kernel is drawn iid from N(mean, var) of the matching ImageNet kernel
 statistics from another checkpoint. Training recipe: ``configs/transfusion_random.py``.
 
   python -m jaxbn.main --config=configs/transfusion_mean_var.py --workdir=/tmp/tf_mean_var
+
+Measured (docs/transfusion/convergence.md): val AUC ≥ 0.95 after 60 steps,
+test AUC 0.940, 1,224 s on a 2-core x86-64 CPU, no GPU.
 """
 
 from jaxbn.config import apply_overrides, base_config, stage

@@ -15,6 +15,9 @@ convergence (``--config.data.image_size=224 --config.finetune.epochs=...``).
 
 results.json: ``steps_to_target`` / ``wall_to_target_s`` (first validation with
 AUC ≥ ``target_auc``), ``test_auc`` of the best-validation checkpoint, ``history``.
+
+Measured (docs/transfusion/convergence.md, the first command): val AUC ≥ 0.95
+after 70 steps, test AUC 0.932, 1,044 s on a 2-core x86-64 CPU, no GPU.
 """
 
 from jaxbn.config import apply_overrides, base_config, stage

@@ -9,6 +9,10 @@ replaced by ResNet-50; on CPU this is the slowest of the Transfusion configs).
 
   python -m jaxbn.main --config=configs/transfusion_slim.py --workdir=/tmp/tf_slim
   # other widths: --config.model.stage_widths="(64,128,64,128)"
+
+Not measured yet: it needs the torchvision ResNet-50 ImageNet file (downloaded
+on first use). Its initialisation is tested on synthetic weights
+(tests/test_transfusion.py).
 """
 
 from jaxbn.config import apply_overrides, base_config, stage

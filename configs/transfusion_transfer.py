@@ -19,6 +19,10 @@ and keeps the random initialisation for the rest (:func:`jaxbn.weights.init.tran
 
 ``model.init`` may be a checkpoint path instead of ``imagenet``. Training recipe:
 ``configs/transfusion_random.py``.
+
+Measured (docs/transfusion/convergence.md, 2-core x86-64 CPU, no GPU):
+``transfer_up_to=all`` reached val AUC ≥ 0.95 after 20 steps, test AUC 0.965,
+1,067 s; ``transfer_up_to=conv1`` after 80 steps, test AUC 0.937, 873 s.
 """
 
 from jaxbn.config import apply_overrides, base_config, stage

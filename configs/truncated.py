@@ -13,6 +13,8 @@ one epoch, stage 2 trains the whole truncated network.
 Truncation composes with every strategy and norm, e.g.
 ``--config.finetune.strategy=bn+head`` (BN-only on the truncated network) or
 ``--config.model.norm=acnorm``. To choose the cut, see configs/truncated_search.py.
+
+Not measured with this exact config (docs/truncated.md).
 """
 
 from jaxbn.config import apply_overrides, base_config, stage

@@ -12,11 +12,14 @@ network), validation AUC, and the test AUC of the chosen cut.
       --config.model.arch=resnet50 --config.data.image_size=224 \
       --config.search.block_cuts=layer2,layer3
 
-Defaults (the README's CPU run): EfficientNet-Lite0 ImageNet weights on
-PneumoniaMNIST (shipped, offline) at 32 px with a short budget per cut: head
-warm-up for half an epoch (lr 1e-3), then every kept weight for 1.5 epochs
-(lr 3e-4, cosine), BN statistics frozen. Raise ``data.image_size`` and
-``finetune.epochs`` for a real study.
+Defaults: EfficientNet-Lite0 ImageNet weights on PneumoniaMNIST (shipped,
+offline) at 32 px with a short budget per cut: head warm-up for half an epoch
+(lr 1e-3), then every kept weight for 1.5 epochs (lr 3e-4, cosine), BN
+statistics frozen. Raise ``data.image_size`` and ``finetune.epochs`` for a real
+study.
+
+Result and runtime: to be re-measured; no search output is committed yet
+(docs/truncated.md).
 """
 
 import ml_collections

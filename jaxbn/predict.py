@@ -1,11 +1,20 @@
-r"""Classifies an image with an ImageNet (or converted/fine-tuned) checkpoint.
+r"""Classifies images with an ImageNet, converted or fine-tuned checkpoint.
 
 Usage::
 
   python -m jaxbn.predict --arch efficientnet_lite0 --image cat.png --top 5
   python -m jaxbn.predict --arch resnet50 --checkpoint DIR --image x.png
+  python -m jaxbn.predict --workdir runs/my_images --image x.png --image y.png
 
-Prints JSON: ``{"image": ..., "arch": ..., "top": [{"class": i, "name": ..., "prob": p}, ...]}``.
+``--workdir``: a finished ``python -m jaxbn.main`` run. Its best-validation-AUC
+checkpoint (``WORKDIR/best``) classifies the images, preprocessed as the run's
+evaluation did (resized to its ``image_size``, no crop, its normalisation), and
+the classes are named as in its data set (``results.json``'s ``class_names``).
+Otherwise ``--arch`` with the ImageNet checkpoint (or ``--checkpoint``) and
+ImageNet preprocessing (short side to size/0.875, centre crop).
+
+Prints JSON: ``{"image": ..., "arch": ..., "top": [{"class": i, "name": ..., "prob": p}, ...]}``
+(a list for several images). Multi-label runs give each label's sigmoid probability.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ if __name__ == "__main__":
   extras.require("train", "python -m jaxbn.predict")
 
 import json
+import os
 import sys
 
 from absl import app, flags
@@ -25,7 +35,9 @@ flags.DEFINE_string("arch", None, "Architecture, e.g. efficientnet_lite0.")
 flags.DEFINE_multi_string("image", None, "Image file(s) to classify.")
 flags.DEFINE_integer("top", 5, "How many classes to print.")
 flags.DEFINE_string("checkpoint", None, "Directory from jaxbn.convert, or a .pth/.safetensors file.")
-flags.mark_flags_as_required(["arch", "image"])
+flags.DEFINE_string("workdir", None, "A finished training workdir: its best checkpoint, "
+                    "preprocessing and class names (--arch is read from it).")
+flags.mark_flags_as_required(["image"])
 
 
 def load_image(path: str, size: int, mean, std):
@@ -63,24 +75,90 @@ def predict(arch: str, images: list[str], top: int = 5, checkpoint: str | None =
   x = np.stack([load_image(p, spec.input_size, spec.mean, spec.std) for p in images])
   probs = np.asarray(jax.nn.softmax(jax.jit(model.apply)(variables, x), axis=-1))
   names = imagenet_class_names() if num_classes == 1000 else None
-  out = []
-  for path, p in zip(images, probs):
-    best = np.argsort(-p)[:top]
-    out.append({
-        "image": path,
-        "arch": arch,
-        "top": [
-            {"class": int(i), "name": names[i] if names else str(i), "prob": round(float(p[i]), 5)}
-            for i in best
-        ],
-    })
-  return out
+  return [{"image": path, "arch": arch, "top": _top(p, names, top)}
+          for path, p in zip(images, probs)]
+
+
+def _read_run(workdir: str) -> dict:
+  path = os.path.join(workdir, "results.json")
+  if not os.path.isfile(path):
+    raise ValueError(f"{workdir} has no results.json; pass the --workdir of a finished "
+                     "`python -m jaxbn.main` run.")
+  with open(path) as f:
+    return json.load(f)
+
+
+def _top(probs, names, top: int) -> list[dict]:
+  import numpy as np
+
+  best = np.argsort(-probs)[:top]
+  return [{"class": int(i), "name": names[i] if names else str(i),
+           "prob": round(float(probs[i]), 5)} for i in best]
+
+
+def predict_workdir(workdir: str, images: list[str], top: int = 5) -> list[dict]:
+  """Classifies ``images`` with a training run's best-validation-AUC checkpoint."""
+  import jax
+  import ml_collections
+  import numpy as np
+  import orbax.checkpoint as ocp
+  import tensorflow as tf
+
+  from jaxbn import train
+  from jaxbn.checkpoint import RunCheckpoints
+  from jaxbn.data import pipeline
+  from jaxbn.models import get_spec
+
+  run = _read_run(workdir)
+  ckpts = RunCheckpoints(workdir)
+  try:
+    step = ckpts.best.latest_step()
+    if step is None:
+      raise ValueError(f"{workdir} has no best checkpoint (no evaluation finished).")
+    variables = ckpts.best.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  finally:
+    ckpts.close()
+  variables = jax.tree.map(np.asarray, dict(variables))
+  arch = run["arch"]
+  spec = get_spec(arch)
+  num_classes = int(variables["params"][spec.head]["bias"].shape[0])
+  config = ml_collections.ConfigDict({"model": run["model"], "bn_momentum": 0.0})
+  model = train.build_model(config, num_classes)
+  std = np.asarray(spec.std, np.float32)
+  scale, offset = 1.0 / (255.0 * std), -np.asarray(spec.mean, np.float32) / std
+  multi_label = bool(run.get("multi_label", False))
+  batch = []
+  for path in images:
+    try:
+      image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    except (tf.errors.OpError, ValueError) as e:
+      raise ValueError(f"Cannot read image {path}: {str(e).splitlines()[0]}") from None
+    out = pipeline.preprocess({"image": image, "label": 0}, image_size=int(run["image_size"]),
+                              scale=tf.constant(scale), offset=tf.constant(offset),
+                              multi_label=False)
+    batch.append(out["image"].numpy())
+  logits = jax.jit(model.apply)(variables, np.stack(batch))
+  probs = np.asarray(jax.nn.sigmoid(logits) if multi_label else jax.nn.softmax(logits, axis=-1))
+  names = run.get("class_names")
+  return [{"image": path, "arch": arch, "workdir": workdir, "checkpoint_step": int(step),
+           "top": _top(p, names, top)} for path, p in zip(images, probs)]
 
 
 def main(argv: list[str]) -> None:
   del argv
+  from absl import logging
+
+  logging.set_verbosity(logging.WARNING)  # orbax's INFO lines would bury the JSON
   try:
-    results = predict(FLAGS.arch, FLAGS.image, FLAGS.top, FLAGS.checkpoint)
+    if FLAGS.workdir:
+      if FLAGS.checkpoint:
+        raise ValueError("--checkpoint and --workdir exclude each other: give one.")
+      results = predict_workdir(FLAGS.workdir, FLAGS.image, FLAGS.top)
+    elif not FLAGS.arch:
+      raise ValueError("give --arch (ImageNet or --checkpoint weights) or --workdir (a training run).")
+    else:
+      results = predict(FLAGS.arch, FLAGS.image, FLAGS.top, FLAGS.checkpoint)
   except ValueError as e:
     sys.exit(f"error: {e}")
   print(json.dumps(results[0] if len(results) == 1 else results, indent=2))

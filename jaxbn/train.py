@@ -490,6 +490,9 @@ def _final_results(config, info, par, eval_step, ckpts, loop, params, batch_stat
       "model": config.model.to_dict(),  # every model field: truncate_at, transfer_up_to, ...
       "image_size": config.data.image_size,
       "dataset": info.name,
+      "num_classes": info.num_classes,
+      "class_names": list(info.class_names),  # read by jaxbn.predict --workdir
+      "multi_label": info.multi_label,
       "strategy": {name: config[name].strategy for name, _ in stages_of(config)},
       "bn_stats": config.bn_stats,
       "test_auc": test["auc"],

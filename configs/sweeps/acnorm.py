@@ -22,18 +22,18 @@ what is trained after the warm-up and how BN statistics are used:
 
 ``--config.grid.datasets=retinamnist,pneumoniamnist`` adds PneumoniaMNIST;
 ``--config.grid.seeds=0,1,2`` sets the seeds. Images are 64 px (jaxbn's default).
+RetinaMNIST is downloaded from Zenodo on first use, or read from ``$JAXBN_DATA_DIR``.
+
+Measured (docs/acnorm/sweep/report.md): 18 runs (6 modes × 3 seeds, 80 steps each)
+in 49 min on a 2-core x86-64 CPU, no GPU. Test AUC, mean ± sd over seeds: full
+0.743 ± 0.011, full_batch 0.697 ± 0.003, acnorm 0.701 ± 0.004, acnorm_frozen
+0.713 ± 0.012, bn_only_batch 0.688 ± 0.012, acnorm_bn_only 0.677 ± 0.012.
 """
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# MedMNIST npz files: $JAXBN_DATA_DIR, else ../shared/data/medmnist beside the repository.
-DATA_DIR = os.environ.get("JAXBN_DATA_DIR") or os.path.normpath(
-    os.path.join(_REPO, "..", "shared", "data", "medmnist"))
 
 _WARMUP = "warmup.strategy=head,warmup.epochs={head_epochs},warmup.lr=1e-3"
 _BATCH = "bn_stats=batch,bn_momentum=0.81"
@@ -59,13 +59,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       acnorm_frozen=_mode("full", "1e-4", "model.norm=acnorm"),
   ))
   c.datasets = ml_collections.ConfigDict()
-  # RetinaMNIST: 1,080 training images, ~17 steps/epoch at batch 64; PneumoniaMNIST 4,708 (~74).
+  # RetinaMNIST: 1,080 training images, 16 steps/epoch at batch 64; PneumoniaMNIST 4,708 (73).
   c.datasets.retinamnist = ml_collections.ConfigDict(dict(
-      overrides=f"data.name=retinamnist,data.data_dir={DATA_DIR},eval_every_steps=8,"
+      overrides="data.name=retinamnist,eval_every_steps=8,"
                 "target_auc=0.7",
       budget=dict(head_epochs=1, finetune_epochs=4)))
   c.datasets.pneumoniamnist = ml_collections.ConfigDict(dict(
-      overrides=f"data.name=pneumoniamnist,data.data_dir={DATA_DIR},eval_every_steps=18,"
+      overrides="data.name=pneumoniamnist,eval_every_steps=18,"
                 "target_auc=0.95",
       budget=dict(head_epochs=1, finetune_epochs=2)))
   c.grid = ml_collections.ConfigDict()

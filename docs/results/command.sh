@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The exact commands that produced docs/results/ (run from the repository root, CPU only).
-# The sweep ran as two invocations: the first (whole grid) was stopped after 4 runs to fit
-# the time budget of the shared 2-core machine, the second resumed it without the costliest
-# mode (fc_then_full_bma; its compilation alone took minutes there). Finished runs are
-# skipped and an interrupted run resumes from its checkpoint, so re-running either line
-# continues where it stopped.
+# RetinaMNIST is read from $JAXBN_DATA_DIR (a folder with the official retinamnist.npz) or
+# downloaded from Zenodo. The sweep ran as two invocations: the first (whole grid) was
+# stopped after 4 runs to fit a time budget on a 2-core CPU, the second resumed it without
+# the costliest mode (fc_then_full_bma; its compilation alone took minutes there). Finished
+# runs are skipped and an interrupted run resumes from its checkpoint, so re-running
+# either line continues where it stopped.
 set -euo pipefail
 python -m jaxbn.sweep --config=configs/sweeps/partial_transfusion.py \
     --workdir=/tmp/jaxbn_partial_transfusion --prune_checkpoints
