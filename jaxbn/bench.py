@@ -41,6 +41,7 @@ from jaxbn import extras
 if __name__ == "__main__":
   extras.require("train", "python -m jaxbn.bench")
 
+import importlib.util
 import statistics
 import time
 
@@ -331,8 +332,6 @@ def main(argv):
   import jax
 
   if FLAGS.pipeline:
-    from jaxbn import bench_pipeline
-
     return bench_pipeline.main(FLAGS.out)
   if FLAGS.nnx:
     rows = run_nnx_benchmark(FLAGS.archs, FLAGS.strategies, batch_size=FLAGS.batch_size,
@@ -351,12 +350,9 @@ def main(argv):
   unknown = set(FLAGS.peers) - {"torch"}
   if unknown:
     raise SystemExit(f"error: unknown --peers {sorted(unknown)}; known: torch.")
-  if "torch" in FLAGS.peers:
-    try:
-      import torch  # noqa: F401
-    except ImportError:
-      raise SystemExit("error: --peers=torch needs PyTorch: pip install torch (CPU build is "
-                       "enough).") from None
+  if "torch" in FLAGS.peers and importlib.util.find_spec("torch") is None:
+    raise SystemExit("error: --peers=torch needs PyTorch: pip install torch (CPU build is "
+                     "enough).")
   rows = run_benchmark(FLAGS.archs, FLAGS.strategies, batch_size=FLAGS.batch_size,
                        image_size=FLAGS.image_size, reps=FLAGS.reps, dtype=FLAGS.dtype,
                        bn_stats=FLAGS.bn_stats, devices=FLAGS.devices, norms=FLAGS.norms,

@@ -54,7 +54,6 @@ def _pipeline_rate(it, n: int, batch_size: int) -> float:
 def throughput(config, batches: int, rounds: int) -> dict:
   """Images/s of the train iterator alone and of the train step alone, alternating."""
   import jax
-  import numpy as np
 
   from jaxbn import masks, step as step_lib, train
   from jaxbn.data import pipeline
