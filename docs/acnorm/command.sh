@@ -31,13 +31,15 @@ for ext in md json; do
 done
 cp $RUNS/acc_pneumonia/transferability_layers.png \
     docs/acnorm/transferability_layers_pneumoniamnist.png
-# 4. The score's spread over seeds (batch and new head; scoring only). Seed 2's output is
-#    committed as transferability_seed2.{md,json}.
+# 4. The score's spread over seeds (batch and new head; scoring only). The outputs are
+#    committed as transferability_seed{1,2}.{md,json}.
 for seed in 1 2; do
   python -m jaxbn.main --config=configs/transferability.py --workdir=$RUNS/acc_retina_seed$seed \
       --config.seed=$seed --config.data.name=retinamnist \
       --config.data.data_dir=$MEDMNIST_DIR
 done
-for ext in md json; do
-  cp $RUNS/acc_retina_seed2/transferability.$ext docs/acnorm/transferability_seed2.$ext
+for seed in 1 2; do
+  for ext in md json; do
+    cp $RUNS/acc_retina_seed$seed/transferability.$ext docs/acnorm/transferability_seed$seed.$ext
+  done
 done
