@@ -31,10 +31,15 @@ for ext in md json; do
 done
 cp $RUNS/acc_pneumonia/transferability_layers.png \
     docs/acnorm/transferability_layers_pneumoniamnist.png
-# 4. The score's spread over seeds (batch and new head; scoring only). Its outputs are
-#    not committed yet: run this and commit $RUNS/acc_retina_seed*/transferability.md.
+# 4. The score's spread over seeds (batch and new head; scoring only). The outputs are
+#    committed as transferability_seed{1,2}.{md,json}.
 for seed in 1 2; do
   python -m jaxbn.main --config=configs/transferability.py --workdir=$RUNS/acc_retina_seed$seed \
       --config.seed=$seed --config.data.name=retinamnist \
       --config.data.data_dir=$MEDMNIST_DIR
+done
+for seed in 1 2; do
+  for ext in md json; do
+    cp $RUNS/acc_retina_seed$seed/transferability.$ext docs/acnorm/transferability_seed$seed.$ext
+  done
 done
