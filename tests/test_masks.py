@@ -627,3 +627,30 @@ def test_messages_name_the_problem(tiny):
   many = {f"m{i}": {} for i in range(10)}
   with pytest.raises(ValueError, match=r"batch_stats top level: m0, m1, m2, m3, m4, m5, m6, m7\.$"):
     masks.make_labels(params, "bn_bias", batch_stats=many)
+
+
+def test_build_forwards_every_option(tiny):
+  params, stats = tiny["params"], tiny["batch_stats"]
+  layer_norm = masks.norm_by_name(r"LayerNorm_\d+")
+  for strategy, kw in [
+      ("head", {"head": "Block_0/Conv_0"}),
+      ("bn", {"is_norm": layer_norm}),
+      ("from_stage(2)", {"stage_of": TINY_STAGES.__getitem__}),
+  ]:
+    _, labels = masks.build(params, strategy, optax.sgd(0.1), batch_stats=stats, **kw)
+    assert labels == masks.make_labels(params, strategy, batch_stats=stats, **kw), strategy
+  resnet = _jaxbn_variables("resnet18")
+  _, labels = masks.build(resnet["params"], "from_stage(4)+head", optax.sgd(0.1), arch="resnet18")
+  assert labels == masks.make_labels(resnet["params"], "from_stage(4)", arch="resnet18")
+
+
+def test_stage_messages(tiny):
+  with pytest.raises(ValueError) as err:
+    masks.make_labels(tiny["params"], "from_stage(1)")
+  assert str(err.value) == (
+      "from_stage(k) needs stage_of= (a callable: top-level module name -> stage index, head "
+      "last) or arch= naming a jaxbn model whose spec defines stage_of.")
+  with pytest.raises(ValueError) as err:
+    masks.make_labels(tiny["params"], "from_stage(9)", stage_of=TINY_STAGES.__getitem__)
+  assert str(err.value) == (
+      "Strategy term 'from_stage(9)' selects no parameter: no top-level module has stage >= 9.")
