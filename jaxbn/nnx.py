@@ -34,7 +34,7 @@ statistics (Kanavati & Tsuneki 2021, arXiv:2102.05543)::
 
 Why the bridge and not a second, native NNX implementation of every family:
 the Linen modules are the ones the checkpoint converters and the torch parity
-tests pin number for number, and they carry TruncatedTL cuts, AC-Norm,
+tests pin number for number, and they carry TruncatedTL cuts,
 bfloat16 compute and the CPU depthwise lowering. Wrapping them gives every
 registered architecture, with all those options, one source of truth, the same
 XLA program (so the same speed), and equality with the Linen model by
@@ -258,11 +258,18 @@ def create_model(
       ``dropout`` stream drives dropout (each falls back to ``default``).
     input_size: the square input used to build the random init (the variables
       do not depend on it).
-    **kwargs: as for :func:`jaxbn.models.create_model` (``dtype``, ``norm``,
-      ``dropout_rate``, ``truncate_at``, ...).
+    **kwargs: as for :func:`jaxbn.models.create_model` (``dtype``,
+      ``dropout_rate``, ``truncate_at``, ...; ``norm='acnorm'`` is Linen only).
   """
   from jaxbn.models import registry
 
+  if str(kwargs.get("norm", "bn")).startswith("acnorm"):
+    raise ValueError(
+        "norm='acnorm' has no NNX form: AC-Norm keeps its frozen source affine under the "
+        "same names as its trained one (acnorm_source/.../scale beside params/.../scale), "
+        "and an NNX module holds one variable per name. Use the Linen model "
+        "(api='linen') for AC-Norm."
+    )
   rngs = rngs if rngs is not None else nnx.Rngs(0)
   module = registry.create_model(name, num_classes, **kwargs)
   if pretrained:

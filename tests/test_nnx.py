@@ -490,3 +490,19 @@ def test_bench_nnx_rows():
   assert by[("bn+head", "nnx")]["trainable_params"] < by[("full", "nnx")]["trainable_params"]
   table = bench.nnx_markdown(rows)
   assert "| cbr_tiny | bn+head | nnx |" in table and "× linen" in table
+
+
+def test_backbone_options_pass_through():
+  """A TruncatedTL cut, abstractly; AC-Norm is Linen only and says so."""
+  from jaxbn.models import create_model, init_shapes
+
+  model = nnx.eval_shape(lambda: create_model("resnet18", 2, api="nnx", truncate_at="layer3"))
+  linen = init_shapes(create_model("resnet18", 2, truncate_at="layer3"), 32)
+  assert {k.split("/")[0] for k in _paths(nnx.state(model, nnx.Param))} == set(linen["params"])
+  assert "layer4_0" not in linen["params"]
+  f = masks.nnx_filter(model, "bn+head", arch="resnet18")
+  labels = masks.make_labels(linen["params"], "bn+head", batch_stats=linen["batch_stats"],
+                             arch="resnet18")
+  assert len(f) == sum(v == masks.TRAINABLE for v in jax.tree.leaves(labels))
+  with pytest.raises(ValueError, match=r"norm='acnorm' has no NNX form.*api='linen'"):
+    create_model("resnet18", 2, api="nnx", norm="acnorm")
