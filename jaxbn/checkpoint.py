@@ -59,6 +59,9 @@ class RunCheckpoints:
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     )
     if best:
+      # Two async saves at once (one per manager) would enter orbax's multi-host
+      # barrier of the same name together ("Barrier ... is already ongoing").
+      self.latest.wait_until_finished()
       variables = state.variables  # params, batch_stats (+ constants, e.g. acnorm_source)
       self.best.save(
           step,

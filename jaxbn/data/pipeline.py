@@ -633,12 +633,16 @@ def eval_iterator(config: ml_collections.ConfigDict, split: str, *,
     out["mask"] = tf.constant(1.0)
     return out
 
-  def mine(position):  # this process's rows of each global batch
+  def mine(position, example):  # this process's rows of each global batch
+    del example
     return tf.equal((position // batch_size) % process_count, process_index)
 
-  ds = source.read(split, 0, 1, None).enumerate()
-  ds = ds.filter(lambda p, x: mine(p)).map(lambda p, x: process(x),
-                                           num_parallel_calls=tf.data.AUTOTUNE)
+  def process_at(position, example):
+    del position
+    return process(example)
+
+  ds = source.read(split, 0, 1, None).enumerate().filter(mine)
+  ds = ds.map(process_at, num_parallel_calls=tf.data.AUTOTUNE)
   positions = np.arange(num_examples)
   real = int(np.sum((positions // batch_size) % process_count == process_index))
   num_batches = max(1, math.ceil(num_examples / (batch_size * process_count)))
