@@ -61,6 +61,9 @@ class RunCheckpoints:
         step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     )
     if best:
+      # Two async saves at once (one per manager) would enter orbax's multi-host
+      # barrier of the same name together ("Barrier ... is already ongoing").
+      self.latest.wait_until_finished()
       # params, batch_stats (+ constants, e.g. acnorm_source)
       variables = state.variables if best_variables is None else best_variables
       self.best.save(

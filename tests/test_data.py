@@ -144,8 +144,11 @@ def test_per_host_shards_are_disjoint_and_cover_the_split(
   shards = [_eval_all(pneumonia_config, "val", i, process_count, batch_size=64)
             for i in range(process_count)]
   assert len({len(s) for s in shards}) == 1  # Same number of steps everywhere.
-  labels = np.concatenate([_real(s, "label") for s in shards])
-  images = np.concatenate([_real(s, "image") for s in shards])
+  # Batch k of every process, concatenated in process order (what the trainer's
+  # gather assembles): the split in stored order, as one process reads it.
+  merged = [{k: np.concatenate([s[b][k] for s in shards]) for k in shards[0][b]}
+            for b in range(len(shards[0]))]
+  labels, images = _real(merged, "label"), _real(merged, "image")
   assert len(labels) == 524
   np.testing.assert_array_equal(labels, pneumonia_npz["val_labels"][:, 0])
   np.testing.assert_allclose(images, _normalised(pneumonia_npz["val_images"]),

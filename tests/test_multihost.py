@@ -152,3 +152,37 @@ def test_results_json_on_local_disk_and_gcs(tmp_path, monkeypatch):
   assert json.loads(written["gs://bucket/run/results.json"]) == {"test_auc": 0.5}
   assert not (tmp_path / "gs:").exists()
   assert checkpoint.is_url("gs://bucket/run") and not checkpoint.is_url("runs/x")
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
+  """Only process 1 gets SIGTERM (after step 1): JAX's preemption sync manager makes both
+  processes checkpoint the same step and exit 75; rerunning both finishes the run."""
+  workdir, port = tmp_path / "multi", _free_port()
+
+  def start(tag, hook=None):
+    logs, procs = {}, {}
+    for i in range(2):
+      env = _env(2)
+      if hook:
+        env["JAXBN_SIGNAL_AT_STEP"] = hook
+      logs[i] = tmp_path / f"{tag}{i}.log"
+      procs[i] = subprocess.Popen(
+          [sys.executable, "-m", "jaxbn.main", *_args(workdir),
+           f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+          cwd=REPO, env=env, stdout=logs[i].open("w"), stderr=subprocess.STDOUT)
+    for p in procs.values():
+      p.wait(timeout=600)
+    return [p.returncode for p in procs.values()], [logs[i].read_text() for i in range(2)]
+
+  codes, logs = start("stopped", hook="1:SIGTERM:1")
+  assert codes == [75, 75], "\n".join(l[-3000:] for l in logs)
+  stopped_at = RunCheckpoints(str(workdir)).latest_step()
+  assert stopped_at is not None and 1 <= stopped_at < STEPS
+  assert all(f"after step {stopped_at};" in log for log in logs)
+  assert not (workdir / "results.json").exists()
+  port = _free_port()
+  codes, logs = start("resumed")
+  assert codes == [0, 0], "\n".join(l[-3000:] for l in logs)
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["total_steps"] == STEPS and [h["step"] for h in results["history"]] == [2, 4]

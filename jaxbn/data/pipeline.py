@@ -76,10 +76,10 @@ augmentation draws from ``fold_in(seed, p)``. So batch ``k`` depends only on
 2-process run trains on the same global batches as a 1-process run; and
 ``start_step=k`` starts at batch ``k`` without reading batches ``0..k-1``.
 
-Evaluation: process ``i`` of ``n`` reads the ``i``-th of ``n`` disjoint,
-near-equal slices of each split (``tfds.even_splits``) and every process is
-padded to the same number of batches, so all processes run the same number of
-steps; the trainer gathers the predictions of all processes.
+Evaluation likewise: global eval batch ``k`` holds examples ``k*G ..
+k*G + G - 1`` of the split in stored order (the last one padded, 'mask' 0),
+process ``i`` yields its rows of it, and the trainer gathers the predictions
+of all processes: those of a one-process run, in the same order.
 """
 
 from __future__ import annotations
@@ -612,8 +612,11 @@ def eval_iterator(config: ml_collections.ConfigDict, split: str, *,
                   ) -> Iterator[dict[str, np.ndarray]]:
   """One deterministic pass over this process's part of ``split``.
 
-  Every process yields the same number of full batches (that of the largest
-  shard); the tail is padded with zero images whose 'mask' is 0.
+  Global batch ``k`` (``batch_size * process_count`` examples) holds examples
+  ``k*G .. k*G + G - 1`` of the split in stored order, the last one padded
+  with zero images whose 'mask' is 0; this process yields its ``batch_size``
+  rows of each. So every process runs the same number of batches, and the
+  gathered predictions are those of a one-process run, in the same order.
 
   Yields:
     {'image': float32 [B, S, S, 3], 'label': int32 [B] (float32 [B, L]),
@@ -624,7 +627,7 @@ def eval_iterator(config: ml_collections.ConfigDict, split: str, *,
     raise ValueError(f"Unknown split {split!r}; use one of {', '.join(SPLITS)}.")
   _check_process(process_index, process_count)
   source = _source(config)
-  sizes = source.shard_sizes(split, process_count)
+  num_examples = source.info.num_examples[split]
   scale, offset = _normalizer(mean, std)
 
   def process(example):
@@ -633,12 +636,22 @@ def eval_iterator(config: ml_collections.ConfigDict, split: str, *,
     out["mask"] = tf.constant(1.0)
     return out
 
-  ds = source.read(split, process_index, process_count, None)
-  ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE)
-  num_padding = (num_eval_batches(sizes, batch_size) * batch_size
-                 - sizes[process_index])
+  def mine(position, example):  # this process's rows of each global batch
+    del example
+    return tf.equal((position // batch_size) % process_count, process_index)
+
+  def process_at(position, example):
+    del position
+    return process(example)
+
+  ds = source.read(split, 0, 1, None).enumerate().filter(mine)
+  ds = ds.map(process_at, num_parallel_calls=tf.data.AUTOTUNE)
+  positions = np.arange(num_examples)
+  real = int(np.sum((positions // batch_size) % process_count == process_index))
+  num_batches = max(1, math.ceil(num_examples / (batch_size * process_count)))
   padding = {k: tf.zeros(s.shape, s.dtype) for k, s in ds.element_spec.items()}
-  ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(num_padding))
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(
+      num_batches * batch_size - real))
   ds = ds.batch(batch_size, drop_remainder=True)
   ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
   return iter(tfds.as_numpy(ds))
