@@ -452,7 +452,8 @@ def main(argv: list[str]) -> None:
     for i, run in enumerate(expand(sweep), 1):
       run_config(run)
       status = run_status(os.path.join(FLAGS.workdir, "runs", run.name))
-      print(f"{i:3d} {run.name} [{status}]\n    " + ",".join(run.overrides))
+      print(f"{i:3d} {run.name} [{status}]\n    " + (f"{run.base} + " if run.base else "")
+            + ",".join(run.overrides))
     return
   summary = run_sweep(sweep, FLAGS.workdir, only=FLAGS.only,
                       command=" ".join(["python -m jaxbn.sweep"] + sys.argv[1:]),
