@@ -114,11 +114,13 @@ def main(argv=None) -> int:
   files, tests = GROUPS[args.group]
   workdir = args.workdir or pathlib.Path(tempfile.gettempdir()) / "jaxbn-mutation" / args.group
 
-  if args.rerun_survivors:
-    if not (workdir / "mutants").is_dir():
-      print(f"error: no earlier run in {workdir}; run without --rerun-survivors first.",
-            file=sys.stderr)
-      return 2
+  if (args.rerun_survivors or args.fresh_process) and not (workdir / "mutants").is_dir():
+    print(f"error: no earlier run in {workdir}; run without --rerun-survivors/--fresh-process "
+          "first.", file=sys.stderr)
+    return 2
+  if args.fresh_process:
+    pass  # Only rechecks the existing results below.
+  elif args.rerun_survivors:
     _copy_tree(workdir, only="tests/")
     _copy_tree(workdir / "mutants", only="tests/")
     names = _survivors(workdir)
