@@ -344,9 +344,9 @@ def run_sweep(
     seconds = time.time() - start
     eta.add(run, seconds)
     records.append(_record(run, "ran", run_dir, seconds=seconds, results=results))
-    out(f"{head} done in {_fmt_time(seconds)}: test AUC {results.get('test_auc', float('nan')):.4f}"
-        f" ACC {results.get('test_acc', float('nan')):.4f} (best val AUC "
-        f"{results.get('best_val_auc', float('nan')):.4f} at step {results.get('steps_to_best')})")
+    f4 = lambda k: "n/a" if results.get(k) is None else f"{results[k]:.4f}"  # eval_test=False
+    out(f"{head} done in {_fmt_time(seconds)}: test AUC {f4('test_auc')} ACC {f4('test_acc')} "
+        f"(best val AUC {f4('best_val_auc')} at step {results.get('steps_to_best')})")
     if prune_checkpoints:
       for sub in ("checkpoints", "best"):
         shutil.rmtree(os.path.join(run_dir, sub), ignore_errors=True)

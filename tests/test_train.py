@@ -238,7 +238,7 @@ def _main_cmd(workdir):
       "--config.model.arch=cbr_small", "--config.model.init=random", "--config.data.image_size=28",
       "--config.data.augment=False", "--config.batch_size=32", "--config.max_steps=12",
       "--config.eval_every_steps=3", "--config.eval_max_batches=1", "--config.warmup.epochs=0.02",
-      "--config.model.dropout_rate=0.0",
+      "--config.model.dropout_rate=0.0", "--config.warmup.min_steps=0",  # both stages run
   ]
 
 
