@@ -30,9 +30,10 @@ WALL = {"wall_time_s", "wall_to_best_s", "wall_to_target_s"}
 
 def _env(**extra):
   env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", JAXBN_OFFLINE="1",
-             TF_CPP_MIN_LOG_LEVEL="3", JAX_NUM_CPU_DEVICES="8", **extra)
-  env.pop(preemption.TEST_HOOK_ENV, None)
+             TF_CPP_MIN_LOG_LEVEL="3", JAX_NUM_CPU_DEVICES="8")
+  env.pop(preemption.TEST_HOOK_ENV, None)  # only where a test asks for it (extra)
   env.pop("XLA_FLAGS", None)
+  env.update(extra)
   return env
 
 
