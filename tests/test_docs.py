@@ -21,8 +21,8 @@ from PIL import Image
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 README_MAX_LINES = 200
-# Pages written on other branches; a link to one is skipped while it does not exist.
-PENDING_PAGES = {"docs/nnx.md", "docs/distributed.md", "docs/benchmarks.md", "docs/accuracy.md"}
+# Pages a link may point to before they are written (skipped while they do not exist).
+PENDING_PAGES: set[str] = set()
 
 # Run by test_readme_commands_run, in this order, after the rewrites of _tiny().
 RUN_IN_CI = (
@@ -44,13 +44,48 @@ LONG_RUNNING = {
     "git clone <repository-url> jaxbn && cd jaxbn": "the clone CI itself starts from",
     'python -m pip install -e ".[test]"': "network install; .ci/run runs it in a fresh venv",
     "python -m pytest -q -n 2 tests": "the whole test suite (.ci/run runs it)",
-    'pip install -U "jax[cuda12]<0.11"': "needs an NVIDIA GPU",
-    'pip install -U "jax[tpu]<0.11"': "needs a Cloud TPU VM",
-    "pip install torch --index-url https://download.pytorch.org/whl/cpu": "network install",
     # README / data.md.
     "python -m jaxbn.main --config=configs/bn_only.py --workdir=/tmp/bn_only_r18 "
     "--config.model.arch=resnet18 --config.data.image_size=128 --config.finetune.lr=3e-4":
         _TORCHVISION,
+    # accuracy.md.
+    "python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift --seeds=3 "
+    "--datasets=pneumoniamnist,retinamnist --workdir=/tmp/acc/final": _TRAINS,
+    "python -m jaxbn.report /tmp/acc/final --out=/tmp/acc/final/report": "needs the sweep's runs",
+    "python -m jaxbn.sweep --config=configs/sweeps/accuracy.py --workdir=/tmp/levers": _TRAINS,
+    "python -m jaxbn.report /tmp/levers": "needs the sweep's runs",
+    # distributed.md (tests/test_launch.py runs the launch scripts against stand-in tools).
+    "python launch/tpu_vm.py all --name jaxbn-v4 --zone us-central2-b --accelerator-type v4-8 "
+    "--version tpu-ubuntu2204-base --config configs/bn_only.py -- --config.model.arch=resnet50 "
+    "--config.model.dtype=bfloat16": "creates a Cloud TPU VM",
+    "python launch/tpu_vm.py all --name jaxbn-pod --zone us-central2-b --accelerator-type v4-32 "
+    "--version tpu-ubuntu2204-base --config configs/full.py --workdir gs://MY_BUCKET/runs/full":
+        "creates a Cloud TPU pod slice",
+    "python launch/tpu_vm.py run --dry-run --name jaxbn-v4 --zone us-central2-b "
+    "--config configs/full.py": "needs gcloud (tests/test_launch.py checks the dry run)",
+    "sbatch --nodes=2 --ntasks-per-node=8 --gpus-per-node=8 launch/slurm_gpu.sbatch --config "
+    "configs/full.py --workdir /shared/runs/full -- --config.model.dtype=bfloat16":
+        "needs a SLURM GPU cluster",
+    "srun --kill-on-bad-exit=1 --gpu-bind=none python -m jaxbn.main --config=configs/full.py "
+    "--workdir=/shared/runs/full --config.model.dtype=bfloat16": "needs a SLURM GPU cluster",
+    "srun python -m jaxbn.main --config=configs/full.py --workdir=/shared/runs/full || status=$?":
+        "needs a SLURM GPU cluster",
+    '[ "${status:-0}" = 75 ] && scontrol requeue "$SLURM_JOB_ID"': "needs a SLURM GPU cluster",
+    # docs/accuracy/final/report.md: jaxbn.report's command to (re)run one run of that sweep.
+    **{"python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift --name=bn_only "
+       "--seeds=0,1,2 --datasets=pneumoniamnist,retinamnist --workdir=/tmp/acc/final "
+       f"--only={run}": _TRAINS for run in (
+           "pneumoniamnist__efficientnet_lite0__bn_only__seed1",
+           "pneumoniamnist__efficientnet_lite0__bn_only__seed2",
+           "retinamnist__efficientnet_lite0__bn_only__seed0")},
+    # distributed.md: the preemption soaks (20 interrupted runs each).
+    "python launch/soak_preemption.py --out=/tmp/rel_soak --kills=10 --terms=10 --workers=4 "
+    "--seed=15 -- --config=configs/bn_only.py --config.warmup.epochs=0.05 "
+    "--config.finetune.epochs=0.2 --config.data.image_size=32 --config.eval_every_steps=5": _TRAINS,
+    "python launch/soak_preemption.py --out=/tmp/rel_soak2 --kills=10 --terms=10 --workers=4 "
+    "--seed=15 -- --config=configs/bn_only.py --config.model.arch=cbr_small "
+    "--config.model.init=random --config.data.image_size=28 --config.warmup.epochs=0.05 "
+    "--config.finetune.epochs=0.2 --config.eval_every_steps=5": _TRAINS,
     # partial_transfusion.md, docs/results.
     "python -m jaxbn.sweep --config=configs/sweeps/partial_transfusion.py --workdir=/tmp/pt":
         _TRAINS,

@@ -19,14 +19,9 @@ the levers that helped in round one).
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
 
-_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# MedMNIST npz files: $JAXBN_DATA_DIR, else ../shared/data/medmnist beside the repository.
-DATA_DIR = os.environ.get("JAXBN_DATA_DIR") or os.path.normpath(
-    os.path.join(_REPO, "..", "shared", "data", "medmnist"))
+# RetinaMNIST is downloaded from Zenodo on first use, or read from $JAXBN_DATA_DIR.
 
 BASE = ("warmup.strategy=head,warmup.epochs=1,warmup.lr=1e-3,"
         "finetune.strategy=bn+head,finetune.epochs=4,finetune.lr=1e-3,finetune.schedule=cosine,"
@@ -57,7 +52,7 @@ def get_config(arg=None):
   c.common = BASE
   c.datasets = ml_collections.ConfigDict({
       "pneumoniamnist": {"overrides": "data.name=pneumoniamnist", "budget": {}},
-      "retinamnist": {"overrides": f"data.name=retinamnist,data.data_dir={DATA_DIR}",
+      "retinamnist": {"overrides": "data.name=retinamnist",
                       "budget": {}},
   })
   c.strategies = ml_collections.ConfigDict(LEVERS if preset == "levers" else ROUND2)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 17: the exact commands behind docs/accuracy.md (run from the repository root, CPU only).
-# RetinaMNIST is read from ../shared/data/medmnist (JAXBN_DATA_DIR); PneumoniaMNIST is shipped.
+# RetinaMNIST is read from $MEDMNIST_DIR (JAXBN_DATA_DIR) or downloaded; PneumoniaMNIST is shipped.
 set -euo pipefail
-export JAXBN_OFFLINE=1 JAXBN_DATA_DIR=../shared/data/medmnist
+export JAXBN_OFFLINE=1 JAXBN_DATA_DIR=${MEDMNIST_DIR:?set MEDMNIST_DIR to the folder holding retinamnist.npz}
 
 # 1. Levers, VALIDATION only (eval_test=False: the test split is never evaluated).
 #    The base recipe (the pre-issue-17 bn_only defaults) ran as a plain run; its test
