@@ -2,7 +2,7 @@ r"""BN-only fine-tuning in plain Flax NNX: ImageNet EfficientNet-Lite0 on Pneumo
 
 Trains only the BatchNorm scale/bias and a new 2-way head (partial transfusion,
 Kanavati & Tsuneki 2021, arXiv:2102.05543) with frozen BN statistics, in a
-plain NNX loop: jaxbn supplies the backbone (``create_model(api="nnx")``) and
+plain NNX loop: jaxbn supplies the backbone (``jaxbn.nnx.create_model``) and
 the filter of what trains (``jaxbn.masks.nnx_filter``), nothing else.
 
   python examples/nnx_bn_only.py                 # 150 steps, 2 min of CPU time
@@ -28,8 +28,8 @@ from flax import nnx
 from scipy.stats import rankdata
 
 import jaxbn
-from jaxbn import masks
-from jaxbn.models import create_model, get_spec
+from jaxbn import masks, nnx as jaxbn_nnx
+from jaxbn.models import get_spec
 
 ARCH = "efficientnet_lite0"
 DATA = pathlib.Path(jaxbn.__file__).parent / "data" / "assets" / "pneumoniamnist.npz"
@@ -77,7 +77,7 @@ def main(argv=None) -> dict:
   if args.max_eval:
     val_x, val_y = val_x[: args.max_eval], val_y[: args.max_eval]
 
-  model = create_model(ARCH, num_classes=2, api="nnx", pretrained=True, dropout_rate=0.2,
+  model = jaxbn_nnx.create_model(ARCH, num_classes=2, pretrained=True, dropout_rate=0.2,
                        rngs=nnx.Rngs(args.seed))
   trains = masks.nnx_filter(model, args.strategy, arch=ARCH)  # BN gamma/beta + head
   schedule = optax.cosine_decay_schedule(args.lr, max(args.steps, 1))

@@ -152,7 +152,7 @@ def main(argv):
   rows = measure(FLAGS.batch_size, FLAGS.image_size, FLAGS.reps)
   print(markdown(rows))
   if FLAGS.out:
-    from jaxbn.weights.store import write_json_atomic
+    from jaxbn.io import write_json_atomic
 
     write_json_atomic(FLAGS.out, rows)
 

@@ -146,6 +146,6 @@ def main(out: str | None) -> None:
           f"evaluations ({100 * row['eval_share']:.1f}%)")
   print(json.dumps(row, indent=1))
   if out:
-    from jaxbn.weights.store import write_json_atomic
+    from jaxbn.io import write_json_atomic
 
     write_json_atomic(out, row)

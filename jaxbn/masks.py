@@ -630,16 +630,115 @@ def make_labels(
   return ctx.treedef.unflatten([TRAINABLE if p in chosen else FROZEN for p in ctx.paths])
 
 
-def nnx_filter(model: Any, strategy: "str | Selector | Sequence[str | Selector]", **kwargs: Any):
-  """An NNX filter for the parameters ``strategy`` trains (see :func:`jaxbn.nnx.nnx_filter`).
+# --------------------------------------------------------------------------- #
+# Flax NNX (flax.nnx is imported only when these are used).
+# --------------------------------------------------------------------------- #
 
-  ``f = nnx_filter(model, "bn+head")`` works as ``nnx.Optimizer(model, tx,
-  wrt=f)`` and ``nnx.grad(loss, argnums=nnx.DiffState(0, f))``. Flax NNX is
-  imported only when this is called.
+
+
+
+@dataclasses.dataclass(frozen=True)
+class NNXFilter:
+  """An NNX filter: true for the ``nnx.Param`` s at ``paths`` (string tuples).
+
+  Hashable and comparable, so it can be a static argument of ``nnx.jit`` and
+  the ``wrt`` of ``nnx.Optimizer`` and ``nnx.DiffState``.
   """
-  from jaxbn import nnx as jaxbn_nnx  # Lazy: Linen users never import NNX.
 
-  return jaxbn_nnx.nnx_filter(model, strategy, **kwargs)
+  name: str
+  paths: frozenset = dataclasses.field(repr=False)
+
+  def __call__(self, path: tuple, x: Any) -> bool:
+    from flax import nnx
+
+    return isinstance(x, nnx.Param) and tuple(map(str, path)) in self.paths
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+
+def nnx_labels(
+    model: Any,
+    strategy: Any,
+    *,
+    stats: Any = None,
+    arch: str | None = None,
+    head: str | None = None,
+    stage_of: Callable[[str], int] | None = None,
+    is_norm: NormPredicate | None = None,
+) -> Any:
+  """Label tree (``'trainable'``/``'frozen'``) over ``nnx.state(model, nnx.Param)``.
+
+  A pure ``nnx.State`` of strings: :func:`jaxbn.masks.make_optimizer` takes it
+  for ``nnx.Optimizer(model, tx, wrt=nnx.Param)``, and
+  :func:`jaxbn.masks.count` / :func:`jaxbn.masks.summary` read it.
+  ``stats``: the NNX filter of the running statistics (``nnx.BatchStat``).
+  """
+  from flax import nnx  # Lazy: Linen users never import NNX.
+
+  stats = nnx.BatchStat if stats is None else stats
+  params = nnx.state(model, nnx.Param)
+  batch_stats = nnx.state(model, stats)
+  try:
+    return make_labels(
+        params, strategy, batch_stats=batch_stats, arch=arch, head=head,
+        stage_of=stage_of, is_norm=is_norm,
+    )
+  except ValueError as e:
+    if "no norm layer found" not in str(e):
+      raise
+    term = str(e).split(" selects no parameter")[0]
+    raise ValueError(
+        f"{term} selects no parameter: no norm layer found in this NNX model (a BatchNorm "
+        f"is a module whose {getattr(stats, '__name__', stats)} 'mean'/'var' sit beside "
+        "nnx.Param 'scale'/'bias' of the same shape). For a norm whose statistics are "
+        "another Variable type pass stats=<that type>; for norms without statistics "
+        "pass is_norm=jaxbn.masks.norm_by_name(<regex>)."
+    ) from None
+
+
+def nnx_filter(
+    model: Any,
+    strategy: Any,
+    *,
+    stats: Any = None,
+    arch: str | None = None,
+    head: str | None = None,
+    stage_of: Callable[[str], int] | None = None,
+    is_norm: NormPredicate | None = None,
+) -> "NNXFilter":
+  """An NNX filter selecting the parameters that ``strategy`` trains.
+
+  Args:
+    model: an NNX module (any: ``jaxbn.nnx.create_model``'s or your own).
+    strategy: as for :func:`make_labels`: ``'bn+head'``,
+      ``'from_stage(3)'``, ``'regex:...'``, a :class:`jaxbn.masks.Selector`, a
+      ``(path, leaf) -> bool`` callable, or a list (union).
+    stats: NNX filter of the running statistics that mark a BatchNorm
+      (default ``nnx.BatchStat``; pass your own ``Variable`` type for a custom layer).
+    arch, head, stage_of, is_norm: as for :func:`make_labels`.
+
+  Returns:
+    A :class:`NNXFilter` for ``nnx.Optimizer(..., wrt=f)``,
+    ``nnx.DiffState(0, f)``, ``nnx.state(model, f)``.
+
+  >>> from flax import nnx
+  >>> class Net(nnx.Module):
+  ...   def __init__(self, rngs):
+  ...     self.conv = nnx.Conv(3, 4, (3, 3), rngs=rngs)
+  ...     self.bn = nnx.BatchNorm(4, rngs=rngs)
+  ...     self.norm = nnx.LayerNorm(4, rngs=rngs)
+  ...     self.fc = nnx.Linear(4, 2, rngs=rngs)
+  >>> f = nnx_filter(Net(nnx.Rngs(0)), "bn+head")
+  >>> sorted("/".join(p) for p in f.paths)
+  ['bn/bias', 'bn/scale', 'fc/bias', 'fc/kernel']
+  """
+  tree = nnx_labels(model, strategy, stats=stats, arch=arch, head=head, stage_of=stage_of,
+                is_norm=is_norm)
+  paths, leaves, _ = _flatten(tree)  # string paths, as the filter compares them
+  chosen = frozenset(p for p, label in zip(paths, leaves) if label == TRAINABLE)
+  name = strategy if isinstance(strategy, str) else getattr(strategy, "name", repr(strategy))
+  return NNXFilter(str(name), chosen)
 
 
 def trainable_mask(labels: Any) -> Any:

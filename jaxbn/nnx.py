@@ -1,6 +1,6 @@
 """Flax NNX: BN-only filters for ``nnx.Optimizer`` / ``nnx.grad``, and jaxbn's backbones as NNX modules.
 
-**Filters.** :func:`nnx_filter` (also ``jaxbn.masks.nnx_filter``) resolves a
+**Filters.** :func:`jaxbn.masks.nnx_filter` (also ``jaxbn.nnx.nnx_filter``) resolves a
 :mod:`jaxbn.masks` strategy on an NNX model and returns an NNX filter (a
 hashable ``(path, variable) -> bool`` predicate) that is true for the
 selected ``nnx.Param`` s only::
@@ -20,8 +20,7 @@ an ``nnx.LayerNorm`` is never taken for one. Every strategy works (``full``,
 ``bn``, ``bn_scale``, ``bn_bias``, ``head``, ``bn+head``, ``from_stage(k)``,
 ``regex:...``, :func:`jaxbn.masks.where` predicates, sums and differences).
 
-**Backbones.** :func:`create_model` (also ``jaxbn.models.create_model(...,
-api="nnx")``) returns a :class:`Backbone`: the registered Linen network wrapped
+**Backbones.** :func:`create_model` returns a :class:`Backbone`: the registered Linen network wrapped
 by ``flax.nnx.bridge.ToNNX``, with the converted ImageNet weights (or a random
 init) loaded as ``nnx.Param`` / ``nnx.BatchStat`` variables under the Linen
 module paths (``bn0/scale``, ``blocks_3/bn1/mean``, ``fc/kernel``). It follows
@@ -43,8 +42,7 @@ construction rather than by a port that must be kept in step.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable
+from typing import Any
 
 import flax
 import jax
@@ -53,111 +51,8 @@ from flax import nnx
 
 from jaxbn import masks
 
-_IS_PARAM = nnx.filterlib.to_predicate(nnx.Param)
-
-
-# --------------------------------------------------------------------------- #
-# Filters.
-# --------------------------------------------------------------------------- #
-
-
-@dataclasses.dataclass(frozen=True)
-class Selected:
-  """An NNX filter: true for the ``nnx.Param`` s at ``paths`` (string tuples).
-
-  Hashable and comparable, so it can be a static argument of ``nnx.jit`` and
-  the ``wrt`` of ``nnx.Optimizer`` and ``nnx.DiffState``.
-  """
-
-  name: str
-  paths: frozenset = dataclasses.field(repr=False)
-
-  def __call__(self, path: tuple, x: Any) -> bool:
-    return _IS_PARAM(path, x) and tuple(map(str, path)) in self.paths
-
-  def __len__(self) -> int:
-    return len(self.paths)
-
-
-def labels(
-    model: nnx.Module,
-    strategy: Any,
-    *,
-    stats: Any = nnx.BatchStat,
-    arch: str | None = None,
-    head: str | None = None,
-    stage_of: Callable[[str], int] | None = None,
-    is_norm: masks.NormPredicate | None = None,
-) -> nnx.State:
-  """Label tree (``'trainable'``/``'frozen'``) over ``nnx.state(model, nnx.Param)``.
-
-  A pure ``nnx.State`` of strings: :func:`jaxbn.masks.make_optimizer` takes it
-  for ``nnx.Optimizer(model, tx, wrt=nnx.Param)``, and
-  :func:`jaxbn.masks.count` / :func:`jaxbn.masks.summary` read it.
-  ``stats``: the NNX filter of the running statistics (``nnx.BatchStat``).
-  """
-  params = nnx.state(model, nnx.Param)
-  batch_stats = nnx.state(model, stats)
-  try:
-    return masks.make_labels(
-        params, strategy, batch_stats=batch_stats, arch=arch, head=head,
-        stage_of=stage_of, is_norm=is_norm,
-    )
-  except ValueError as e:
-    if "no norm layer found" not in str(e):
-      raise
-    term = str(e).split(" selects no parameter")[0]
-    raise ValueError(
-        f"{term} selects no parameter: no norm layer found in this NNX model (a BatchNorm "
-        f"is a module whose {getattr(stats, '__name__', stats)} 'mean'/'var' sit beside "
-        "nnx.Param 'scale'/'bias' of the same shape). For a norm whose statistics are "
-        "another Variable type pass stats=<that type>; for norms without statistics "
-        "pass is_norm=jaxbn.masks.norm_by_name(<regex>)."
-    ) from None
-
-
-def nnx_filter(
-    model: nnx.Module,
-    strategy: Any,
-    *,
-    stats: Any = nnx.BatchStat,
-    arch: str | None = None,
-    head: str | None = None,
-    stage_of: Callable[[str], int] | None = None,
-    is_norm: masks.NormPredicate | None = None,
-) -> Selected:
-  """An NNX filter selecting the parameters that ``strategy`` trains.
-
-  Args:
-    model: an NNX module (any: jaxbn's :class:`Backbone` or your own).
-    strategy: as for :func:`jaxbn.masks.make_labels`: ``'bn+head'``,
-      ``'from_stage(3)'``, ``'regex:...'``, a :class:`jaxbn.masks.Selector`, a
-      ``(path, leaf) -> bool`` callable, or a list (union).
-    stats: NNX filter of the running statistics that mark a BatchNorm
-      (``nnx.BatchStat``; pass your own ``Variable`` type for a custom layer).
-    arch, head, stage_of, is_norm: as for :func:`jaxbn.masks.make_labels`.
-
-  Returns:
-    A :class:`Selected` filter for ``nnx.Optimizer(..., wrt=f)``,
-    ``nnx.DiffState(0, f)``, ``nnx.state(model, f)``.
-
-  >>> from flax import nnx
-  >>> class Net(nnx.Module):
-  ...   def __init__(self, rngs):
-  ...     self.conv = nnx.Conv(3, 4, (3, 3), rngs=rngs)
-  ...     self.bn = nnx.BatchNorm(4, rngs=rngs)
-  ...     self.norm = nnx.LayerNorm(4, rngs=rngs)
-  ...     self.fc = nnx.Linear(4, 2, rngs=rngs)
-  >>> f = nnx_filter(Net(nnx.Rngs(0)), "bn+head")
-  >>> sorted("/".join(p) for p in f.paths)
-  ['bn/bias', 'bn/scale', 'fc/bias', 'fc/kernel']
-  """
-  tree = labels(model, strategy, stats=stats, arch=arch, head=head, stage_of=stage_of,
-                is_norm=is_norm)
-  paths, leaves, _ = masks._flatten(tree)  # string paths, as the filter compares them
-  chosen = frozenset(p for p, label in zip(paths, leaves) if label == masks.TRAINABLE)
-  name = strategy if isinstance(strategy, str) else getattr(strategy, "name", repr(strategy))
-  return Selected(str(name), chosen)
+# Filters live in jaxbn.masks (no NNX import until used); re-exported here.
+Selected, labels, nnx_filter = masks.NNXFilter, masks.nnx_labels, masks.nnx_filter
 
 
 # --------------------------------------------------------------------------- #

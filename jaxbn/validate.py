@@ -299,7 +299,21 @@ def _stage_fields() -> dict[str, tuple[Check, str]]:
       "schedule": one_of(*SCHEDULES),
       "warmup_steps": int_in(0),
       "early_stopping_patience": int_in(0),
+      "min_steps": int_in(0),
+      "max_steps": int_in(0),
   }
+
+
+def _tta_views() -> tuple[Check, str]:
+  from jaxbn import tta
+
+  def ok(v):
+    try:
+      return isinstance(v, str) and (tta.parse_views(v) is not None)
+    except ValueError:
+      return False
+
+  return ok, f"'' (off) or views from {', '.join(tta.VIEWS)} joined by ',' or '+'"
 
 
 def field_checks(tasks: Iterable[str] = ("train",)) -> dict[str, tuple[Check, str]]:
@@ -324,6 +338,9 @@ def field_checks(tasks: Iterable[str] = ("train",)) -> dict[str, tuple[Check, st
       "data.hflip": boolean(optional=True),
       "data.shuffle_buffer": int_in(1),
       "data.cache": boolean(optional=True),
+      "data.rotate_deg": num_in(0.0, 180.0),
+      "data.shift": num_in(0.0, 0.5),
+      "data.vflip": boolean(),
       "batch_size": int_in(1),
       "eval_batch_size": int_in(1),
       "optimizer": one_of(*OPTIMIZERS),
@@ -344,6 +361,11 @@ def field_checks(tasks: Iterable[str] = ("train",)) -> dict[str, tuple[Check, st
       "target_auc": num_in(0.0, 1.0),
       "max_steps": int_in(0),
       "eval_max_batches": int_in(0),
+      "min_evals": int_in(0),
+      "ema_decay": num_in(0.0, 1.0, hi_open=True),
+      "tta": _tta_views(),
+      "tta_shift": num_in(0.0, 0.5),
+      "eval_test": boolean(),
   }
   for stage in ("warmup", "finetune"):
     checks.update({f"{stage}.{k}": v for k, v in _stage_fields().items()})

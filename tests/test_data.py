@@ -463,9 +463,11 @@ def test_image_folder_split_layout(tmp_path):
   assert batch["image"].shape == (4, 16, 16, 3)
   batches = _eval_all(config, "val", batch_size=3, image_size=16)
   np.testing.assert_array_equal(_real(batches, "label"), [0, 0, 1, 1])
-  halves = [_real(_eval_all(config, "train", i, 2, batch_size=3, image_size=16),
-                  "label") for i in range(2)]
-  np.testing.assert_array_equal(np.concatenate(halves), [0] * 4 + [1] * 4)
+  halves = [_eval_all(config, "train", i, 2, batch_size=3, image_size=16) for i in range(2)]
+  # Batch k of both processes, in process order: the split as one process reads it.
+  merged = [{k: np.concatenate([h[b][k] for h in halves]) for k in halves[0][b]}
+            for b in range(len(halves[0]))]
+  np.testing.assert_array_equal(_real(merged, "label"), [0] * 4 + [1] * 4)
   shards = [_eval_all(config, "test", i, 6, batch_size=2, image_size=16)
             for i in range(6)]
   assert sum(int(b["mask"].sum()) for s in shards for b in s) == 4

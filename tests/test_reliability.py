@@ -15,7 +15,6 @@ import random
 import subprocess
 import sys
 
-import jax
 import pytest
 
 from jaxbn import config as config_lib, preemption, train, validate, workdir as workdir_lib
@@ -206,6 +205,7 @@ def test_sigint_on_the_command_line_exits_75_and_rerun_resumes(tmp_path):
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert "Resuming from" in resumed.stderr
   straight = _main(args, tmp_path / "straight")
+  assert straight.returncode == 0, straight.stderr[-3000:]
   a = json.loads((workdir / "results.json").read_text())
   b = json.loads((tmp_path / "straight" / "results.json").read_text())
   assert _comparable(a) == _comparable(b)

@@ -105,10 +105,9 @@ def create_model(
     norm: str = "bn",
     dropout_rate: float = 0.0,
     truncate_at: str | None = None,
-    api: str = "linen",
     **kwargs: Any,
 ) -> nn.Module:
-  """Builds a Flax backbone by name.
+  """Builds a Flax Linen backbone by name (for Flax NNX: :func:`jaxbn.nnx.create_model`).
 
   Args:
     name: e.g. ``"resnet50"``, ``"densenet121"``, ``"efficientnet_lite0"``.
@@ -119,21 +118,8 @@ def create_model(
     truncate_at: TruncatedTL cut (:func:`cut_points`, or a ``stageK`` prefix,
       :mod:`jaxbn.models.prefix`): keep the network up to this point, then
       global average pooling + the head. None: full model.
-    api: ``"linen"`` (an unbound ``flax.linen`` module) or ``"nnx"``: a
-      ``jaxbn.nnx.Backbone`` holding its variables; then ``pretrained=True``
-      (or a checkpoint path) loads the ImageNet weights and ``rngs=`` /
-      ``input_size=`` are accepted, see :func:`jaxbn.nnx.create_model`.
     **kwargs: forwarded to the family's module (advanced options).
   """
-  if api == "nnx":
-    from jaxbn import nnx as jaxbn_nnx  # Lazy: Linen users never import NNX.
-
-    return jaxbn_nnx.create_model(
-        name, num_classes, dtype=dtype, norm=norm, dropout_rate=dropout_rate,
-        truncate_at=truncate_at, **kwargs,
-    )
-  if api != "linen":
-    raise ValueError(f"api must be 'linen' or 'nnx', got {api!r}.")
   spec = get_spec(name)
   if truncate_at is not None:
     kwargs["truncate_at"] = get_cut(name, truncate_at).name  # fails early, listing the cuts

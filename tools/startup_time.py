@@ -1,0 +1,61 @@
+"""Seconds from `python -m jaxbn.main` start to its first train step, cold vs warm cache.
+
+Runs the default config capped at one step (``--config.max_steps=1``, one eval batch),
+alternating a cold run (empty compilation cache) and a warm run (the cache a previous
+identical command filled), and reports, per run, the seconds from the command's start
+to the log line of step 1 (the first train step and its first, one-batch evaluation)
+and to the end. Usage::
+
+    python tools/startup_time.py --pairs=3 --out=docs/benchmarks/startup_idle.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def one_run(cache_dir: str, workdir: str) -> dict:
+  cmd = [sys.executable, "-m", "jaxbn.main", "--config=configs/bn_only.py", f"--workdir={workdir}",
+         "--config.max_steps=1", "--config.eval_every_steps=1", "--config.eval_max_batches=1",
+         f"--compilation_cache_dir={cache_dir}"]
+  t0 = time.perf_counter()
+  proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+  first = None
+  for line in proc.stderr:
+    if first is None and "step 1 [" in line:
+      first = time.perf_counter() - t0
+  proc.wait()
+  if proc.returncode != 0 or first is None:
+    raise SystemExit(f"error: the run failed (exit {proc.returncode})")
+  return {"first_step_s": round(first, 2), "done_s": round(time.perf_counter() - t0, 2)}
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--pairs", type=int, default=3)
+  parser.add_argument("--out", default=None)
+  args = parser.parse_args()
+  runs = {"cold": [], "warm": []}
+  with tempfile.TemporaryDirectory() as tmp:
+    for i in range(args.pairs):
+      cache = os.path.join(tmp, f"cache{i}")
+      for kind in ("cold", "warm"):  # the warm run reuses the cold run's cache
+        runs[kind].append(one_run(cache, os.path.join(tmp, f"{kind}{i}")))
+        print(kind, runs[kind][-1], flush=True)
+  summary = {k: statistics.median(r["first_step_s"] for r in v) for k, v in runs.items()}
+  summary["warm_over_cold"] = round(summary["warm"] / summary["cold"], 3)
+  print(json.dumps(summary))
+  if args.out:
+    with open(args.out, "w") as f:
+      json.dump({"runs": runs, "median_first_step_s": summary}, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
