@@ -140,6 +140,29 @@ def _place(state, batch, devices: int):
   return par.put_state(state), par.put_batch(jax.tree.map(np.asarray, batch))
 
 
+def _compile_and_warm(fn, state, batch):
+  """Runs ``fn`` twice (compilation, then one warm step); returns the state and compile seconds."""
+  import jax
+
+  t0 = time.perf_counter()
+  state, m = fn(state, batch, jax.random.key(0), 1.0)
+  jax.block_until_ready(m)
+  compile_s = time.perf_counter() - t0
+  state, m = fn(state, batch, jax.random.key(0), 1.0)
+  jax.block_until_ready(m)
+  return state, compile_s
+
+
+def _timed_step(run: dict) -> None:
+  """One timed step of ``run`` (its ``fn``, ``state``, ``batch``); appends to ``run['times']``."""
+  import jax
+
+  t0 = time.perf_counter()
+  run["state"], m = run["fn"](run["state"], run["batch"], jax.random.key(0), 1.0)
+  jax.block_until_ready((run["state"], m))
+  run["times"].append(time.perf_counter() - t0)
+
+
 def run_benchmark(archs, strategies, *, batch_size, image_size, reps, dtype="float32",
                   bn_stats="frozen", progress=True, devices=1, norms=("bn",),
                   grad_wrt=("trainable",), peers=()) -> list[dict]:
@@ -158,12 +181,7 @@ def run_benchmark(archs, strategies, *, batch_size, image_size, reps, dtype="flo
         peers if g == grad_wrt[0] else ())
     if devices > 1:
       state, batch = _place(state, batch, devices)
-    t0 = time.perf_counter()
-    state, m = fn(state, batch, jax.random.key(0), 1.0)
-    jax.block_until_ready(m)
-    compile_s = time.perf_counter() - t0
-    state, m = fn(state, batch, jax.random.key(0), 1.0)  # one warm step
-    jax.block_until_ready(m)
+    state, compile_s = _compile_and_warm(fn, state, batch)
     for peer in peer_steps.values():
       peer()  # one warm step
     runs[(arch, strategy, norm, g)] = dict(fn=fn, state=state, batch=batch, times=[],
@@ -173,10 +191,7 @@ def run_benchmark(archs, strategies, *, batch_size, image_size, reps, dtype="flo
     for _ in range(reps):
       for key in configs:
         r = runs[key]
-        t0 = time.perf_counter()
-        r["state"], m = r["fn"](r["state"], r["batch"], jax.random.key(0), 1.0)
-        jax.block_until_ready((r["state"], m))
-        r["times"].append(time.perf_counter() - t0)
+        _timed_step(r)
         for name, peer_step in r["peers"].items():  # the peer right after: same conditions
           t0 = time.perf_counter()
           peer_step().item()
@@ -286,22 +301,14 @@ def run_nnx_benchmark(archs, strategies, *, batch_size, image_size, reps, dtype=
   for arch, strategy, api in tqdm(configs, desc="compile", disable=not progress):
     fn, state, batch, trainable, total = builders[api](arch, strategy, batch_size, image_size,
                                                        dt, bn_stats)[:5]  # no torch peers
-    t0 = time.perf_counter()
-    state, m = fn(state, batch, jax.random.key(0), 1.0)
-    jax.block_until_ready(m)
-    compile_s = time.perf_counter() - t0
-    state, m = fn(state, batch, jax.random.key(0), 1.0)  # one warm step
-    jax.block_until_ready(m)
+    state, compile_s = _compile_and_warm(fn, state, batch)
     runs[(arch, strategy, api)] = dict(fn=fn, state=state, batch=batch, times=[],
                                        trainable=trainable, total=total, compile_s=compile_s)
   with tqdm(total=reps * len(configs), desc="timing", disable=not progress) as bar:
     for _ in range(reps):
       for key in configs:
         r = runs[key]
-        t0 = time.perf_counter()
-        r["state"], m = r["fn"](r["state"], r["batch"], jax.random.key(0), 1.0)
-        jax.block_until_ready((r["state"], m))
-        r["times"].append(time.perf_counter() - t0)
+        _timed_step(r)
         bar.update()
   med = {key: statistics.median(r["times"]) for key, r in runs.items()}
   ratio = lambda key, ref: round(med[key] / med[ref], 3) if ref in med else None  # noqa: E731

@@ -697,16 +697,7 @@ def nnx_labels(
     ) from None
 
 
-def nnx_filter(
-    model: Any,
-    strategy: Any,
-    *,
-    stats: Any = None,
-    arch: str | None = None,
-    head: str | None = None,
-    stage_of: Callable[[str], int] | None = None,
-    is_norm: NormPredicate | None = None,
-) -> "NNXFilter":
+def nnx_filter(model: Any, strategy: Any, **kwargs: Any) -> "NNXFilter":
   """An NNX filter selecting the parameters that ``strategy`` trains.
 
   Args:
@@ -714,9 +705,10 @@ def nnx_filter(
     strategy: as for :func:`make_labels`: ``'bn+head'``,
       ``'from_stage(3)'``, ``'regex:...'``, a :class:`jaxbn.masks.Selector`, a
       ``(path, leaf) -> bool`` callable, or a list (union).
-    stats: NNX filter of the running statistics that mark a BatchNorm
-      (default ``nnx.BatchStat``; pass your own ``Variable`` type for a custom layer).
-    arch, head, stage_of, is_norm: as for :func:`make_labels`.
+    **kwargs: ``stats=`` (the NNX filter of the running statistics that mark a
+      BatchNorm: default ``nnx.BatchStat``; pass your own ``Variable`` type for a
+      custom layer) and ``arch``, ``head``, ``stage_of``, ``is_norm`` as for
+      :func:`make_labels` (see :func:`nnx_labels`).
 
   Returns:
     A :class:`NNXFilter` for ``nnx.Optimizer(..., wrt=f)``,
@@ -733,8 +725,7 @@ def nnx_filter(
   >>> sorted("/".join(p) for p in f.paths)
   ['bn/bias', 'bn/scale', 'fc/bias', 'fc/kernel']
   """
-  tree = nnx_labels(model, strategy, stats=stats, arch=arch, head=head, stage_of=stage_of,
-                is_norm=is_norm)
+  tree = nnx_labels(model, strategy, **kwargs)
   paths, leaves, _ = _flatten(tree)  # string paths, as the filter compares them
   chosen = frozenset(p for p, label in zip(paths, leaves) if label == TRAINABLE)
   name = strategy if isinstance(strategy, str) else getattr(strategy, "name", repr(strategy))
