@@ -86,6 +86,10 @@ LONG_RUNNING = {
     "--seed=15 -- --config=configs/bn_only.py --config.model.arch=cbr_small "
     "--config.model.init=random --config.data.image_size=28 --config.warmup.epochs=0.05 "
     "--config.finetune.epochs=0.2 --config.eval_every_steps=5": _TRAINS,
+    # benchmarks.md.
+    "python -m jaxbn.bench --archs=resnet50,efficientnet_lite0 --strategies=full,bn+head "
+    "--batch_size=16 --image_size=112 --reps=5 --peers=torch "
+    "--out=docs/benchmarks/peers_idle.json": "compiles and times ResNet-50 (minutes)",
     # partial_transfusion.md, docs/results.
     "python -m jaxbn.sweep --config=configs/sweeps/partial_transfusion.py --workdir=/tmp/pt":
         _TRAINS,

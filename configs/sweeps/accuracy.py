@@ -1,4 +1,4 @@
-r"""Issue 17's lever study: one change at a time over the BN-only recipe, on VALIDATION AUC.
+r"""The accuracy lever study: one change at a time over the BN-only recipe, on VALIDATION AUC.
 
   python -m jaxbn.sweep --config=configs/sweeps/accuracy.py --workdir=/tmp/levers
   python -m jaxbn.report /tmp/levers --out=/tmp/levers/report
@@ -9,7 +9,7 @@ test split is never evaluated, so the levers are chosen on validation data only.
 Every run also reports TTA (``tta=hflip+shift``) validation AUC beside the plain
 one; TTA is evaluation-only, so it needs no run of its own.
 
-``base`` is the starting recipe (the bn_only defaults before issue 17: 64 px,
+``base`` is the starting recipe (the earlier bn_only defaults: 64 px,
 Lite0, crop + horizontal flip, head 1 epoch then BN+head 4 epochs at 1e-3,
 cosine); each other strategy changes one thing. Architectures are the
 ``grid.archs`` axis (``--config.grid.archs=efficientnet_lite0,efficientnet_lite1``).

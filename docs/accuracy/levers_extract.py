@@ -1,4 +1,4 @@
-"""Writes levers.json / levers.csv: VALIDATION figures only of the lever runs (issue 17).
+"""Writes levers.json / levers.csv: VALIDATION figures only of the lever runs.
 
   PYTHONPATH=. python docs/accuracy/levers_extract.py [LABEL=]RUN_OR_SWEEP_DIR...
 
