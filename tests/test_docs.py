@@ -284,7 +284,7 @@ def test_readme_commands_run(tmp_path):
     # Relative workdirs (runs/...) land in tmp_path; configs/ is read from the repository.
     command = command.replace("--config=configs/", f"--config={REPO}/configs/")
     done = subprocess.run(["bash", "-c", command.replace("python ", f"{sys.executable} ", 1)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
     outputs[command] = done.stdout
   for workdir in (tmp_path / "bn_only", tmp_path / "runs" / "my_images"):

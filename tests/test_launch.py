@@ -24,7 +24,7 @@ def run(cmd, cwd, path=None, env=None):
   env = dict(os.environ, **(env or {}))
   if path is not None:
     env["PATH"] = path
-  return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+  return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1800)
 
 
 def lines(out: str) -> list[str]:

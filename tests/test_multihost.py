@@ -51,7 +51,7 @@ def _env(devices: int) -> dict:
   return env
 
 
-def _wait(procs: dict, logs: dict, timeout: float = 600) -> None:
+def _wait(procs: dict, logs: dict, timeout: float = 1800) -> None:
   try:
     for proc in procs.values():
       proc.wait(timeout=timeout)
@@ -172,7 +172,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
            f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
           cwd=REPO, env=env, stdout=logs[i].open("w"), stderr=subprocess.STDOUT)
     for p in procs.values():
-      p.wait(timeout=600)
+      p.wait(timeout=1800)
     return [p.returncode for p in procs.values()], [logs[i].read_text() for i in range(2)]
 
   codes, logs = start("stopped", hook="1:SIGTERM:1")

@@ -19,7 +19,7 @@ HEAVY = ("tensorflow", "tensorflow_datasets", "torch", "matplotlib", "sklearn", 
 def _python(code: str) -> subprocess.CompletedProcess:
   env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=300)
+                        capture_output=True, text=True, timeout=1800)
 
 
 def test_library_imports_no_heavy_framework():

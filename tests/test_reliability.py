@@ -38,7 +38,7 @@ def _env(**extra):
 
 def _main(args, workdir, **env):
   return subprocess.run([sys.executable, "-m", "jaxbn.main", *args, f"--workdir={workdir}"],
-                        cwd=REPO, env=_env(**env), capture_output=True, text=True, timeout=300)
+                        cwd=REPO, env=_env(**env), capture_output=True, text=True, timeout=1800)
 
 
 # --------------------------------------------------------------------------- #
@@ -83,7 +83,7 @@ def test_config_error_is_one_line_and_exit_2(tmp_path, args, names, allowed):
   workdir = tmp_path / "run"
   if args == [BN_ONLY]:  # the missing --workdir case
     proc = subprocess.run([sys.executable, "-m", "jaxbn.main", *args], cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=1800)
   else:
     proc = _main(args, workdir)
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
