@@ -29,6 +29,7 @@ from jaxbn import step as step_lib, tta as tta_lib
 from jaxbn.checkpoint import RunCheckpoints, is_url, write_json
 from jaxbn.data import pipeline
 from jaxbn.models import acnorm, count_params, create_model, get_spec, init_variables
+from jaxbn.models.registry import DTYPES
 from jaxbn.parallel import DataParallel
 from jaxbn.weights import convert, init as init_lib
 
@@ -40,9 +41,6 @@ class TrainingError(RuntimeError):
 # --------------------------------------------------------------------------- #
 # Set-up: model, initial variables, optimizer.
 # --------------------------------------------------------------------------- #
-
-from jaxbn.models.registry import DTYPES  # noqa: E402 (one dtype table)
-
 
 def build_model(config: ml_collections.ConfigDict, num_outputs: int,
                 bn_axis_name: str | None = None):
@@ -200,13 +198,12 @@ def evaluate(config, split, info, spec, par: DataParallel, eval_step, variables)
 def _train_batches(config, spec, stage_idx: int, skip: int) -> Iterator[dict]:
   """The stage's batches from batch ``skip`` on: the global batch ``k`` depends only on
   (seed, stage, k), and this process reads its slice of it (no replay on resume)."""
-  it = pipeline.train_iterator(
+  return pipeline.train_iterator(
       config.data, batch_size=config.batch_size // jax.process_count(),
       image_size=config.data.image_size, mean=spec.mean, std=spec.std,
       seed=config.seed * 1000 + stage_idx, start_step=skip,
       process_index=jax.process_index(), process_count=jax.process_count(),
   )
-  return it
 
 
 def _check_config(config, par: DataParallel) -> None:
@@ -376,13 +373,21 @@ def _stop_for_preemption(preempt, ckpts, writer, par, state, loop: LoopState, st
                          global_step: int, start_time: float, workdir: str) -> None:
   """Checkpoints ``global_step`` (unless an evaluation just did), then raises ``Preempted``."""
   if ckpts.latest_step() != global_step:
-    saved = dataclasses.replace(loop, elapsed=loop.elapsed + time.time() - start_time)
-    meta = {"loop": saved.to_json(), "state_stage": stage_idx}
+    meta = _checkpoint_meta(loop, stage_idx, loop.elapsed + time.time() - start_time)
     ckpts.save(global_step, par.get_state(state), meta, best=False)
   ckpts.wait()
   writer.flush()
   ckpts.close()
   raise preemption.Preempted(global_step, workdir, preempt.signal_name)
+
+
+def _checkpoint_meta(loop: LoopState, stage_idx: int, wall: float,
+                     stage_done: bool = False) -> dict:
+  """The checkpoint's ``meta``: the loop as of now (``wall`` seconds trained) and the stage."""
+  saved = dataclasses.replace(loop, elapsed=wall)
+  if stage_done:
+    saved.stage, saved.stage_step = saved.stage + 1, 0
+  return {"loop": saved.to_json(), "state_stage": stage_idx}
 
 
 def _cap(stage_steps: list[int], max_steps: int) -> list[int]:
@@ -460,10 +465,8 @@ def _evaluate_and_checkpoint(config, stage, stage_idx: int, loop: LoopState, sta
   if stop:
     logging.info("Early stopping stage %r at step %d.", stage_name, global_step)
   if len(loop.history) % config.checkpoint_every_evals == 0 or improved or stop:
-    saved = dataclasses.replace(loop, elapsed=wall)
-    if stop:  # resume must not re-run a stage that stopped early
-      saved.stage, saved.stage_step = saved.stage + 1, 0
-    meta = {"loop": saved.to_json(), "state_stage": stage_idx}
+    # A stage that stopped early is done: resume must not re-run it.
+    meta = _checkpoint_meta(loop, stage_idx, wall, stage_done=stop)
     ckpts.save(global_step, par.get_state(state), meta, best=improved,
                best_variables=None if ema_params is None else par.get_state(eval_state).variables)
   return stop
