@@ -86,11 +86,7 @@ def build_step(arch: str, strategy: str, batch_size: int, image_size: int, dtype
   labels = masks.make_labels(variables["params"], strategy, batch_stats=variables["batch_stats"],
                              arch=arch)
   tx = masks.make_optimizer(optax.adam(1e-4), labels)
-  state = step_lib.TrainState(
-      step=jnp.zeros((), jnp.int32), params=variables["params"],
-      batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
-      constants={k: v for k, v in variables.items() if k not in ("params", "batch_stats")},
-  )
+  state = step_lib.TrainState.create(variables, tx)
   fn = jax.jit(
       step_lib.make_train_step(model, tx, labels, bn_stats=bn_stats, multi_label=False,
                                grad_wrt=grad_wrt),

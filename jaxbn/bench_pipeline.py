@@ -55,7 +55,7 @@ def throughput(config, batches: int, rounds: int) -> dict:
   """Images/s of the train iterator alone and of the train step alone, alternating."""
   import jax
 
-  from jaxbn import masks, step as step_lib, train
+  from jaxbn import masks, setup, step as step_lib
   from jaxbn.data import pipeline
   from jaxbn.models import get_spec
   from jaxbn.parallel import DataParallel
@@ -68,13 +68,13 @@ def throughput(config, batches: int, rounds: int) -> dict:
   first = next(it)
 
   par = DataParallel(config.parallel)
-  model = train.build_model(config, info.num_classes, bn_axis_name=par.axis_name)
-  variables = train.initial_variables(config, model, info.num_classes, jax.random.key(0))
-  params, stats = variables["params"], variables["batch_stats"]
+  model = setup.build_model(config, info.num_classes, bn_axis_name=par.axis_name)
+  variables = setup.initial_variables(config, model, jax.random.key(0))
   stage = config.finetune
-  labels = masks.make_labels(params, stage.strategy, batch_stats=stats, arch=config.model.arch)
-  tx = train.build_optimizer(config, stage, 1000, labels)
-  state = par.put_state(train._new_state(params, stats, tx, 0))
+  labels = masks.make_labels(variables["params"], stage.strategy,
+                             batch_stats=variables["batch_stats"], arch=config.model.arch)
+  tx = setup.build_optimizer(config, stage, 1000, labels)
+  state = par.put_state(step_lib.TrainState.create(variables, tx))
   step = par.compile_train(step_lib.make_train_step(
       model, tx, labels, bn_stats=config.bn_stats, multi_label=info.multi_label,
       axis_name=par.axis_name))

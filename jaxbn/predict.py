@@ -104,7 +104,7 @@ def predict_workdir(workdir: str, images: list[str], top: int = 5) -> list[dict]
   import orbax.checkpoint as ocp
   import tensorflow as tf
 
-  from jaxbn import train
+  from jaxbn import setup
   from jaxbn.checkpoint import RunCheckpoints
   from jaxbn.data import pipeline
   from jaxbn.models import get_spec
@@ -124,7 +124,7 @@ def predict_workdir(workdir: str, images: list[str], top: int = 5) -> list[dict]
   spec = get_spec(arch)
   num_classes = int(variables["params"][spec.head]["bias"].shape[0])
   config = ml_collections.ConfigDict({"model": run["model"], "bn_momentum": 0.0})
-  model = train.build_model(config, num_classes)
+  model = setup.build_model(config, num_classes)
   std = np.asarray(spec.std, np.float32)
   scale, offset = 1.0 / (255.0 * std), -np.asarray(spec.mean, np.float32) / std
   multi_label = bool(run.get("multi_label", False))

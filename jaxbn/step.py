@@ -40,6 +40,23 @@ class TrainState:
   def variables(self) -> dict[str, Any]:
     return {**self.constants, "params": self.params, "batch_stats": self.batch_stats}
 
+  @classmethod
+  def create(cls, variables: Any, tx: optax.GradientTransformation, step: int = 0
+             ) -> "TrainState":
+    """The one constructor: ``variables`` (``{'params', 'batch_stats', ...}``) and ``tx``.
+
+    Collections other than ``params`` and ``batch_stats`` become ``constants``.
+
+    >>> s = TrainState.create({"params": {"w": jnp.ones(2)}, "batch_stats": {}}, optax.sgd(0.1))
+    >>> int(s.step), s.constants
+    (0, {})
+    """
+    variables = dict(variables)
+    params = variables.pop("params")
+    batch_stats = variables.pop("batch_stats", {})
+    return cls(step=jnp.asarray(step, jnp.int32), params=params, batch_stats=batch_stats,
+               opt_state=tx.init(params), constants=variables)
+
 
 def loss_per_example(
     logits: jax.Array, labels: jax.Array, *, multi_label: bool, label_smoothing: float = 0.0

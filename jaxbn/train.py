@@ -5,6 +5,12 @@
 every epoch (or ``eval_every_steps``), keeps the best-by-validation-AUC
 variables, resumes automatically from ``workdir`` after a crash, and finally
 writes ``workdir/results.json`` with the test metrics of the best checkpoint.
+
+Data flows one way: :func:`_setup` turns the config into a :class:`Run` (what
+every part reads; built with :mod:`jaxbn.setup`) and the initial variables;
+:func:`_resume` reads the workdir's checkpoint into a :class:`LoopState` (the
+host-side counters, changed in place) and a train state; :func:`_run_stage`
+trains one stage; :func:`_finish` evaluates the best checkpoint on the test split.
 """
 
 from __future__ import annotations
@@ -14,109 +20,26 @@ import itertools
 import math
 import os
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from jaxbn import budget, ema as ema_lib, masks, metrics as metrics_lib, preemption
+from jaxbn import budget, ema as ema_lib, masks, metrics as metrics_lib, preemption, setup
 from jaxbn import step as step_lib, tta as tta_lib
 from jaxbn.checkpoint import RunCheckpoints, is_url, write_json
 from jaxbn.data import pipeline
-from jaxbn.models import acnorm, count_params, create_model, get_spec, init_variables
-from jaxbn.models.registry import DTYPES
+from jaxbn.models import count_params, get_spec
 from jaxbn.parallel import DataParallel
-from jaxbn.weights import convert, init as init_lib
+from jaxbn.step import TrainState
 
 
 class TrainingError(RuntimeError):
   """A run that cannot go on (NaN loss, bad config); the message says why."""
-
-
-# --------------------------------------------------------------------------- #
-# Set-up: model, initial variables, optimizer.
-# --------------------------------------------------------------------------- #
-
-def build_model(config: ml_collections.ConfigDict, num_outputs: int,
-                bn_axis_name: str | None = None):
-  """The configured model; ``bn_axis_name``: the pmap axis of cross-replica BN statistics."""
-  if config.model.dtype not in DTYPES:
-    raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {config.model.dtype!r}.")
-  extra = {"bn_momentum": config.bn_momentum} if config.bn_momentum else {}
-  if not extra and acnorm.is_acnorm(config.model.norm):  # AC-Norm's own default (0.81)
-    extra = {"bn_momentum": acnorm.ACNORM_MOMENTUM}
-  return create_model(
-      config.model.arch,
-      num_classes=num_outputs,
-      dtype=DTYPES[config.model.dtype],
-      norm=config.model.norm,
-      dropout_rate=config.model.dropout_rate,
-      truncate_at=config.model.get("truncate_at"),
-      **extra,
-      **({"bn_axis_name": bn_axis_name} if bn_axis_name else {}),
-      **({"stage_widths": tuple(config.model.stage_widths)}
-         if config.model.get("stage_widths") else {}),
-  )
-
-
-def initial_variables(config: ml_collections.ConfigDict, model, num_outputs: int, rng) -> Any:
-  """``{'params', 'batch_stats'}`` from ``config.model.init`` with a new head.
-
-  With ``model.norm='acnorm'`` also ``acnorm_source``: from a pretrained BN
-  checkpoint, the same γ, β as the target (``jaxbn.weights.convert``).
-  """
-  init = config.model.init
-  if init_lib.handles(config):  # Transfusion: mean_var, transfer_up_to, stage_widths
-    return init_lib.initial_variables(config, model, num_outputs, rng)
-  if init == "random":
-    return jax.tree.map(np.asarray, init_variables(model, rng))
-  source = None if init == "imagenet" else init
-  return convert.load_pretrained(
-      config.model.arch, source, num_classes=num_outputs, norm=config.model.norm,
-      truncate_at=config.model.get("truncate_at"),
-  )
-
-
-def build_optimizer(
-    config: ml_collections.ConfigDict, stage: ml_collections.ConfigDict, num_steps: int, labels: Any
-) -> optax.GradientTransformation:
-  """The stage's optimizer: trainable leaves get it, frozen ones ``set_to_zero``."""
-  warmup = stage.warmup_steps
-  if stage.schedule == "cosine":
-    lr = optax.cosine_decay_schedule(stage.lr, max(1, num_steps - warmup))
-  elif stage.schedule in ("constant", "plateau"):  # plateau scales lr_scale on the host
-    lr = optax.constant_schedule(stage.lr)
-  else:
-    raise ValueError(f"Unknown schedule {stage.schedule!r}: constant | cosine | plateau.")
-  if warmup:
-    lr = optax.join_schedules([optax.linear_schedule(0.0, stage.lr, warmup), lr], [warmup])
-  if config.optimizer == "adam":
-    tx = optax.adam(lr)
-  elif config.optimizer == "adamw":
-    tx = optax.adamw(lr, weight_decay=config.weight_decay)
-  elif config.optimizer == "sgd":
-    tx = optax.sgd(lr, momentum=0.9)
-  else:
-    raise ValueError(f"Unknown optimizer {config.optimizer!r}: adam | adamw | sgd.")
-  if config.grad_clip_norm:
-    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), tx)
-  return masks.make_optimizer(tx, labels)
-
-
-def stage_name_of(config: ml_collections.ConfigDict, idx: int) -> str:
-  return stages_of(config)[idx][0]
-
-
-def stages_of(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections.ConfigDict]]:
-  stages = [(name, config[name]) for name in ("warmup", "finetune") if config[name].epochs > 0]
-  if not stages:
-    raise ValueError("Both stages have epochs=0: nothing to train.")
-  return stages
 
 
 # --------------------------------------------------------------------------- #
@@ -128,6 +51,7 @@ def stages_of(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collectio
 class LoopState:
   stage: int = 0
   stage_step: int = 0  # steps done in the current stage
+  step: int = 0  # steps done in all stages (the global step)
   lr_scale: float = 1.0
   stage_best_monitor: float = math.inf  # lower is better (val_loss or -val_auc)
   stage_bad_evals: int = 0  # for early stopping
@@ -150,25 +74,71 @@ class LoopState:
     defaults = cls()
     return cls(**{k: (getattr(defaults, k) if v is None else v) for k, v in d.items()})
 
+  def start_stage(self, stage: int) -> None:
+    """Enters ``stage`` from its first step: the per-stage counters start again."""
+    self.stage, self.stage_step, self.lr_scale = stage, 0, 1.0
+    self.stage_best_monitor, self.stage_bad_evals = math.inf, 0
+    self.plateau_best, self.plateau_bad_evals = math.inf, 0
+
+
+# --------------------------------------------------------------------------- #
+# What one run reads.
+# --------------------------------------------------------------------------- #
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """Everything the parts of one training run read, built once by :func:`_setup`."""
+
+  config: ml_collections.ConfigDict
+  workdir: str
+  info: pipeline.DatasetInfo
+  model: Any
+  par: DataParallel
+  stages: list  # [(name, stage config)] (jaxbn.setup.stages_of)
+  stage_steps: list[int]
+  labels: list  # per stage: the mask labels of params
+  optimizers: list  # per stage
+  eval_every: int
+  eval_step: Callable
+  tta_step: Callable | None
+  ckpts: RunCheckpoints
+  writer: Any  # clu MetricWriter
+  progress: periodic_actions.ReportProgress
+  preempt: preemption.Preemption
+  trainable: dict[str, int]  # stage name -> trainable parameters
+  total_params: int
+  train_rng: jax.Array
+  start_time: float
+
+  @property
+  def spec(self):
+    return get_spec(self.config.model.arch)
+
+  def wall(self, loop: "LoopState") -> float:
+    """Training wall time so far: earlier sessions of this run plus this one."""
+    return loop.elapsed + time.time() - self.start_time
+
 
 # --------------------------------------------------------------------------- #
 # Evaluation.
 # --------------------------------------------------------------------------- #
 
 
-def evaluate(config, split, info, spec, par: DataParallel, eval_step, variables) -> dict:
-  """Loss, ROC AUC and accuracy of ``variables`` on a whole split."""
+def evaluate(run: Run, split: str, variables, step_fn: Callable | None = None) -> dict:
+  """Loss, ROC AUC and accuracy of ``variables`` on a whole split (``step_fn``: TTA)."""
+  config, step_fn = run.config, step_fn or run.eval_step
   probs, labels, losses = [], [], []
   it = pipeline.eval_iterator(
       config.data, split, batch_size=config.eval_batch_size // jax.process_count(),
-      image_size=config.data.image_size, mean=spec.mean, std=spec.std,
+      image_size=config.data.image_size, mean=run.spec.mean, std=run.spec.std,
       process_index=jax.process_index(), process_count=jax.process_count(),
   )
   if config.eval_max_batches:
     it = itertools.islice(it, config.eval_max_batches)
   for batch in it:
     mask = batch.pop("mask")
-    out = par.to_host(eval_step(variables, par.put_batch(batch)))
+    out = run.par.to_host(step_fn(variables, run.par.put_batch(batch)))
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils
 
@@ -182,28 +152,87 @@ def evaluate(config, split, info, spec, par: DataParallel, eval_step, variables)
   if not probs:
     raise TrainingError(f"The {split} split is empty.")
   p, y = np.concatenate(probs), np.concatenate(labels)
+  multi_label = run.info.multi_label
   return {
       "loss": float(np.mean(np.concatenate(losses))),
-      "auc": metrics_lib.roc_auc(p, y, info.multi_label),
-      "acc": metrics_lib.accuracy(p, y, info.multi_label),
+      "auc": metrics_lib.roc_auc(p, y, multi_label),
+      "acc": metrics_lib.accuracy(p, y, multi_label),
       "n": int(len(y)),
   }
 
 
 # --------------------------------------------------------------------------- #
-# The loop.
+# The run: set-up, resume, stages, finish.
 # --------------------------------------------------------------------------- #
 
 
-def _train_batches(config, spec, stage_idx: int, skip: int) -> Iterator[dict]:
-  """The stage's batches from batch ``skip`` on: the global batch ``k`` depends only on
-  (seed, stage, k), and this process reads its slice of it (no replay on resume)."""
-  return pipeline.train_iterator(
-      config.data, batch_size=config.batch_size // jax.process_count(),
-      image_size=config.data.image_size, mean=spec.mean, std=spec.std,
-      seed=config.seed * 1000 + stage_idx, start_step=skip,
-      process_index=jax.process_index(), process_count=jax.process_count(),
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains per ``config``, resumable from ``workdir``; returns the results dict.
+
+  SIGTERM/SIGINT: checkpoint after the current step and raise
+  ``preemption.Preempted`` (no results.json), see :mod:`jaxbn.preemption`.
+  """
+  with preemption.Preemption(jax.process_index(), jax.process_count()) as preempt:
+    run, variables = _setup(config, workdir, preempt)
+    loop, variables, resumed = _resume(run, variables)
+    state, ema = None, None
+    for stage_idx in range(loop.stage, len(run.stages)):
+      if resumed is None or resumed.stage != stage_idx:
+        loop.start_stage(stage_idx)
+        resumed = None
+      state = resumed.state if resumed else TrainState.create(
+          variables, run.optimizers[stage_idx], loop.step)
+      resumed = None
+      state, ema = _run_stage(run, loop, stage_idx, run.par.put_state(state), ema)
+      variables = _to_host(run.par.get_state(state).variables)
+    if preempt.signal is not None and not preempt.multi_process:  # after the last step
+      _stop_for_preemption(run, loop, state, len(run.stages) - 1)
+    if ema is not None:  # the EMA weights are what gets evaluated and kept
+      variables = {**variables, "params": _to_host(run.par.get_state(ema))}
+    return _finish(run, loop, variables)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Resumed:
+  stage: int  # the stage whose optimizer state the checkpoint holds
+  state: TrainState
+
+
+def _setup(config, workdir: str, preempt) -> tuple[Run, dict]:
+  """The :class:`Run` of ``config`` in ``workdir`` and the model's initial variables."""
+  par = DataParallel(config.parallel)
+  _check_config(config, par)
+  if not is_url(workdir):  # gs://: orbax and the metric writer create what they need
+    os.makedirs(workdir, exist_ok=True)
+  info = pipeline.get_dataset_info(config.data)
+  model = setup.build_model(config, info.num_classes, bn_axis_name=par.axis_name)
+  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
+  stages = setup.stages_of(config)
+  stage_steps, eval_every = _schedule(config, info, stages)
+  variables = setup.initial_variables(config, model, init_rng)
+  params, batch_stats = variables["params"], variables.get("batch_stats", {})
+  labels = [masks.make_labels(params, s.strategy, batch_stats=batch_stats,
+                              arch=config.model.arch) for _, s in stages]
+  eval_step, tta_step = _eval_steps(config, model, info, par)
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() != 0)
+  run = Run(
+      config=config, workdir=workdir, info=info, model=model, par=par, stages=stages,
+      stage_steps=stage_steps, labels=labels,
+      optimizers=[setup.build_optimizer(config, s, n, lab)
+                  for (_, s), n, lab in zip(stages, stage_steps, labels)],
+      eval_every=eval_every, eval_step=eval_step, tta_step=tta_step,
+      ckpts=RunCheckpoints(workdir, keep=config.keep_checkpoints), writer=writer,
+      progress=periodic_actions.ReportProgress(
+          num_train_steps=sum(stage_steps), writer=writer, every_steps=config.log_every_steps),
+      preempt=preempt,
+      trainable={name: masks.count(params, lab)[0] for (name, _), lab in zip(stages, labels)},
+      total_params=count_params(params), train_rng=train_rng, start_time=time.time(),
   )
+  logging.info("Model %s (init %s): %s parameters. Data %s: %s, %d classes%s.",
+               config.model.arch, config.model.init, f"{run.total_params:,}", info.name,
+               info.num_examples, info.num_classes, " (multi-label)" if info.multi_label else "")
+  return run, variables
 
 
 def _check_config(config, par: DataParallel) -> None:
@@ -217,30 +246,8 @@ def _check_config(config, par: DataParallel) -> None:
     raise ValueError(f"bn_stats must be 'frozen' or 'batch', got {config.bn_stats!r}.")
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains per ``config``, resumable from ``workdir``; returns the results dict.
-
-  SIGTERM/SIGINT: checkpoint after the current step and raise
-  ``preemption.Preempted`` (no results.json), see :mod:`jaxbn.preemption`.
-  """
-  with preemption.Preemption(jax.process_index(), jax.process_count()) as preempt:
-    return _train_and_evaluate(config, workdir, preempt)
-
-
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        preempt: preemption.Preemption) -> dict:
-  par = DataParallel(config.parallel)
-  _check_config(config, par)
-  is_chief = jax.process_index() == 0
-  if not is_url(workdir):  # gs://: orbax and the metric writer create what they need
-    os.makedirs(workdir, exist_ok=True)
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
-
-  info = pipeline.get_dataset_info(config.data)
-  spec = get_spec(config.model.arch)
-  model = build_model(config, info.num_classes, bn_axis_name=par.axis_name)
-  init_rng, train_rng = jax.random.split(jax.random.key(config.seed))
-  stages = stages_of(config)
+def _schedule(config, info, stages) -> tuple[list[int], int]:
+  """Steps per stage (``jaxbn.budget``, capped by ``max_steps``) and the evaluation interval."""
   steps_per_epoch = max(1, info.num_examples["train"] // config.batch_size)
   stage_steps = [budget.stage_steps(s.epochs, steps_per_epoch, min_steps=s.get("min_steps", 0),
                                     max_stage_steps=s.get("max_steps", 0)) for _, s in stages]
@@ -249,145 +256,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   eval_every = budget.eval_interval(steps_per_epoch, stage_steps[-1],
                                     eval_every_steps=config.eval_every_steps,
                                     min_evals=config.get("min_evals", 0))
-
-  variables = initial_variables(config, model, info.num_classes, init_rng)
-  params, batch_stats = variables["params"], variables.get("batch_stats", {})
-  # Collections read but never trained or updated (AC-Norm's acnorm_source).
-  constants = {k: v for k, v in variables.items() if k not in ("params", "batch_stats")}
-  labels = [
-      masks.make_labels(params, s.strategy, batch_stats=batch_stats, arch=config.model.arch)
-      for _, s in stages
-  ]
-  optimizers = [
-      build_optimizer(config, s, n, lab) for (_, s), n, lab in zip(stages, stage_steps, labels)
-  ]
-  n_total = count_params(params)
-  trainable = {name: masks.count(params, lab)[0] for (name, _), lab in zip(stages, labels)}
-  logging.info("Model %s (init %s): %s parameters. Data %s: %s, %d classes%s.",
-               config.model.arch, config.model.init, f"{n_total:,}", info.name,
-               info.num_examples, info.num_classes, " (multi-label)" if info.multi_label else "")
-
-  # Resume: the checkpoint's opt_state belongs to the stage that wrote it.
-  ckpts = RunCheckpoints(workdir, keep=config.keep_checkpoints)
-  loop, resumed = LoopState(), None
-  if (last := ckpts.latest_step()) is not None:
-    meta = ckpts.restore_meta(last)
-    loop = LoopState.from_json(meta["loop"])
-    owner = meta["state_stage"]
-    abstract = jax.eval_shape(
-        lambda: _new_state(params, batch_stats, optimizers[owner], 0, constants))
-    restored = ckpts.restore_state(abstract, last)
-    params, batch_stats = restored.params, restored.batch_stats
-    constants = restored.constants
-    resumed = (owner, restored)
-    logging.info("Resuming from %s at step %d (stage %d).", workdir, last, loop.stage + 1)
-
-  eval_step = par.compile_eval(step_lib.make_eval_step(model, multi_label=info.multi_label))
-  tta_views = tta_lib.parse_views(config.get("tta", ""))
-  tta_step = par.compile_eval(tta_lib.make_eval_step(
-      model, multi_label=info.multi_label, views=tta_views, image_size=config.data.image_size,
-      shift=config.get("tta_shift", 1 / 16))) if tta_views else None
-  ema_decay, ema_params = float(config.get("ema_decay", 0.0)), None
-  progress = periodic_actions.ReportProgress(
-      num_train_steps=sum(stage_steps), writer=writer, every_steps=config.log_every_steps
-  )
-  start_time = time.time()
-  global_step = sum(stage_steps[: loop.stage]) + loop.stage_step
-  for stage_idx in range(loop.stage, len(stages)):
-    name, stage = stages[stage_idx]
-    tx = optimizers[stage_idx]
-    logging.info("Stage %d/%d %r: strategy %s, %s trainable of %s parameters (%.2f%%), "
-                 "%d steps, lr %g (%s).", stage_idx + 1, len(stages), name, stage.strategy,
-                 f"{trainable[name]:,}", f"{n_total:,}", 100 * trainable[name] / n_total,
-                 stage_steps[stage_idx], stage.lr, stage.schedule)
-    if resumed is not None and resumed[0] == stage_idx:
-      state = resumed[1]
-    else:
-      state = _new_state(params, batch_stats, tx, global_step, constants)
-      loop = dataclasses.replace(
-          loop, stage=stage_idx, stage_step=0, lr_scale=1.0, stage_best_monitor=math.inf,
-          stage_bad_evals=0, plateau_best=math.inf, plateau_bad_evals=0,
-      )
-    resumed = None
-    state = par.put_state(state)
-    train_step = par.compile_train(step_lib.make_train_step(
-        model, tx, labels[stage_idx], bn_stats=config.bn_stats, multi_label=info.multi_label,
-        label_smoothing=config.label_smoothing, axis_name=par.axis_name,
-    ))
-    batches = _train_batches(config, spec, stage_idx, loop.stage_step)
-    ema_update = ema_lib.make_update(masks.trainable_mask(labels[stage_idx]),
-                                     ema_decay) if ema_decay else None
-    if ema_update and ema_params is None:  # not checkpointed: a resumed run restarts it
-      ema_params = jax.tree.map(jnp.copy, state.params)  # the step donates state's buffers
-    stop = False
-    while loop.stage_step < stage_steps[stage_idx] and not stop:
-      state, step_metrics = train_step(state, par.put_batch(next(batches)), train_rng,
-                                       loop.lr_scale)
-      if ema_update:
-        ema_params = ema_update(ema_params, state.params, global_step)
-      loop.stage_step += 1
-      global_step += 1
-      progress(global_step)
-      evaluate_now = global_step % eval_every == 0 or loop.stage_step == stage_steps[stage_idx]
-      if global_step % config.log_every_steps == 0 or evaluate_now:
-        loss = float(step_metrics["loss"])
-        if not math.isfinite(loss):
-          _raise_nan(global_step, ckpts, workdir)
-        writer.write_scalars(global_step, {"train_loss": loss, "lr_scale": loop.lr_scale})
-      if evaluate_now:
-        stop = _evaluate_and_checkpoint(
-            config, stage, stage_idx, loop, state, par, eval_step, info, spec, ckpts, writer,
-            global_step, start_time, workdir, ema_params=ema_params,
-        )
-      if preempt.should_stop(global_step):
-        _stop_for_preemption(preempt, ckpts, writer, par, state, loop, stage_idx, global_step,
-                             start_time, workdir)
-    host = par.get_state(state)
-    params = jax.tree.map(np.asarray, host.params)
-    batch_stats = jax.tree.map(np.asarray, host.batch_stats)
-
-  if preempt.signal is not None and not preempt.multi_process:  # signalled after the last step
-    _stop_for_preemption(preempt, ckpts, writer, par, state, loop, len(stages) - 1, global_step,
-                         start_time, workdir)
-  ckpts.wait()
-  if ema_params is not None:  # the EMA weights are what gets evaluated and kept
-    params = jax.tree.map(np.asarray, par.get_state(state.replace(params=ema_params)).params)
-  results = _final_results(config, info, par, eval_step, ckpts, loop, params, batch_stats,
-                           n_total, trainable, global_step, start_time, constants,
-                           tta_step=tta_step)
-  if is_chief:
-    write_json(os.path.join(workdir, "results.json"), results)
-  writer.flush()
-  ckpts.close()
-  return results
-
-
-def _new_state(params, batch_stats, tx, step: int, constants=None) -> step_lib.TrainState:
-  return step_lib.TrainState(
-      step=jnp.asarray(step, jnp.int32), params=params, batch_stats=batch_stats,
-      opt_state=tx.init(params), constants=dict(constants or {}),
-  )
-
-
-def _stop_for_preemption(preempt, ckpts, writer, par, state, loop: LoopState, stage_idx: int,
-                         global_step: int, start_time: float, workdir: str) -> None:
-  """Checkpoints ``global_step`` (unless an evaluation just did), then raises ``Preempted``."""
-  if ckpts.latest_step() != global_step:
-    meta = _checkpoint_meta(loop, stage_idx, loop.elapsed + time.time() - start_time)
-    ckpts.save(global_step, par.get_state(state), meta, best=False)
-  ckpts.wait()
-  writer.flush()
-  ckpts.close()
-  raise preemption.Preempted(global_step, workdir, preempt.signal_name)
-
-
-def _checkpoint_meta(loop: LoopState, stage_idx: int, wall: float,
-                     stage_done: bool = False) -> dict:
-  """The checkpoint's ``meta``: the loop as of now (``wall`` seconds trained) and the stage."""
-  saved = dataclasses.replace(loop, elapsed=wall)
-  if stage_done:
-    saved.stage, saved.stage_step = saved.stage + 1, 0
-  return {"loop": saved.to_json(), "state_stage": stage_idx}
+  return stage_steps, eval_every
 
 
 def _cap(stage_steps: list[int], max_steps: int) -> list[int]:
@@ -398,9 +267,148 @@ def _cap(stage_steps: list[int], max_steps: int) -> list[int]:
   return out
 
 
-def _raise_nan(step: int, ckpts: RunCheckpoints, workdir: str) -> None:
-  last = ckpts.latest_step()
-  where = (f"the last good checkpoint (step {last}) is kept in {workdir}/checkpoints"
+def _eval_steps(config, model, info, par: DataParallel) -> tuple[Callable, Callable | None]:
+  """The compiled evaluation step, and the test-time-augmentation one (None when off)."""
+  eval_step = par.compile_eval(step_lib.make_eval_step(model, multi_label=info.multi_label))
+  views = tta_lib.parse_views(config.get("tta", ""))
+  if not views:
+    return eval_step, None
+  return eval_step, par.compile_eval(tta_lib.make_eval_step(
+      model, multi_label=info.multi_label, views=views, image_size=config.data.image_size,
+      shift=config.get("tta_shift", 1 / 16)))
+
+
+def _resume(run: Run, variables: dict) -> tuple[LoopState, dict, _Resumed | None]:
+  """The loop, variables and train state of the workdir's last checkpoint (if any).
+
+  The checkpoint's optimizer state belongs to the stage that wrote it.
+  """
+  last = run.ckpts.latest_step()
+  if last is None:
+    return LoopState(), variables, None
+  meta = run.ckpts.restore_meta(last)
+  loop = LoopState.from_json(meta["loop"])
+  loop.step = last
+  owner = meta["state_stage"]
+  abstract = jax.eval_shape(lambda: TrainState.create(variables, run.optimizers[owner], 0))
+  state = run.ckpts.restore_state(abstract, last)
+  logging.info("Resuming from %s at step %d (stage %d).", run.workdir, last, loop.stage + 1)
+  return loop, _to_host(state.variables), _Resumed(owner, state)
+
+
+def _to_host(tree: Any) -> Any:
+  return jax.tree.map(np.asarray, tree)
+
+
+def _train_batches(config, spec, stage_idx: int, skip: int) -> Iterator[dict]:
+  """The stage's batches from batch ``skip`` on: the global batch ``k`` depends only on
+  (seed, stage, k), and this process reads its slice of it (no replay on resume)."""
+  return pipeline.train_iterator(
+      config.data, batch_size=config.batch_size // jax.process_count(),
+      image_size=config.data.image_size, mean=spec.mean, std=spec.std,
+      seed=config.seed * 1000 + stage_idx, start_step=skip,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+  )
+
+
+def _run_stage(run: Run, loop: LoopState, stage_idx: int, state: TrainState, ema):
+  """Trains stage ``stage_idx`` from ``loop.stage_step`` to its end (or early stop).
+
+  ``ema``: the EMA of the trainable parameters (jaxbn.ema; None when off or not
+  started). Returns the new ``(state, ema)``; ``loop`` is updated in place.
+  """
+  config, (name, stage), num_steps = run.config, run.stages[stage_idx], run.stage_steps[stage_idx]
+  logging.info("Stage %d/%d %r: strategy %s, %s trainable of %s parameters (%.2f%%), "
+               "%d steps, lr %g (%s).", stage_idx + 1, len(run.stages), name, stage.strategy,
+               f"{run.trainable[name]:,}", f"{run.total_params:,}",
+               100 * run.trainable[name] / run.total_params, num_steps, stage.lr, stage.schedule)
+  train_step = run.par.compile_train(step_lib.make_train_step(
+      run.model, run.optimizers[stage_idx], run.labels[stage_idx], bn_stats=config.bn_stats,
+      multi_label=run.info.multi_label, label_smoothing=config.label_smoothing,
+      axis_name=run.par.axis_name,
+  ))
+  batches = _train_batches(config, run.spec, stage_idx, loop.stage_step)
+  decay = float(config.get("ema_decay", 0.0))
+  ema_update = ema_lib.make_update(masks.trainable_mask(run.labels[stage_idx]),
+                                   decay) if decay else None
+  if ema_update and ema is None:  # not checkpointed: a resumed run restarts it
+    ema = jax.tree.map(jnp.copy, state.params)  # the step donates state's buffers
+  stop = False
+  while loop.stage_step < num_steps and not stop:
+    state, step_metrics = train_step(state, run.par.put_batch(next(batches)), run.train_rng,
+                                     loop.lr_scale)
+    if ema_update:
+      ema = ema_update(ema, state.params, loop.step)
+    loop.stage_step += 1
+    loop.step += 1
+    run.progress(loop.step)
+    evaluate_now = loop.step % run.eval_every == 0 or loop.stage_step == num_steps
+    if loop.step % config.log_every_steps == 0 or evaluate_now:
+      loss = float(step_metrics["loss"])
+      if not math.isfinite(loss):
+        _raise_nan(run, loop.step)
+      run.writer.write_scalars(loop.step, {"train_loss": loss, "lr_scale": loop.lr_scale})
+    if evaluate_now:
+      stop = _evaluate_and_checkpoint(run, loop, stage_idx, state, ema)
+    if run.preempt.should_stop(loop.step):
+      _stop_for_preemption(run, loop, state, stage_idx)
+  return state, ema
+
+
+def _evaluate_and_checkpoint(run: Run, loop: LoopState, stage_idx: int, state: TrainState,
+                             ema=None) -> bool:
+  """Validation, best/plateau/early-stopping bookkeeping and checkpointing.
+
+  With ``ema`` (jaxbn.ema) those parameters are evaluated and kept as the best
+  variables; the resumable checkpoint keeps the raw training state.
+  Returns True when the stage should stop early.
+  """
+  name, stage = run.stages[stage_idx]
+  eval_state = state if ema is None else state.replace(params=ema)
+  val = evaluate(run, "val", eval_state.variables)
+  if not math.isfinite(val["loss"]):
+    _raise_nan(run, loop.step)
+  wall = run.wall(loop)
+  run.writer.write_scalars(loop.step, {"val_loss": val["loss"], "val_auc": val["auc"],
+                                       "val_acc": val["acc"]})
+  loop.history.append({"step": loop.step, "wall": round(wall, 3), "stage": name,
+                       "val_loss": val["loss"], "val_auc": val["auc"], "val_acc": val["acc"]})
+  logging.info("step %d [%s] val loss %.4f auc %.4f acc %.4f (%.1fs)", loop.step, name,
+               val["loss"], val["auc"], val["acc"], wall)
+  improved, stop = record_evaluation(loop, val, stage, run.config, loop.step, wall)
+  if stop:
+    logging.info("Early stopping stage %r at step %d.", name, loop.step)
+  if len(loop.history) % run.config.checkpoint_every_evals == 0 or improved or stop:
+    # A stage that stopped early is done: resume must not re-run it.
+    run.ckpts.save(loop.step, run.par.get_state(state),
+                   _checkpoint_meta(loop, stage_idx, wall, stage_done=stop), best=improved,
+                   best_variables=None if ema is None else run.par.get_state(eval_state).variables)
+  return stop
+
+
+def _checkpoint_meta(loop: LoopState, stage_idx: int, wall: float,
+                     stage_done: bool = False) -> dict:
+  """The checkpoint's ``meta``: the loop as of now (``wall`` seconds trained) and the stage."""
+  saved = {**loop.to_json(), "elapsed": wall}
+  if stage_done:
+    saved.update(stage=loop.stage + 1, stage_step=0)
+  return {"loop": saved, "state_stage": stage_idx}
+
+
+def _stop_for_preemption(run: Run, loop: LoopState, state: TrainState, stage_idx: int) -> None:
+  """Checkpoints the current step (unless an evaluation just did), then raises ``Preempted``."""
+  if run.ckpts.latest_step() != loop.step:
+    run.ckpts.save(loop.step, run.par.get_state(state),
+                   _checkpoint_meta(loop, stage_idx, run.wall(loop)), best=False)
+  run.ckpts.wait()
+  run.writer.flush()
+  run.ckpts.close()
+  raise preemption.Preempted(loop.step, run.workdir, run.preempt.signal_name)
+
+
+def _raise_nan(run: Run, step: int) -> None:
+  last = run.ckpts.latest_step()
+  where = (f"the last good checkpoint (step {last}) is kept in {run.workdir}/checkpoints"
            if last is not None else "no checkpoint had been written yet")
   raise TrainingError(
       f"Loss became NaN/inf at step {step}; stopped, {where}. Lower the learning rate "
@@ -440,63 +448,45 @@ def record_evaluation(loop: LoopState, val: dict, stage: ml_collections.ConfigDi
   return improved, bool(patience) and loop.stage_bad_evals >= patience
 
 
-def _evaluate_and_checkpoint(config, stage, stage_idx: int, loop: LoopState, state, par,
-                             eval_step, info, spec, ckpts, writer, global_step, start_time,
-                             workdir, ema_params=None) -> bool:
-  """Validation, best/plateau/early-stopping bookkeeping and checkpointing.
-
-  With ``ema_params`` (jaxbn.ema) those are evaluated and kept as the best
-  variables; the resumable checkpoint keeps the raw training state.
-  Returns True when the stage should stop early.
-  """
-  stage_name = stage_name_of(config, stage_idx)
-  eval_state = state if ema_params is None else state.replace(params=ema_params)
-  val = evaluate(config, "val", info, spec, par, eval_step, eval_state.variables)
-  if not math.isfinite(val["loss"]):
-    _raise_nan(global_step, ckpts, workdir)
-  wall = loop.elapsed + time.time() - start_time
-  writer.write_scalars(global_step, {"val_loss": val["loss"], "val_auc": val["auc"],
-                                     "val_acc": val["acc"]})
-  loop.history.append({"step": global_step, "wall": round(wall, 3), "stage": stage_name,
-                       "val_loss": val["loss"], "val_auc": val["auc"], "val_acc": val["acc"]})
-  logging.info("step %d [%s] val loss %.4f auc %.4f acc %.4f (%.1fs)", global_step, stage_name,
-               val["loss"], val["auc"], val["acc"], wall)
-  improved, stop = record_evaluation(loop, val, stage, config, global_step, wall)
-  if stop:
-    logging.info("Early stopping stage %r at step %d.", stage_name, global_step)
-  if len(loop.history) % config.checkpoint_every_evals == 0 or improved or stop:
-    # A stage that stopped early is done: resume must not re-run it.
-    meta = _checkpoint_meta(loop, stage_idx, wall, stage_done=stop)
-    ckpts.save(global_step, par.get_state(state), meta, best=improved,
-               best_variables=None if ema_params is None else par.get_state(eval_state).variables)
-  return stop
+# --------------------------------------------------------------------------- #
+# Results.
+# --------------------------------------------------------------------------- #
 
 
-def _final_results(config, info, par, eval_step, ckpts, loop, params, batch_stats, n_total,
-                   trainable_counts, global_step, start_time, constants=None,
-                   tta_step=None) -> dict:
-  last = {**(constants or {}), "params": params, "batch_stats": batch_stats}
-  best = ckpts.restore_best(last)
-  variables = best[0] if best else last
-  spec = get_spec(config.model.arch)
-  device_variables = par.put_state(variables)
-  eval_test = config.get("eval_test", True)
-  test = (evaluate(config, "test", info, spec, par, eval_step, device_variables) if eval_test
+def _finish(run: Run, loop: LoopState, variables: dict) -> dict:
+  """Test metrics of the best checkpoint (``variables`` if none), written to results.json."""
+  run.ckpts.wait()
+  best = run.ckpts.restore_best(variables)
+  device_variables = run.par.put_state(best[0] if best else variables)
+  eval_test = run.config.get("eval_test", True)
+  test = (evaluate(run, "test", device_variables) if eval_test
           else {"auc": None, "acc": None, "loss": None})
-  tta = tta_results(config, info, spec, par, tta_step, device_variables, eval_test)
-  wall = loop.elapsed + time.time() - start_time
-  last_stage = list(trainable_counts)[-1] if trainable_counts else None
-  results = {
+  results = _results(run, loop, test, tta_results(run, device_variables, eval_test))
+  if eval_test:
+    logging.info("Test (best val AUC step %d): AUC %.4f ACC %.4f.", loop.best_step, test["auc"],
+                 test["acc"])
+  if jax.process_index() == 0:
+    write_json(os.path.join(run.workdir, "results.json"), results)
+  run.writer.flush()
+  run.ckpts.close()
+  return results
+
+
+def _results(run: Run, loop: LoopState, test: dict, tta: dict) -> dict:
+  """The fields of results.json."""
+  config = run.config
+  last_stage = run.stages[-1][0]
+  return {
       "arch": config.model.arch,
       "init": config.model.init,
       "norm": config.model.norm,
       "model": config.model.to_dict(),  # every model field: truncate_at, transfer_up_to, ...
       "image_size": config.data.image_size,
-      "dataset": info.name,
-      "num_classes": info.num_classes,
-      "class_names": list(info.class_names),  # read by jaxbn.predict --workdir
-      "multi_label": info.multi_label,
-      "strategy": {name: config[name].strategy for name, _ in stages_of(config)},
+      "dataset": run.info.name,
+      "num_classes": run.info.num_classes,
+      "class_names": list(run.info.class_names),  # read by jaxbn.predict --workdir
+      "multi_label": run.info.multi_label,
+      "strategy": {name: stage.strategy for name, stage in run.stages},
       "bn_stats": config.bn_stats,
       "test_auc": test["auc"],
       "test_acc": test["acc"],
@@ -508,34 +498,30 @@ def _final_results(config, info, par, eval_step, ckpts, loop, params, batch_stat
       "target_auc": config.target_auc,
       "steps_to_target": loop.steps_to_target,
       "wall_to_target_s": round(loop.wall_to_target, 2),
-      "total_steps": global_step,
-      "wall_time_s": round(wall, 2),
-      "trainable_params": trainable_counts.get(last_stage, 0),
-      "trainable_params_per_stage": trainable_counts,
-      "total_params": n_total,
-      "devices": par.num_devices,
-      "parallel": par.mode,
+      "total_steps": loop.step,
+      "wall_time_s": round(run.wall(loop), 2),
+      "trainable_params": run.trainable.get(last_stage, 0),
+      "trainable_params_per_stage": run.trainable,
+      "total_params": run.total_params,
+      "devices": run.par.num_devices,
+      "parallel": run.par.mode,
       "history": loop.history,
-      "test_skipped": not eval_test,
+      "test_skipped": test["auc"] is None,
       "ema_decay": config.get("ema_decay", 0.0),
       **tta,
       "config": config.to_dict(),
   }
-  if eval_test:
-    logging.info("Test (best val AUC step %d): AUC %.4f ACC %.4f.", loop.best_step, test["auc"],
-                 test["acc"])
-  return results
 
 
-def tta_results(config, info, spec, par, tta_step, variables, eval_test: bool = True) -> dict:
+def tta_results(run: Run, variables, eval_test: bool = True) -> dict:
   """``tta_*`` fields of results.json: validation (and test) AUC/ACC of ``variables`` with
   test-time augmentation (jaxbn.tta), reported beside the plain scores; {} when off."""
-  if tta_step is None:
+  if run.tta_step is None:
     return {}
-  out = {"tta": list(tta_lib.parse_views(config.tta))}
+  out = {"tta": list(tta_lib.parse_views(run.config.tta))}
   for split in ("val", "test") if eval_test else ("val",):
-    m = evaluate(config, split, info, spec, par, tta_step, variables)
+    m = evaluate(run, split, variables, run.tta_step)
     out.update({f"tta_{split}_auc": m["auc"], f"tta_{split}_acc": m["acc"]})
-  logging.info("TTA (%s): %s", config.tta,
+  logging.info("TTA (%s): %s", run.config.tta,
                {k: round(v, 4) for k, v in out.items() if isinstance(v, float)})
   return out

@@ -255,16 +255,31 @@ def _arch() -> tuple[Check, str]:
   return (lambda v: v in names), " | ".join(names)
 
 
-def _norm() -> tuple[Check, str]:
-  from jaxbn.models.norm import NORMS
+def _parses(parse: Callable[[str], Any]) -> Check:
+  def ok(v):
+    if not isinstance(v, str):
+      return False
+    try:
+      parse(v)
+    except ValueError:
+      return False
+    return True
 
-  return one_of(*NORMS)
+  return ok
+
+
+def _norm() -> tuple[Check, str]:
+  from jaxbn.models import norm
+
+  return _parses(norm.parse), " | ".join(norm.NORMS) + " | acnorm:tau=T (T > 0)"
 
 
 def _init() -> tuple[Check, str]:
   # Paths are checked (one-line errors, nothing executed) where they are read.
-  return ((lambda v: isinstance(v, str) and v.strip() != ""),
-          "imagenet | random | mean_var[:path] | a checkpoint path")
+  from jaxbn.weights import init
+
+  return _parses(init.parse_init), ("imagenet | random[:SEED] | mean_var[:SEED] | "
+                                    "mean_var:PATH | a checkpoint path")
 
 
 def _stage_widths() -> tuple[Check, str]:

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxbn import config as config_lib, masks, step as step_lib, train
+from jaxbn import config as config_lib, masks, setup, step as step_lib
 from jaxbn.models import acnorm
 from jaxbn.models.norm import make_norm
 from jaxbn.ops import acnorm_affine
@@ -241,8 +241,7 @@ def test_masks_select_target_affine_and_steps_train_it(tiny, strategy):
   assert (labels["conv1"]["kernel"] == masks.TRAINABLE) == (strategy == "full")
   tx = masks.make_optimizer(optax.sgd(0.5), labels)
   constants = {acnorm.SOURCE: variables[acnorm.SOURCE]}
-  state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=stats,
-                              opt_state=tx.init(params), constants=constants)
+  state = step_lib.TrainState.create(variables, tx)
   step = jax.jit(step_lib.make_train_step(model, tx, labels, bn_stats="batch", multi_label=False))
   for _ in range(2):
     state, m = step(state, batch, jax.random.key(0), 1.0)
@@ -277,8 +276,8 @@ def test_trainer_builds_acnorm_with_its_momentum():
   # tests/test_transferability.py's validation run.)
   config = config_lib.base_config()
   config.model.arch, config.model.norm = "cbr_small", "acnorm"
-  assert train.build_model(config, 2).bn_momentum == acnorm.ACNORM_MOMENTUM
+  assert setup.build_model(config, 2).bn_momentum == acnorm.ACNORM_MOMENTUM
   config.bn_momentum = 0.5
-  assert train.build_model(config, 2).bn_momentum == 0.5
+  assert setup.build_model(config, 2).bn_momentum == 0.5
   config.model.norm, config.bn_momentum = "bn", 0.0
-  assert train.build_model(config, 2).bn_momentum == 0.9  # BN: the architecture's default
+  assert setup.build_model(config, 2).bn_momentum == 0.9  # BN: the architecture's default

@@ -1,7 +1,6 @@
 """The benchmark's PyTorch peers compute jaxbn's step: same loss, same Adam update, same freezing."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -47,9 +46,7 @@ def test_peer_step_equals_jaxbn_step(setup):
   model, variables, labels, images, targets = setup
   lr = 1e-2
   tx = masks.make_optimizer(optax.adam(lr), labels)
-  state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                              batch_stats=variables["batch_stats"],
-                              opt_state=tx.init(variables["params"]))
+  state = step_lib.TrainState.create(variables, tx)
   fn = jax.jit(step_lib.make_train_step(model, tx, labels, bn_stats="frozen", multi_label=False))
   state, _ = fn(state, {"image": images, "label": targets}, jax.random.key(0), 1.0)
 

@@ -19,6 +19,7 @@ import pytest
 
 from jaxbn import config as config_lib, preemption, train, validate, workdir as workdir_lib
 from jaxbn.checkpoint import RunCheckpoints
+from jaxbn.models import DTYPES
 from jaxbn.data import pipeline
 
 from test_train import tiny_config
@@ -98,7 +99,7 @@ def test_every_base_config_field_is_checked_and_defaults_pass():
   validate.check(config)
   flat = workdir_lib._flat(workdir_lib.config_record(config))
   assert set(flat) <= set(validate.field_checks()), set(flat) - set(validate.field_checks())
-  assert set(validate.DTYPES) == set(train.DTYPES)
+  assert set(validate.DTYPES) == set(DTYPES)
 
 
 # --------------------------------------------------------------------------- #

@@ -1,7 +1,7 @@
 """Every option of the train step changes the result the way it should, and only that.
 
 One step of a two-block CBR (conv-BN-ReLU, Raghu et al., arXiv:1902.07208) on a
-fixed batch, through the public pieces the trainer uses: ``jaxbn.train.build_optimizer``
+fixed batch, through the public pieces the trainer uses: ``jaxbn.setup.build_optimizer``
 (optimizer, weight decay, gradient clipping) and ``jaxbn.step.make_train_step``
 (label smoothing, ``lr_scale``, BN statistics mode). Each test compares a run with
 the option against one without it.
@@ -17,7 +17,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxbn import config as config_lib, masks, step as step_lib, train
+from jaxbn import config as config_lib, masks, setup as setup_lib, step as step_lib
 from jaxbn.models.cbr import CBR
 
 NUM_CLASSES = 3
@@ -57,7 +57,7 @@ def _compiled(labels, optimizer, weight_decay, grad_clip_norm, label_smoothing, 
   key = (optimizer, weight_decay, grad_clip_norm, label_smoothing, bn_stats, dtype)
   if key not in _STEPS:
     c = _config(optimizer, weight_decay, grad_clip_norm)
-    tx = train.build_optimizer(c, config_lib.stage(STRATEGY, 1, LR), 1, labels)
+    tx = setup_lib.build_optimizer(c, config_lib.stage(STRATEGY, 1, LR), 1, labels)
     step = step_lib.make_train_step(
         _model(jnp.dtype(dtype).type), tx, labels, bn_stats=bn_stats, multi_label=False,
         label_smoothing=label_smoothing,
@@ -72,10 +72,7 @@ def run(setup, *, optimizer="sgd", weight_decay=0.0, grad_clip_norm=0.0, label_s
   variables, batch, labels = setup
   tx, step = _compiled(labels, optimizer, weight_decay, grad_clip_norm, label_smoothing, bn_stats,
                        dtype)
-  state = step_lib.TrainState(
-      step=jnp.asarray(0, jnp.int32), params=variables["params"],
-      batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
-  )
+  state = step_lib.TrainState.create(variables, tx)
   losses = []
   for _ in range(steps):
     state, metrics = step(state, batch, jax.random.key(0), jnp.float32(lr_scale))

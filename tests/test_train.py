@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -57,11 +56,7 @@ def run_steps(model, variables, batch, strategy, bn_stats, par, n=3, opt=None,
               grad_wrt="trainable"):
   labels = masks.make_labels(variables["params"], strategy, batch_stats=variables["batch_stats"])
   tx = masks.make_optimizer(opt or optax.adam(1e-2), labels)
-  state = step_lib.TrainState(
-      step=jnp.asarray(0, jnp.int32), params=variables["params"],
-      batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]),
-      constants={k: v for k, v in variables.items() if k not in ("params", "batch_stats")},
-  )
+  state = step_lib.TrainState.create(variables, tx)
   step = par.compile_train(step_lib.make_train_step(
       model, tx, labels, bn_stats=bn_stats, multi_label=False, axis_name=par.axis_name,
       grad_wrt=grad_wrt))

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxbn import main as main_lib, train
+from jaxbn import main as main_lib, setup
 from jaxbn.analysis import transferability as tr
 from jaxbn.checkpoint import RunCheckpoints
 from jaxbn.models import acnorm, create_model
@@ -144,8 +144,8 @@ def test_ranking_and_validation_end_to_end(tmp_path, fake_pretrained):
   v = report["validation"]
   assert v["ac_corr"]["n"] == 2 and abs(v["ac_corr"]["tau"]) == pytest.approx(1.0)
   ckpts = RunCheckpoints(str(tmp_path / "validate" / "cbr_small@cbr_a"))
-  target = train.initial_variables(tr.candidate_config(config, tr.Candidate("cbr_small", ckpt_a)),
-                                   train.build_model(config, 2), 2, jax.random.key(0))
+  target = setup.initial_variables(tr.candidate_config(config, tr.Candidate("cbr_small", ckpt_a)),
+                                   setup.build_model(config, 2), jax.random.key(0))
   best, _ = ckpts.restore_best(target)
   ckpts.close()
   # The best checkpoint carries the frozen source affine, unchanged: the pretrained γ, β.

@@ -168,8 +168,8 @@ def _config(**model):
 
 
 def test_trainer_dispatch(monkeypatch):
-  """train.initial_variables routes mean_var / transfer_up_to here, with the right source."""
-  from jaxbn import train
+  """setup.initial_variables routes mean_var / transfer_up_to here, with the right source."""
+  from jaxbn import setup
 
   model = create_model("cbr_small", num_classes=2)
   shapes = init_shapes(model, input_size=28)
@@ -185,31 +185,31 @@ def test_trainer_dispatch(monkeypatch):
   monkeypatch.setattr("jaxbn.models.init_variables", lambda m, rng, *a: random)
 
   c = _config(init="imagenet", transfer_up_to="stage2")
-  assert init.handles(c)
-  out = train.initial_variables(c, model, 2, jax.random.key(0))
+  assert init.parse_init(c.model.init) == init.Init("pretrained")
+  out = setup.initial_variables(c, model, jax.random.key(0))
   np.testing.assert_array_equal(out["params"]["conv2"]["kernel"], pre["params"]["conv2"]["kernel"])
   np.testing.assert_array_equal(out["params"]["conv3"]["kernel"], random["params"]["conv3"]["kernel"])
   assert sources[-1] == ("cbr_small", None, 0)
 
-  out = train.initial_variables(_config(init="mean_var:/ckpt.pth"), model, 2, jax.random.key(0))
+  out = setup.initial_variables(_config(init="mean_var:/ckpt.pth"), model, jax.random.key(0))
   assert sources[-1] == ("cbr_small", "/ckpt.pth", 0)
   assert np.all(out["params"]["bn2"]["scale"] == 1.0)
 
-  out = train.initial_variables(_config(init="/ckpt.pth", transfer_up_to="all"), model, 2,
+  out = setup.initial_variables(_config(init="/ckpt.pth", transfer_up_to="all"), model,
                                 jax.random.key(0))
   np.testing.assert_array_equal(out["params"]["conv4"]["kernel"], pre["params"]["conv4"]["kernel"])
   np.testing.assert_array_equal(out["params"]["fc"]["kernel"], random["params"]["fc"]["kernel"])
 
-  train.initial_variables(_config(init="mean_var_run/ckpt.pth", transfer_up_to="conv1"), model, 2,
+  setup.initial_variables(_config(init="mean_var_run/ckpt.pth", transfer_up_to="conv1"), model,
                           jax.random.key(0))
   assert sources[-1] == ("cbr_small", "mean_var_run/ckpt.pth", 0)  # a path, not mean_var
 
-  assert not init.handles(_config(init="imagenet"))
+  assert init.parse_init("mean_var:3") == init.Init("mean_var", None, 3)
   with pytest.raises(ValueError, match="needs pretrained weights"):
-    train.initial_variables(_config(init="random", transfer_up_to="conv1"), model, 2,
+    setup.initial_variables(_config(init="random", transfer_up_to="conv1"), model,
                             jax.random.key(0))
   with pytest.raises(ValueError, match="cannot be combined"):
-    train.initial_variables(_config(init="mean_var", transfer_up_to="conv1"), model, 2,
+    setup.initial_variables(_config(init="mean_var", transfer_up_to="conv1"), model,
                             jax.random.key(0))
 
 
@@ -217,7 +217,7 @@ def test_configs_load():
   import importlib.util
   import pathlib
 
-  from jaxbn import train
+  from jaxbn import setup
 
   root = pathlib.Path(__file__).resolve().parents[1] / "configs"
   got = {}
@@ -230,7 +230,7 @@ def test_configs_load():
   assert got["mean_var"].model.init == "mean_var"
   assert got["transfer"].model.transfer_up_to == "all"
   assert tuple(got["slim"].model.stage_widths) == (64, 128, 128, 256)
-  slim = train.build_model(got["slim"], 2)
+  slim = setup.build_model(got["slim"], 2)
   assert tuple(slim.stage_widths) == (64, 128, 128, 256)
   # one training recipe for all of them
   recipe = lambda c: (c.finetune.to_dict(), c.warmup.epochs, c.bn_stats, c.data.image_size,

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxbn import masks, train, truncated
+from jaxbn import masks, setup, train, truncated
 from jaxbn.models import count_params, create_model, cut_points, get_cut, get_spec, init_shapes
 from jaxbn.models import norm as norm_lib
 from jaxbn.weights import convert, hub
@@ -335,8 +335,8 @@ def test_the_trainer_builds_and_initialises_the_truncated_model(tmp_path):
   store.save_variables(tmp_path / "r18", full, {"arch": "resnet18", "num_classes": 1000})
   config = tiny_config(**{"model.arch": "resnet18", "model.truncate_at": "layer1_0",
                           "model.init": str(tmp_path / "r18")})
-  model = train.build_model(config, 2)
+  model = setup.build_model(config, 2)
   assert model.truncate_at == "layer1_0"
-  v = train.initial_variables(config, model, 2, jax.random.key(0))
+  v = setup.initial_variables(config, model, jax.random.key(0))
   assert set(v["params"]) == {"conv1", "bn1", "layer1_0", "fc"}
   _assert_prefix_of(v, full, get_cut("resnet18", "layer1_0").kept, "fc")

@@ -60,11 +60,6 @@ from jaxbn.plotting import pyplot, save_figure
 # --------------------------------------------------------------------------- #
 
 
-def _seed(spec: str, default: int = 0) -> int:
-  _, _, tail = spec.partition(":")
-  return int(tail) if tail else default
-
-
 def _is_workdir(path: str) -> bool:
   return os.path.isdir(os.path.join(path, "best")) or os.path.isdir(
       os.path.join(path, "checkpoints"))
@@ -79,20 +74,18 @@ def load_variables(arch: str, source: str, *, num_classes: int = 2,
   """
   import jax
 
-  from jaxbn.models import create_model, get_spec, init_shapes, init_variables
-  from jaxbn.weights import init as init_lib, pytorch
+  from jaxbn.models import create_model, get_spec, init_shapes
+  from jaxbn.weights import init as init_lib
 
   kw = dict(model_kwargs or {})
   head = get_spec(arch).head
-  if source == "imagenet":
-    variables = pytorch.load_pretrained(arch, None, num_classes=0, **kw)
-  elif source.split(":")[0] in ("random", "mean_var"):
+  parsed = init_lib.parse_init(source)
+  path = parsed.source if parsed.kind == "pretrained" else None
+  if path is None or (os.path.exists(path) and not _is_workdir(path)):
     model = create_model(arch, num_classes=0, **kw)
-    variables = jax.tree.map(np.asarray, init_variables(model, jax.random.key(_seed(source))))
-    if source.startswith("mean_var"):
-      pretrained = pytorch.load_pretrained(arch, None, num_classes=0)
-      variables = init_lib.mean_var(variables, pretrained, _seed(source) + 1, head=head)
-  elif os.path.isdir(source) and _is_workdir(source):
+    variables = init_lib.initial_variables(model, jax.random.key(0), arch=arch, init=parsed,
+                                           stage_widths=kw.get("stage_widths"))
+  elif os.path.isdir(path):
     from jaxbn.checkpoint import RunCheckpoints
 
     abstract = init_shapes(create_model(arch, num_classes=num_classes, **kw))
@@ -109,8 +102,6 @@ def load_variables(arch: str, source: str, *, num_classes: int = 2,
     if best is None:
       raise ValueError(f"{source} has no best checkpoint yet (no evaluation finished).")
     variables = best[0]
-  elif os.path.exists(source):
-    variables = pytorch.load_pretrained(arch, source, num_classes=0, **kw)
   else:
     raise ValueError(
         f"Unknown checkpoint {source!r}: imagenet | random[:SEED] | mean_var[:SEED] | a "

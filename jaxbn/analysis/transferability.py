@@ -54,9 +54,9 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxbn import masks, step as step_lib, train
+from jaxbn import masks, setup, step as step_lib, train
 from jaxbn.data import pipeline
-from jaxbn.models import acnorm, get_spec
+from jaxbn.models import acnorm, get_spec, norm as norm_lib
 from jaxbn.io import write_json_atomic, write_text_atomic
 from jaxbn.ops.acnorm import acnorm_affine
 from jaxbn.plotting import pyplot, save_figure
@@ -190,10 +190,10 @@ def score_candidate(config: ml_collections.ConfigDict, cand: Candidate, info,
   compiled = {} if compiled is None else compiled
   cfg = candidate_config(config, cand, norm=acnorm_norm(t.temperature))
   spec = get_spec(cand.arch)
-  model = train.build_model(cfg, info.num_classes)
+  model = setup.build_model(cfg, info.num_classes)
   init_rng, step_rng = jax.random.split(jax.random.key(config.seed))
   start = time.time()
-  variables = train.initial_variables(cfg, model, info.num_classes, init_rng)
+  variables = setup.initial_variables(cfg, model, init_rng)
   variables = jax.tree.map(np.asarray, dict(variables))
   if t.head_init == "random" and cand.init != "random":
     head = variables["params"][spec.head]
@@ -201,21 +201,18 @@ def score_candidate(config: ml_collections.ConfigDict, cand: Candidate, info,
     variables["params"][spec.head] = torch_linear_init(head, np.random.default_rng(config.seed))
   elif t.head_init not in ("random", "zero"):
     raise ValueError(f"transfer.head_init must be 'random' or 'zero', got {t.head_init!r}.")
-  params, batch_stats = variables["params"], variables["batch_stats"]
-  constants = {k: v for k, v in variables.items() if k not in ("params", "batch_stats")}
   settings = acnorm.layer_settings(model, variables, config.data.image_size)
   before = layer_statistics(variables, settings)
 
   if cand.arch not in compiled:  # only arch and init differ between candidates
-    labels = masks.make_labels(params, t.strategy, batch_stats=batch_stats, arch=cand.arch)
+    labels = masks.make_labels(variables["params"], t.strategy,
+                               batch_stats=variables["batch_stats"], arch=cand.arch)
     stage = ml_collections.ConfigDict(dict(lr=float(t.lr), schedule="constant", warmup_steps=0))
-    tx = train.build_optimizer(cfg, stage, max(1, t.steps), labels)
+    tx = setup.build_optimizer(cfg, stage, max(1, t.steps), labels)
     compiled[cand.arch] = tx, jax.jit(step_lib.make_train_step(
         model, tx, labels, bn_stats=cfg.bn_stats, multi_label=info.multi_label))
   tx, step = compiled[cand.arch]
-  state = step_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                              batch_stats=batch_stats, opt_state=tx.init(params),
-                              constants=constants)
+  state = step_lib.TrainState.create(variables, tx)
   batches = pipeline.train_iterator(
       cfg.data, batch_size=t.batch_size or cfg.batch_size, image_size=cfg.data.image_size,
       mean=spec.mean, std=spec.std, seed=config.seed, process_index=0, process_count=1,
@@ -238,7 +235,7 @@ def score_candidate(config: ml_collections.ConfigDict, cand: Candidate, info,
       "mean_channels": float(np.mean([v["channels"] for v in chosen.values()])),
       "offdiag_kept": int(sum(v["offdiag_kept"] for v in chosen.values())),
       "steps": t.steps, "train_loss": losses,
-      "params": int(sum(x.size for x in jax.tree.leaves(params))),
+      "params": int(sum(x.size for x in jax.tree.leaves(variables["params"]))),
       "seconds": round(time.time() - start, 1),
       "layers": chosen,
   }
@@ -250,7 +247,8 @@ def score_candidate(config: ml_collections.ConfigDict, cand: Candidate, info,
 
 
 def acnorm_norm(temperature: float) -> str:
-  return "acnorm" if float(temperature) == 1.0 else f"acnorm:tau={float(temperature)!r}"
+  """The ``norm`` string of AC-Norm with softmax temperature ``temperature``."""
+  return str(norm_lib.Norm("acnorm", float(temperature)))
 
 
 # --------------------------------------------------------------------------- #
@@ -395,7 +393,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     report["validation"] = {
         "max_steps": t.validate_steps, "norm": t.validate_norm or config.model.norm,
         "bn_stats": config.bn_stats,
-        "stages": ", ".join(f"{n} {s.strategy} lr {s.lr:g}" for n, s in train.stages_of(config)),
+        "stages": ", ".join(f"{n} {s.strategy} lr {s.lr:g}" for n, s in setup.stages_of(config)),
         **rank_correlations(records),
     }
     _write_report(workdir, report)

@@ -59,31 +59,6 @@ CORR = "acnorm_corr"  # name of the sown S in the 'intermediates' collection
 ACNORM_MOMENTUM = 0.81  # Flax convention; = torch 0.19 = the reference's two 0.1 updates
 
 
-def is_acnorm(norm: str) -> bool:
-  """Whether a ``norm`` string (``'acnorm'``, ``'acnorm:tau=2'``) names AC-Norm."""
-  return norm == "acnorm" or norm.startswith("acnorm:")
-
-
-def parse_norm(norm: str) -> dict[str, float]:
-  """Options of an AC-Norm ``norm`` string: ``'acnorm:tau=0.5'`` -> ``{'tau': 0.5}``.
-
-  >>> parse_norm("acnorm"), parse_norm("acnorm:tau=2")
-  ({'tau': 1.0}, {'tau': 2.0})
-  """
-  if not is_acnorm(norm):
-    raise ValueError(f"{norm!r} is not an AC-Norm norm string ('acnorm' or 'acnorm:tau=T').")
-  options = {"tau": DEFAULT_TEMPERATURE}
-  _, _, rest = norm.partition(":")
-  for item in filter(None, (t.strip() for t in rest.split(";"))):
-    key, eq, value = item.partition("=")
-    if key.strip() not in options or not eq:
-      raise ValueError(f"Bad AC-Norm option {item!r} in {norm!r}; known: tau=<float>.")
-    options[key.strip()] = float(value)
-  if options["tau"] <= 0:
-    raise ValueError(f"AC-Norm temperature must be > 0, got {options['tau']} in {norm!r}.")
-  return options
-
-
 class ACNorm(nn.Module):
   """AC-Norm over the last (channel) axis; the same call convention as ``nn.BatchNorm``.
 
@@ -236,9 +211,7 @@ __all__ = [
     "ACNorm",
     "SOURCE",
     "add_source_affine",
-    "is_acnorm",
     "layer_affines",
     "layer_paths",
     "layer_settings",
-    "parse_norm",
 ]

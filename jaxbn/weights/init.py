@@ -44,8 +44,9 @@ of the *target* model's random initialisation; nothing is modified in place.
   ``transfer_up_to='stage2'`` (:func:`jaxbn.models.resnet.slim_widths`).
   Copied modules must have the pretrained shapes (a clear error otherwise).
 
-In training these are chosen by the config (``jaxbn.train.initial_variables``
-calls :func:`initial_variables`, a thin adapter over :func:`transfusion_variables`)::
+In training these are chosen by the config (:func:`jaxbn.setup.initial_variables`
+unpacks ``config.model`` into :func:`initial_variables`, which parses ``model.init``
+with :func:`parse_init`)::
 
     model.init = "mean_var"              # statistics of the registered ImageNet weights
     model.init = "mean_var:/path.pth"    # ... of any checkpoint load_pretrained reads
@@ -64,6 +65,7 @@ Library use (not run as a doctest: it downloads ImageNet weights)::
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -261,14 +263,64 @@ def transfuse(
 # --------------------------------------------------------------------------- #
 
 
-def wants_transfusion(init: str, transfer_up_to: str | None = None,
-                      stage_widths: Sequence[int] | None = None) -> bool:
-  """Whether these model settings ask for a Transfusion initialiser (this module's job)."""
-  return (str(init).split(":", 1)[0] == MEAN_VAR or transfer_up_to is not None
-          or bool(stage_widths))
+@dataclasses.dataclass(frozen=True)
+class Init:
+  """A parsed ``model.init`` string (:func:`parse_init`)."""
+
+  kind: str  # "random" | "pretrained" | "mean_var"
+  source: str | None = None  # a checkpoint path; None: the registered ImageNet weights
+  seed: int | None = None  # random[:SEED], mean_var[:SEED]; None: the caller's key
 
 
-def transfusion_variables(model, rng, *, arch: str, init: str,
+def parse_init(init: str) -> Init:
+  """The one parser of the ``model.init`` grammar.
+
+  ``imagenet`` (the registered checkpoint) · ``PATH`` (a ``.pth``/``.safetensors``
+  file or converted directory) · ``random[:SEED]`` · ``mean_var[:SEED]`` (Mean-Var
+  from the ImageNet weights) · ``mean_var:PATH`` (... from a checkpoint). A
+  suffix of digits is a seed; a path that is all digits is written ``./123``.
+
+  >>> parse_init("imagenet"), parse_init("random:3")
+  (Init(kind='pretrained', source=None, seed=None), Init(kind='random', source=None, seed=3))
+  >>> parse_init("mean_var:/ckpt/r50.pth"), parse_init("mean_var_run/a.pth").kind
+  (Init(kind='mean_var', source='/ckpt/r50.pth', seed=None), 'pretrained')
+  """
+  init = str(init).strip()
+  if not init:
+    raise ValueError("model.init is empty: imagenet | random | mean_var[:PATH] | a checkpoint path.")
+  kind, colon, tail = init.partition(":")
+  if kind in ("random", MEAN_VAR):
+    if tail.isdigit():
+      return Init(kind, None, int(tail))
+    if kind == "random" and colon:
+      raise ValueError(f"model.init={init!r}: random takes an integer seed (random:SEED).")
+    return Init(kind, None if tail in ("", "imagenet") else tail)
+  return Init("pretrained", None if init == "imagenet" else init)
+
+
+def initial_variables(model, rng, *, arch: str, init: str | Init,
+                      transfer_up_to: str | None = None,
+                      stage_widths: Sequence[int] | None = None) -> dict[str, Any]:
+  """Variables for the ``model`` the caller built, from a ``model.init`` string.
+
+  ``pretrained`` fills the model's abstract variables from the checkpoint
+  (:func:`jaxbn.weights.pytorch.fill_variables`: new zero head, TruncatedTL prefix,
+  AC-Norm source affine); ``random`` is ``model.init(rng)``; ``mean_var`` and a
+  ``transfer_up_to`` prefix are Transfusion's (:func:`transfusion_variables`).
+  ``stage_widths``: the model's widths differ from the pretrained ones (the slim
+  variant), which only a ``transfer_up_to`` prefix can fill.
+  """
+  parsed = parse_init(init) if not isinstance(init, Init) else init
+  if parsed.seed is not None:
+    rng = jax.random.key(parsed.seed)
+  if parsed.kind == "random" and transfer_up_to in (None, NONE):
+    return _host(models.init_variables(model, rng))
+  if parsed.kind == "pretrained" and transfer_up_to is None and not stage_widths:
+    return pytorch.fill_variables(models.init_shapes(model), arch, parsed.source)
+  return transfusion_variables(model, rng, arch=arch, init=parsed, transfer_up_to=transfer_up_to)
+
+
+def transfusion_variables(model, rng, *, arch: str, init: str | Init,
                           transfer_up_to: str | None = None) -> dict[str, Any]:
   """Variables for ``init`` = ``mean_var[:SOURCE]``, or a ``transfer_up_to`` prefix.
 
@@ -278,50 +330,29 @@ def transfusion_variables(model, rng, *, arch: str, init: str,
   registered ImageNet checkpoint (``imagenet``, ``mean_var``) or of the given
   path (``init=PATH``, ``mean_var:PATH``), without its head.
   """
-  init = str(init)
+  parsed = parse_init(init) if not isinstance(init, Init) else init
   rng_random, rng_draw = jax.random.split(rng)
   random = _host(models.init_variables(model, rng_random))
-  if init == "random":
+  if parsed.kind == "random":
     if transfer_up_to not in (None, NONE):
       raise ValueError(
           f"model.transfer_up_to={transfer_up_to!r} needs pretrained weights: set model.init "
           "to 'imagenet' or a checkpoint path (init='random' has nothing to transfer).")
     return random
-  is_mean_var = init.split(":", 1)[0] == MEAN_VAR
-  kind, _, source = init.partition(":") if is_mean_var else ("", "", init)
-  source = None if source in ("", "imagenet") else source
-  pretrained = pytorch.load_pretrained(arch, source, num_classes=0)
-  if kind == MEAN_VAR:
-    if transfer_up_to not in (None, NONE):
-      raise ValueError("model.init='mean_var' and model.transfer_up_to cannot be combined.")
-    return mean_var(random, pretrained, rng_draw, head=registry.get_spec(arch).head)
-  if transfer_up_to is None:
+  if parsed.kind == MEAN_VAR and transfer_up_to not in (None, NONE):
+    raise ValueError("model.init='mean_var' and model.transfer_up_to cannot be combined.")
+  if parsed.kind == "pretrained" and transfer_up_to is None:
     raise ValueError(
         f"model.stage_widths changes the shapes of {arch}: pretrained weights need "
         "model.transfer_up_to (the slim variant: 'stage2'), or use model.init='random'.")
+  pretrained = pytorch.load_pretrained(arch, parsed.source, num_classes=0)
+  if parsed.kind == MEAN_VAR:
+    return mean_var(random, pretrained, rng_draw, head=registry.get_spec(arch).head)
   return transfuse(random, pretrained, arch, transfer_up_to)
 
 
-# The trainer's two calls (``jaxbn.train.initial_variables``): thin adapters that
-# only unpack ``config.model``; they belong in the trainer's set-up module.
-
-
-def handles(config) -> bool:
-  """:func:`wants_transfusion` of ``config.model``."""
-  m = config.model
-  return wants_transfusion(m.init, m.get("transfer_up_to"), m.get("stage_widths"))
-
-
-def initial_variables(config, model, num_outputs: int, rng) -> dict[str, Any]:
-  """:func:`transfusion_variables` for ``config.model`` (the head comes with ``model``)."""
-  del num_outputs
-  m = config.model
-  return transfusion_variables(model, rng, arch=m.arch, init=m.init,
-                               transfer_up_to=m.get("transfer_up_to"))
-
-
 __all__ = [
-    "ALL", "MEAN_VAR", "NONE", "batchnorm_modules", "handles", "initial_variables",
-    "kernel_stats", "mean_var", "slim_widths", "transfer_points", "transferred_modules",
-    "transfuse", "transfusion_variables", "wants_transfusion",
+    "ALL", "MEAN_VAR", "NONE", "Init", "batchnorm_modules", "initial_variables", "kernel_stats",
+    "mean_var", "parse_init", "slim_widths", "transfer_points", "transferred_modules",
+    "transfuse", "transfusion_variables",
 ]

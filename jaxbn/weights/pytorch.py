@@ -228,55 +228,117 @@ def convert_state_dict(
     num_classes: ``None`` keeps the checkpoint's head; ``0`` drops it (feature
       extractor); the checkpoint's class count keeps its head; any other
       count builds a new, zero-initialised head (:func:`zero_head`).
-    **model_kwargs: forwarded to ``create_model`` (they must not change shapes).
+    **model_kwargs: forwarded to ``create_model`` (``truncate_at``, ``norm``, ...).
   """
-  spec = registry.get_spec(arch)
-  state_dict = {torchvision.normalise_legacy_key(k): v for k, v in state_dict.items()}
-  table = key_table(arch)
-  heads = head_keys(arch)
-  ckpt_classes = None
-  for k in heads:
-    if k.endswith("bias") and k in state_dict:
-      ckpt_classes = int(np.shape(state_dict[k])[0])
-  if num_classes is None:
-    num_classes = ckpt_classes or spec.num_imagenet_classes
-  keep_head = num_classes > 0 and num_classes == ckpt_classes
-  # truncate_at (TruncatedTL): the model is a prefix of ``arch``. The checkpoint's
-  # tensors after the cut are dropped by the cut's definition, every other key is
-  # checked as usual; the classifier sat on other features, so the head is new.
-  dropped = cut_keys(arch, table, model_kwargs.get("truncate_at"))
-  keep_head = keep_head and model_kwargs.get("truncate_at") is None
-  model = registry.create_model(arch, num_classes=num_classes, **model_kwargs)
-  expected = registry.init_shapes(model)
-  # norm='acnorm': a BN checkpoint has no AC-Norm source affine; it is the pretrained
-  # γ, β (as is the target), copied from params once they are converted.
+  return load_pretrained(arch, state_dict, num_classes=num_classes, **model_kwargs)
+
+
+# --------------------------------------------------------------------------- #
+# Filling the abstract variables of a model the caller built.
+# --------------------------------------------------------------------------- #
+
+
+def fill_variables(
+    expected: Mapping[str, Any],
+    arch: str,
+    source: str | os.PathLike[str] | Mapping[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+  """Pretrained variables with exactly the tree and shapes of ``expected``.
+
+  ``expected`` is the abstract variable tree of the model the caller already
+  built (``jax.eval_shape(model.init, ...)``, :func:`jaxbn.models.init_shapes`);
+  nothing is rebuilt here. ``source``: ``None`` (the registered ImageNet
+  checkpoint of ``arch``, downloaded once), a ``.pth``/``.safetensors`` file, a
+  directory written by ``python -m jaxbn.convert``, or a state dict already read.
+
+  The model decides what is read: the tensors of top-level modules it does not
+  have (a TruncatedTL prefix, arXiv:2106.05152) are skipped, every other one is
+  required and shape-checked (:class:`CheckpointError` lists all problems). The
+  checkpoint's head is kept when the model has it with the same shapes and no
+  module was cut; otherwise the model's head is new and zero
+  (:func:`zero_head`). AC-Norm's source affine, which a BN checkpoint lacks, is a
+  copy of the pretrained γ, β (:func:`jaxbn.models.acnorm.add_source_affine`).
+  """
+  expected = dict(expected)
   acnorm_source = expected.pop(acnorm.SOURCE, None)
-  skip = (lambda k: k in dropped) if keep_head else (lambda k: k in heads or k in dropped)
-  variables = apply_key_table(
-      state_dict,
-      {k: v for k, v in table.items() if k not in dropped and (keep_head or k not in heads)},
-      _without_head(expected, spec.head) if not keep_head else expected,
-      arch=arch,
-      skip_torch=skip,
-  )
-  if num_classes > 0 and not keep_head:
-    variables["params"][spec.head] = zero_head(expected["params"][spec.head])
+  if isinstance(source, Mapping):
+    variables = _fill_from_state_dict(expected, arch, source)
+  elif source is not None and os.path.isdir(source):
+    saved = store.restore_variables(source, arch, num_classes=None)
+    variables = fill_from_variables(expected, arch, saved, what=f"{arch} (from {source})")
+  else:
+    path = source if source is not None else hub.fetch(arch)
+    variables = _fill_from_state_dict(expected, arch, load_state_dict(path))
   if acnorm_source is not None:
     variables = acnorm.add_source_affine(variables, acnorm_source)
   return variables
 
 
-def cut_keys(arch: str, table: Mapping[str, Path], truncate_at: str | None) -> set[str]:
-  """Torch keys of the modules that the TruncatedTL cut ``truncate_at`` drops.
+def _top_level(tree: Mapping[str, Any]) -> set[str]:
+  return {name for sub in tree.values() for name in sub}
 
-  Exactly the tensors of the top-level modules after the cut (those not in
-  :attr:`jaxbn.models.registry.CutPoint.kept`), head excluded (the caller
-  replaces it); empty when ``truncate_at`` is None.
+
+def _new_head(variables: dict[str, Any], expected: Mapping[str, Any], head: str) -> None:
+  if head in expected.get("params", {}):
+    variables.setdefault("params", {})[head] = zero_head(expected["params"][head])
+
+
+def _fill_from_state_dict(expected: Mapping[str, Any], arch: str,
+                          state_dict: Mapping[str, np.ndarray]) -> dict[str, Any]:
+  head = registry.get_spec(arch).head
+  state_dict = {torchvision.normalise_legacy_key(k): v for k, v in state_dict.items()}
+  table, heads = key_table(arch), head_keys(arch)
+  modules = _top_level(expected)
+  cut = {k for k, path in table.items() if path[1] not in modules | {head}}
+  exp_head = _flatten(expected.get("params", {}).get(head, {}))
+
+  def fits(k: str) -> bool:  # the checkpoint's head tensor k has the model's head shape
+    want = exp_head.get(table[k][2:])
+    return (k in state_dict and want is not None and tuple(want.shape)
+            == _to_flax(np.empty(np.shape(state_dict[k]), np.uint8), table[k]).shape)
+
+  keep_head = not cut and bool(heads) and all(fits(k) for k in heads)
+  used = {k: p for k, p in table.items() if k not in cut and (keep_head or k not in heads)}
+  variables = apply_key_table(
+      state_dict, used, expected if keep_head else _without_head(expected, head), arch=arch,
+      skip_torch=lambda k: k in table and k not in used,
+  )
+  if not keep_head:
+    _new_head(variables, expected, head)
+  return variables
+
+
+def fill_from_variables(expected: Mapping[str, Any], arch: str, variables: Mapping[str, Any],
+                        *, what: str) -> dict[str, Any]:
+  """:func:`fill_variables` from Flax variables of (a prefix of) ``arch`` (e.g. converted ones).
+
+  Keeps the top-level modules ``expected`` has (every collection), requires
+  exactly its names and shapes (any difference is a :class:`CheckpointError`
+  naming ``what``), keeps the saved head when it fits and nothing was cut, else
+  adds a new zero head.
   """
-  if truncate_at is None:
-    return set()
-  kept = set(registry.get_cut(arch, truncate_at).kept) | {registry.get_spec(arch).head}
-  return {k for k, path in table.items() if path[1] not in kept}
+  head = registry.get_spec(arch).head
+  modules = _top_level(expected)
+  cut = bool(_top_level(variables) - modules - {head})
+  out = {c: {k: v for k, v in tree.items() if k in modules}
+         for c, tree in variables.items() if c in expected}
+  got = {p: tuple(np.shape(v)) for p, v in _flatten(out).items()}
+  want = {p: tuple(v.shape) for p, v in _flatten(expected).items()}
+  saved_head = {p: s for p, s in got.items() if p[1] == head}
+  keep_head = not cut and bool(saved_head) and saved_head == {
+      p: s for p, s in want.items() if p[1] == head}
+  if not keep_head:
+    out = _without_head(out, head)
+    got = {p: s for p, s in got.items() if p[1] != head}
+    want = {p: s for p, s in want.items() if p[1] != head}
+  bad = sorted("/".join(p) for p in set(got) ^ set(want))
+  bad += sorted(f"{'/'.join(p)} {got[p]} vs expected {want[p]}"
+                for p in set(got) & set(want) if got[p] != want[p])
+  if bad:
+    raise CheckpointError(f"Variables do not fit {what}: {_shorten(bad)}.")
+  if not keep_head:
+    _new_head(out, expected, head)
+  return out
 
 
 def truncate_variables(
@@ -292,39 +354,12 @@ def truncate_variables(
   Keeps the top-level modules the cut keeps (every collection), checks that
   they are exactly the truncated model's (names and shapes; any difference is
   a :class:`CheckpointError`) and adds a new zero head of ``num_classes``
-  (``0``: none). Used for converted checkpoint directories; ``.pth`` files are
-  cut while converting (:func:`convert_state_dict`).
+  (``0``: none).
   """
-  spec = registry.get_spec(arch)
-  kept = set(registry.get_cut(arch, truncate_at).kept)
-  out = {c: {k: v for k, v in tree.items() if k in kept} for c, tree in variables.items()}
   model = registry.create_model(arch, num_classes=num_classes, truncate_at=truncate_at,
                                 **model_kwargs)
-  expected = _without_head(registry.init_shapes(model), spec.head)
-  got = {p: tuple(np.shape(v)) for p, v in _flatten(out).items()}
-  want = {p: tuple(v.shape) for p, v in _flatten(expected).items() if p[0] in out}
-  bad = sorted("/".join(p) for p in set(got) ^ set(want))
-  bad += sorted(f"{'/'.join(p)} {got[p]} vs expected {want[p]}"
-                for p in set(got) & set(want) if got[p] != want[p])
-  if bad:
-    raise CheckpointError(
-        f"Variables do not fit {arch} truncated at {truncate_at!r}: {_shorten(bad)}."
-    )
-  if num_classes > 0:
-    out.setdefault("params", {})[spec.head] = zero_head(
-        registry.init_shapes(model)["params"][spec.head])
-  return out
-
-
-def _restore_converted(source, arch: str, *, num_classes: int | None, **model_kwargs: Any):
-  """``store.restore_variables``, cut to the TruncatedTL prefix when ``truncate_at`` is set."""
-  truncate_at = model_kwargs.pop("truncate_at", None)
-  if truncate_at is None:
-    return store.restore_variables(source, arch, num_classes=num_classes, **model_kwargs)
-  full = store.restore_variables(source, arch, num_classes=0, **model_kwargs)
-  if num_classes is None:
-    num_classes = int(store.read_manifest(source).get("num_classes", 0))
-  return truncate_variables(arch, full, truncate_at, num_classes=num_classes, **model_kwargs)
+  return fill_from_variables(registry.init_shapes(model), arch, variables,
+                             what=f"{arch} truncated at {truncate_at!r}")
 
 
 def _without_head(expected: Mapping[str, Any], head: str) -> dict[str, Any]:
@@ -333,24 +368,32 @@ def _without_head(expected: Mapping[str, Any], head: str) -> dict[str, Any]:
 
 def load_pretrained(
     arch: str,
-    source: str | os.PathLike[str] | None = None,
+    source: str | os.PathLike[str] | Mapping[str, np.ndarray] | None = None,
     *,
     num_classes: int | None = None,
     **model_kwargs: Any,
 ) -> dict[str, Any]:
-  """Variables for ``arch`` from a local file, or the known checkpoint (cached).
+  """Variables for ``create_model(arch, num_classes, **model_kwargs)`` from a checkpoint.
 
   ``source`` is a path to a ``.pth``/``.safetensors`` file, a directory holding
-  an orbax checkpoint written by ``python -m jaxbn.convert``, or ``None`` for the
-  registered ImageNet checkpoint of ``arch`` (downloaded once, sha256-checked).
+  an orbax checkpoint written by ``python -m jaxbn.convert``, a state dict
+  already read, or ``None`` for the registered ImageNet checkpoint of ``arch``
+  (downloaded once, sha256-checked). ``num_classes=None`` keeps the checkpoint's
+  head. A caller that has built its model already uses :func:`fill_variables`.
   """
-  if source is not None and os.path.isdir(source):
-    variables = _restore_converted(source, arch, num_classes=num_classes, **model_kwargs)
-    if acnorm.is_acnorm(model_kwargs.get("norm", "bn")):  # a converted BN checkpoint
-      shapes = registry.init_shapes(registry.create_model(arch, num_classes=0, **model_kwargs))
-      variables = acnorm.add_source_affine(variables, shapes[acnorm.SOURCE])
-    return variables
-  path = source if source is not None else hub.fetch(arch)
-  return convert_state_dict(
-      arch, load_state_dict(path), num_classes=num_classes, **model_kwargs
-  )
+  if source is None or not (isinstance(source, Mapping) or os.path.isdir(source)):
+    source = load_state_dict(source if source is not None else hub.fetch(arch))
+  if num_classes is None:
+    num_classes = _saved_classes(arch, source)
+  model = registry.create_model(arch, num_classes=num_classes, **model_kwargs)
+  return fill_variables(registry.init_shapes(model), arch, source)
+
+
+def _saved_classes(arch: str, source: str | os.PathLike[str] | Mapping[str, np.ndarray]) -> int:
+  """The head size a checkpoint was saved with (ImageNet's when a state dict has no head)."""
+  if not isinstance(source, Mapping):
+    return int(store.read_manifest(source).get("num_classes", 0))
+  for k in head_keys(arch):
+    if k.endswith("bias") and k in source:
+      return int(np.shape(source[k])[0])
+  return registry.get_spec(arch).num_imagenet_classes
