@@ -18,6 +18,8 @@ import ast
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from jaxbn.data import fields as data_fields
+
 
 def stage(strategy: str, epochs: float, lr: float, schedule: str = "constant") -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(
@@ -62,22 +64,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Transfusion's slim variant; None = the standard (64, 128, 256, 512).
   c.model.stage_widths = placeholder(tuple)
 
-  # Fields of jaxbn.data.pipeline (its module docstring documents them).
-  c.data = ml_collections.ConfigDict()
-  c.data.name = "pneumoniamnist"  # MedMNIST name | tfds:NAME | folder:/path
-  c.data.data_dir = placeholder(str)  # MedMNIST npz / TFDS data (None = defaults)
-  c.data.cache_dir = placeholder(str)  # where prepared TFDS data are cached
-  c.data.download = True  # allow downloading a missing MedMNIST/TFDS dataset
-  c.data.image_size = 64
-  c.data.augment = True
-  c.data.hflip = placeholder(bool)  # None = per-dataset default
-  c.data.shuffle_buffer = 10_000
-  # jaxbn.data.augment (train only, off by default): rotation up to ±rotate_deg,
-  # shift up to ±shift × the side, random up-down flip where the data allow it.
-  c.data.rotate_deg = 0.0
-  c.data.shift = 0.0
-  c.data.vflip = False
-  c.data.cache = placeholder(bool)  # None = cache in memory when it fits
+  # name, data_dir, image_size, augment, hflip, rotate_deg, shift, vflip, cache, ...:
+  # one table with the pipeline's defaults (jaxbn.data.fields).
+  c.data = data_fields.default_config()
 
   c.batch_size = 64  # global, split over all devices
   c.eval_batch_size = 256

@@ -131,3 +131,27 @@ def test_no_wrong_way_imports():
     for node in ast.walk(ast.parse(config.read_text())):
       if isinstance(node, ast.ImportFrom):
         assert not (node.module or "").startswith("jaxbn.weights"), config.name
+
+
+def long_functions(path: pathlib.Path, max_lines: int = 60, max_params: int = 6) -> list[str]:
+  """Functions of ``path`` longer than ``max_lines`` or with more than ``max_params`` parameters."""
+  out = []
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+      lines = node.end_lineno - node.lineno + 1
+      params = len(node.args.posonlyargs) + len(node.args.args) + len(node.args.kwonlyargs)
+      if lines > max_lines or params > max_params:
+        out.append(f"{node.name}: {lines} lines, {params} parameters")
+  return out
+
+
+def test_function_size_checker_finds_a_long_function(tmp_path):
+  body = "\n".join(f"  x{i} = {i}" for i in range(70))
+  (tmp_path / "m.py").write_text(f"def f(a, b, c, d, e, f, g):\n{body}\n\ndef g(a):\n  return a\n")
+  assert long_functions(tmp_path / "m.py") == ["f: 71 lines, 7 parameters"]
+
+
+def test_the_trainer_and_set_up_read_in_one_sitting():
+  """No trainer or set-up function over 60 lines or with more than 6 parameters."""
+  for name in ("train.py", "setup.py"):
+    assert long_functions(PACKAGE / name) == [], name

@@ -30,7 +30,9 @@ import math
 import ml_collections
 import tensorflow as tf
 
-DEFAULTS = dict(rotate_deg=0.0, shift=0.0, vflip=False)
+from jaxbn.data import fields
+
+DEFAULTS = {k: fields.FIELDS[k][0] for k in ("rotate_deg", "shift", "vflip")}
 
 
 def settings(config: ml_collections.ConfigDict) -> dict:

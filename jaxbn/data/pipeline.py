@@ -98,6 +98,7 @@ import tensorflow as tf
 
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
+from jaxbn.data import fields  # pylint: disable=g-import-not-at-top
 from jaxbn.data import augment as augment_lib  # pylint: disable=g-import-not-at-top
 from jaxbn.data import image_folder  # pylint: disable=g-import-not-at-top
 from jaxbn.data import medmnist  # pylint: disable=g-import-not-at-top
@@ -110,26 +111,11 @@ RRC_SCALE = (0.8, 1.0)
 RRC_RATIO = (3 / 4, 4 / 3)
 CACHE_AUTO_MAX_BYTES = 1 << 30  # Per process, for ``cache=None``.
 
-_DEFAULTS = dict(
-    name="pneumoniamnist",
-    data_dir=None,
-    cache_dir=None,
-    download=True,
-    augment=True,
-    hflip=None,
-    shuffle_buffer=10_000,
-    cache=None,
-)
 _SPLIT_ALIASES = {"validation": "val", "valid": "val"}
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """A data config with every field at its default (see module docstring)."""
-  return ml_collections.ConfigDict(dict(_DEFAULTS))
-
-
-def _get(config: ml_collections.ConfigDict, field: str):
-  return config.get(field, _DEFAULTS[field])
+default_config = fields.default_config
+_get = fields.get
 
 
 @dataclasses.dataclass(frozen=True)
