@@ -27,8 +27,9 @@ from typing import Any, Callable, Iterable, Sequence
 
 import ml_collections
 
+from jaxbn.models.registry import DTYPES
+
 USAGE_EXIT = 2  # status of every config error (as absl's usage errors)
-DTYPES = ("float32", "bfloat16", "bf16")  # jaxbn.train.DTYPES (a test keeps them equal)
 SCHEDULES = ("constant", "cosine", "plateau")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 IMAGE_SIZE_RANGE = (8, 2048)
@@ -338,7 +339,7 @@ def field_checks(tasks: Iterable[str] = ("train",)) -> dict[str, tuple[Check, st
       "seed": int_in(0, 2**31 - 1),
       "model.arch": _arch(),
       "model.init": _init(),
-      "model.dtype": one_of(*DTYPES),
+      "model.dtype": one_of(*DTYPES),  # the dtype table of jaxbn.models.registry
       "model.norm": _norm(),
       "model.dropout_rate": num_in(0.0, 1.0, hi_open=True),
       "model.truncate_at": optional_str(),
