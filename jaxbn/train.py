@@ -177,11 +177,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     loop, variables, resumed = _resume(run, variables)
     state, ema = None, None
     for stage_idx in range(loop.stage, len(run.stages)):
-      if resumed is None or resumed.stage != stage_idx:
+      if resumed is not None and resumed.stage == stage_idx:
+        state = resumed.state
+      else:
         loop.start_stage(stage_idx)
-        resumed = None
-      state = resumed.state if resumed else TrainState.create(
-          variables, run.optimizers[stage_idx], loop.step)
+        state = TrainState.create(variables, run.optimizers[stage_idx], loop.step)
       resumed = None
       state, ema = _run_stage(run, loop, stage_idx, run.par.put_state(state), ema)
       variables = _to_host(run.par.get_state(state).variables)
