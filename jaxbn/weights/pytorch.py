@@ -254,8 +254,8 @@ def fill_variables(
   The model decides what is read: the tensors of top-level modules it does not
   have (a TruncatedTL prefix, arXiv:2106.05152) are skipped, every other one is
   required and shape-checked (:class:`CheckpointError` lists all problems). The
-  checkpoint's head is kept when the model has it with the same shapes and no
-  module was cut; otherwise the model's head is new and zero
+  checkpoint's head is kept (and shape-checked) when the model's head has the
+  checkpoint's class count and no module was cut; otherwise it is new and zero
   (:func:`zero_head`). AC-Norm's source affine, which a BN checkpoint lacks, is a
   copy of the pretrained γ, β (:func:`jaxbn.models.acnorm.add_source_affine`).
   """
@@ -278,6 +278,12 @@ def _top_level(tree: Mapping[str, Any]) -> set[str]:
   return {name for sub in tree.values() for name in sub}
 
 
+def _head_classes(expected: Mapping[str, Any], head: str) -> tuple[int, ...] | None:
+  """The shape of the model's head bias, ``(num_classes,)``; None without a head."""
+  bias = expected.get("params", {}).get(head, {}).get("bias")
+  return None if bias is None else tuple(bias.shape)
+
+
 def _new_head(variables: dict[str, Any], expected: Mapping[str, Any], head: str) -> None:
   if head in expected.get("params", {}):
     variables.setdefault("params", {})[head] = zero_head(expected["params"][head])
@@ -290,14 +296,9 @@ def _fill_from_state_dict(expected: Mapping[str, Any], arch: str,
   table, heads = key_table(arch), head_keys(arch)
   modules = _top_level(expected)
   cut = {k for k, path in table.items() if path[1] not in modules | {head}}
-  exp_head = _flatten(expected.get("params", {}).get(head, {}))
-
-  def fits(k: str) -> bool:  # the checkpoint's head tensor k has the model's head shape
-    want = exp_head.get(table[k][2:])
-    return (k in state_dict and want is not None and tuple(want.shape)
-            == _to_flax(np.empty(np.shape(state_dict[k]), np.uint8), table[k]).shape)
-
-  keep_head = not cut and bool(heads) and all(fits(k) for k in heads)
+  bias = next((k for k in heads if k.endswith("bias") and k in state_dict), None)
+  keep_head = (not cut and bias is not None
+               and np.shape(state_dict[bias]) == _head_classes(expected, head))
   used = {k: p for k, p in table.items() if k not in cut and (keep_head or k not in heads)}
   variables = apply_key_table(
       state_dict, used, expected if keep_head else _without_head(expected, head), arch=arch,
@@ -314,8 +315,8 @@ def fill_from_variables(expected: Mapping[str, Any], arch: str, variables: Mappi
 
   Keeps the top-level modules ``expected`` has (every collection), requires
   exactly its names and shapes (any difference is a :class:`CheckpointError`
-  naming ``what``), keeps the saved head when it fits and nothing was cut, else
-  adds a new zero head.
+  naming ``what``), keeps the saved head when it has the model's class count and
+  nothing was cut, else adds a new zero head.
   """
   head = registry.get_spec(arch).head
   modules = _top_level(expected)
@@ -324,9 +325,8 @@ def fill_from_variables(expected: Mapping[str, Any], arch: str, variables: Mappi
          for c, tree in variables.items() if c in expected}
   got = {p: tuple(np.shape(v)) for p, v in _flatten(out).items()}
   want = {p: tuple(v.shape) for p, v in _flatten(expected).items()}
-  saved_head = {p: s for p, s in got.items() if p[1] == head}
-  keep_head = not cut and bool(saved_head) and saved_head == {
-      p: s for p, s in want.items() if p[1] == head}
+  saved = variables.get("params", {}).get(head, {}).get("bias")
+  keep_head = not cut and saved is not None and np.shape(saved) == _head_classes(expected, head)
   if not keep_head:
     out = _without_head(out, head)
     got = {p: s for p, s in got.items() if p[1] != head}
