@@ -19,6 +19,11 @@ process.
 A second signal while the checkpoint is being written stops the process at
 once (the default action), as users expect from a second Ctrl-C.
 
+A signal during start-up (imports, data and weights loading, before the
+trainer's handlers are in place) is recorded by :func:`catch_early`, which
+``jaxbn.main`` calls first: the run then stops before its first step with the
+same exit status, so a requeue script sees one status for every preemption.
+
 Test hook: ``JAXBN_SIGNAL_AT_STEP=STEP[:SIGNAL[:PROCESS]]`` makes process
 PROCESS (default 0) send itself SIGNAL (default SIGTERM) right after global
 step STEP, so tests interrupt at a chosen step without racing a sleep.
@@ -39,14 +44,34 @@ TEST_HOOK_ENV = "JAXBN_SIGNAL_AT_STEP"
 
 
 class Preempted(Exception):
-  """Raised by the trainer after it saved a checkpoint because of a signal."""
+  """Raised by the trainer after it saved a checkpoint because of a signal.
 
-  def __init__(self, step: int, workdir: str, signame: str):
+  ``step`` None: the signal came during start-up, before any step (nothing to save).
+  """
+
+  def __init__(self, step: int | None, workdir: str, signame: str):
+    where = (f"after step {step}; checkpoint saved in {workdir}/checkpoints/{step}"
+             if step is not None else "during start-up, before the first step")
     super().__init__(
-        f"Stopped by {signame} after step {step}; checkpoint saved in {workdir}/checkpoints/"
-        f"{step}, no results.json. Rerun the same command to resume (exit status "
-        f"{EXIT_STATUS}).")
+        f"Stopped by {signame} {where}, no results.json. Rerun the same command to resume "
+        f"(exit status {EXIT_STATUS}).")
     self.step = step
+
+
+_early_signal: int | None = None
+
+
+def _record_early(signum: int, frame: FrameType | None) -> None:
+  del frame
+  global _early_signal
+  _early_signal = signum
+
+
+def catch_early() -> None:
+  """Records SIGTERM/SIGINT until a :class:`Preemption` takes over (main thread only)."""
+  if threading.current_thread() is threading.main_thread():
+    for sig in SIGNALS:
+      signal.signal(sig, _record_early)
 
 
 def _test_hook() -> tuple[int, int, int] | None:
@@ -73,6 +98,10 @@ class Preemption:
     return self.process_count > 1
 
   def __enter__(self) -> "Preemption":
+    global _early_signal
+    if _early_signal is not None:  # caught during start-up: stop before the first step
+      self.signal, _early_signal = _early_signal, None
+      raise Preempted(None, "", self.signal_name)
     if threading.current_thread() is not threading.main_thread():
       logging.warning("Not in the main thread: SIGTERM/SIGINT will not checkpoint.")
       return self

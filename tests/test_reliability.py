@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import random
+import signal
 import subprocess
 import sys
 
@@ -210,3 +211,18 @@ def test_sigint_on_the_command_line_exits_75_and_rerun_resumes(tmp_path):
   a = json.loads((workdir / "results.json").read_text())
   b = json.loads((tmp_path / "straight" / "results.json").read_text())
   assert _comparable(a) == _comparable(b)
+
+
+def test_a_signal_during_start_up_stops_before_the_first_step(tmp_path):
+  """jaxbn.main catches SIGTERM from its first line: the run stops (exit 75) before any step."""
+  previous = {sig: signal.getsignal(sig) for sig in preemption.SIGNALS}
+  try:
+    preemption.catch_early()
+    os.kill(os.getpid(), signal.SIGTERM)  # e.g. while TensorFlow is being imported
+    with pytest.raises(preemption.Preempted, match="during start-up") as stopped:
+      train.train_and_evaluate(tiny_config(), str(tmp_path / "run"))
+    assert stopped.value.step is None
+    assert not (tmp_path / "run").exists()  # stopped before touching the workdir
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
