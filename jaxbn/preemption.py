@@ -64,7 +64,14 @@ _early_signal: int | None = None
 def _record_early(signum: int, frame: FrameType | None) -> None:
   del frame
   global _early_signal
+  name = signal.Signals(signum).name
+  if _early_signal is not None:  # second signal: stop now, as a second Ctrl-C should
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    return
   _early_signal = signum
+  logging.warning("%s received during start-up: stopping before the first step (send it "
+                  "again to stop at once).", name)
 
 
 def catch_early() -> None:
