@@ -21,6 +21,9 @@ from jaxbn import extras
 
 if __name__ == "__main__":
   extras.require("train", "python -m jaxbn.main")
+  from jaxbn import preemption as _preemption
+
+  _preemption.catch_early()  # a SIGTERM during the imports below still exits with status 75
 
 import importlib
 import logging as pylogging
