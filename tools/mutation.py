@@ -11,7 +11,8 @@ directory (``--workdir``, default ``<tmp>/jaxbn-mutation/<group>``), writes a
 that reach the mutated function, stopping at the first failure), and prints the
 score: killed / all mutants, listing the others (survived, timeout, not checked). A later run in the same
 workdir reuses mutmut's results; ``--rerun-survivors`` first refreshes the tests
-from the repository and reruns only the mutants that survived.
+from the repository and reruns only the mutants that were not killed (survived,
+timed out, or not checked because a run was interrupted).
 """
 
 from __future__ import annotations
@@ -199,7 +200,9 @@ def _results(workdir: pathlib.Path) -> dict[str, str]:
 
 
 def _survivors(workdir: pathlib.Path) -> list[str]:
-  return [n for n, s in _results(workdir).items() if s in ("survived", "timeout")]
+  # "not checked": an interrupted run; rerunning them resumes it.
+  return [n for n, s in _results(workdir).items()
+          if s in ("survived", "timeout", "not checked")]
 
 
 if __name__ == "__main__":
