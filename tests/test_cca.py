@@ -189,6 +189,73 @@ def test_without_epsilon_directions_below_1e13_of_the_largest_are_dropped():
   np.testing.assert_allclose(got.rho, [1, 1, 1, 1], atol=1e-9)
 
 
+def _ref_ridge_cca(x, y, epsilon):
+  """google/svcca's definition with covariances: each scaled by its largest diagonal
+  entry (Σxy by the geometric mean), ε·I added, ρ the singular values of
+  (Σxx + εI)^(-1/2) Σxy (Σyy + εI)^(-1/2)."""
+  n1 = x.shape[0]
+  cov = np.cov(np.vstack([x, y]))
+  sxx, syy, sxy = cov[:n1, :n1], cov[n1:, n1:], cov[:n1, n1:]
+  mx, my = np.max(np.diag(sxx)), np.max(np.diag(syy))
+
+  def inv_sqrt(a):
+    w, v = np.linalg.eigh(a)
+    return (v / np.sqrt(w)) @ v.T
+
+  m = inv_sqrt(sxx / mx + epsilon * np.eye(n1)) @ (sxy / np.sqrt(mx * my)) @ inv_sqrt(
+      syy / my + epsilon * np.eye(len(syy)))
+  return np.linalg.svd(m, compute_uv=False)[:min(x.shape[0], y.shape[0])]
+
+
+def test_ridge_matches_the_covariance_definition_on_unequal_variances():
+  rng = np.random.default_rng(8)
+  x = rng.normal(size=(3, 300)) * np.array([[3.0], [0.5], [1.0]]) + 2.0
+  y = np.vstack([x[0] + 2 * x[1], x[2] * 0.1]) + rng.normal(size=(2, 300)) * np.array([[4.0], [0.2]])
+  for epsilon in (0.3, 1e-10):
+    got = cca.cca(x, y, epsilon)
+    np.testing.assert_allclose(got.rho, _ref_ridge_cca(x, y, epsilon), rtol=1e-9)
+    np.testing.assert_allclose(cca.cca(y, x, epsilon).rho, got.rho, rtol=1e-9)
+    assert got.x_weights.shape == (2, 3) and got.y_weights.shape == (2, 2)
+
+
+def test_inputs_are_float64_two_d_finite_with_two_datapoints():
+  x = _data(n=4, points=300)
+  y = np.tanh(_data(n=3, points=300, seed=2)) + 0.3 * x[:3]
+  x32, y32 = x.astype(np.float32), y.astype(np.float32)
+  for f in (cca.cca_similarity, cca.svcca, cca.pwcca):
+    want = f(x32.astype(np.float64), y32.astype(np.float64))
+    assert f(x32, y32.astype(np.float64)) == want  # computed in float64 whatever the input
+    assert f(x32.astype(np.float64), y32) == want
+  # Two datapoints are enough; a variance of exactly 1 is no constant set.
+  assert cca.cca([[0.0, 1.0]], [[0.0, 2.0]]).rho == pytest.approx([1.0])
+  assert cca.cca([[-1.0, 0.5, 1.0]], [[-1.0, 0.0, 1.0]]).rho[0] == pytest.approx(
+      abs(np.corrcoef([-1.0, 0.5, 1.0], [-1.0, 0.0, 1.0])[0, 1]), rel=1e-9)
+  bad = x.copy()
+  bad[1, 7] = np.nan
+  cases = [
+      (x[None], y, rf"^Activations must be 2-D \(neurons, datapoints\); got \(1, 4, 300\) and "
+       rf"\(3, 300\)\. For conv layers use conv_neurons\(acts\) first\.$"),
+      (x, y[None], r"^Activations must be 2-D .* got \(4, 300\) and \(1, 3, 300\)\. For conv "),
+      (x[:, :1], y[:, :1], r"^Need at least 2 datapoints\.$"),
+      (bad, y, r"^Activations contain NaN or inf\.$"),
+      (x, np.where(y > 1, np.inf, y), r"^Activations contain NaN or inf\.$"),
+  ]
+  for a, b, message in cases:
+    with pytest.raises(ValueError, match=message):
+      cca.cca(a, b)
+
+
+def test_constant_set_result_fields():
+  x = _data(n=4, points=50)
+  for a, b in ((np.full((2, 50), 3.0), x), (x, np.full((2, 50), 3.0))):
+    got = cca.cca(a, b)
+    np.testing.assert_array_equal(got.rho, np.zeros(2))
+    np.testing.assert_array_equal(got.x_weights, np.zeros((2, len(a))))
+    np.testing.assert_array_equal(got.y_weights, np.zeros((2, len(b))))
+    np.testing.assert_allclose(got.x_mean, a.mean(1))
+    np.testing.assert_allclose(got.y_mean, b.mean(1))
+
+
 def test_top_directions_keep_variance_and_their_bounds():
   x = _data(n=6, points=300)
   assert np.array_equal(cca.top_directions(x), cca.top_directions(x, 0.99))

@@ -51,9 +51,28 @@ GROUPS = {
     ),
     "cca": (["jaxbn/analysis/cca.py"], ["tests/test_cca.py"]),
     "converters": (
-        ["jaxbn/weights/convert.py", "jaxbn/weights/torchvision.py",
-         "jaxbn/weights/efficientnet_lite.py"],
-        ["tests/test_weights.py"],
+        # convert.py is only the old name of pytorch.py (sys.modules alias).
+        ["jaxbn/weights/pytorch.py", "jaxbn/weights/torchvision.py",
+         "jaxbn/weights/efficientnet_lite.py", "jaxbn/weights/keys.py"],
+        [
+            "tests/test_weights.py",
+            "tests/test_models_torchvision.py::test_converted_tree_matches_init_shapes",
+            "tests/test_models_torchvision.py::test_key_table_examples",
+            "tests/test_models_torchvision.py::test_normalise_legacy_key",
+            "tests/test_models_torchvision.py::test_normalise_legacy_key_is_identity_on_modern_keys",
+            "tests/test_models_torchvision.py::test_legacy_densenet_keys_convert",
+            "tests/test_models_torchvision.py::test_resnet50_checkpoint_as_resnet18_is_refused",
+            "tests/test_models_torchvision.py::test_resnet18_checkpoint_as_resnet50_lists_missing_keys",
+            "tests/test_models_torchvision.py::test_eval_logits_match_torch[resnet18-64]",
+            "tests/test_efficientnet_lite.py::test_key_table_covers_checkpoint",
+            "tests/test_efficientnet_lite.py::test_converted_tree_equals_init_shapes",
+            "tests/test_efficientnet_lite.py::test_eval_logits_match_torch[efficientnet_lite0-64]",
+            "tests/test_truncated.py::test_resnet50_prefix_equals_the_checkpoint",
+            "tests/test_truncated.py::test_prefix_conversion_stays_strict",
+            "tests/test_truncated.py::test_densenet_and_efficientnet_prefixes_equal_the_checkpoint",
+            "tests/test_truncated.py::test_converted_directory_is_cut_too",
+            "tests/test_acnorm.py::test_pretrained_bn_checkpoint_initialises_source_and_target_alike",
+        ],
     ),
 }
 
