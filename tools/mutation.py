@@ -34,8 +34,28 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # group -> (files to mutate, fast test selection).
 GROUPS = {
     "metrics": (["jaxbn/metrics.py"], ["tests/test_metrics.py"]),
-    "masks": (["jaxbn/masks.py"], ["tests/test_masks.py"]),
-    "step": (["jaxbn/step.py"], ["tests/test_step.py"]),
+    "masks": (
+        ["jaxbn/masks.py"],
+        [
+            "tests/test_masks.py",
+            "tests/test_doctests.py::test_doctests[jaxbn.masks]",
+            # the NNX filter, selector algebra and label alignment (no training loops)
+            "tests/test_nnx.py::test_filter_selects_exactly",
+            "tests/test_nnx.py::test_filter_is_hashable_and_combines_with_nnx_filters",
+            "tests/test_nnx.py::test_bn_is_found_structurally_not_by_name",
+            "tests/test_nnx.py::test_user_predicates_and_selector_algebra",
+            "tests/test_nnx.py::test_head_detection_and_naming",
+            "tests/test_nnx.py::test_missing_affine_says_norms_were_found",
+            "tests/test_nnx.py::test_selector_algebra_on_linen_params",
+            "tests/test_nnx.py::test_missing_affine_error_for_linen_too",
+            "tests/test_nnx.py::test_readme_recipe_with_nnx_label_trees",
+            "tests/test_nnx.py::test_nnx_labels_helper_and_summary",
+            "tests/test_nnx.py::test_labels_for_other_parameters_error",
+            "tests/test_nnx.py::test_selective_transform_equivalence",
+            "tests/test_nnx.py::test_docstring_examples_run",
+        ],
+    ),
+    "step": (["jaxbn/step.py"], ["tests/test_step.py", "tests/test_doctests.py::test_doctests[jaxbn.step]"]),
     "ops": (
         ["jaxbn/ops/acnorm.py"],
         [
