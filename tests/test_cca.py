@@ -256,6 +256,24 @@ def test_constant_set_result_fields():
     np.testing.assert_allclose(got.y_mean, b.mean(1))
 
 
+def test_correlations_never_exceed_one():
+  # Identical sets without a ridge: the singular values come out as 1 + a few ulp
+  # (1.000000000000001 for this x); they are clipped to [0, 1].
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(17, 200)) * rng.uniform(0.1, 10, size=(17, 1))
+  rho = cca.cca(x, x, epsilon=0.0).rho
+  assert rho.max() <= 1.0 and rho.min() >= 1.0 - 1e-12
+
+
+def test_dead_neurons_get_exactly_zero_weight():
+  x = np.random.default_rng(0).normal(size=(5, 100))
+  dead = np.vstack([x, np.zeros((2, 100))])  # exactly zero singular values
+  for epsilon in (0.0, 1e-10):
+    got = cca.cca(dead, x, epsilon)
+    assert got.x_weights.shape == (5, 7) and np.all(np.isfinite(got.x_weights))
+    np.testing.assert_array_equal(got.x_weights[:, 5:], 0.0)
+
+
 def test_top_directions_keep_variance_and_their_bounds():
   x = _data(n=6, points=300)
   assert np.array_equal(cca.top_directions(x), cca.top_directions(x, 0.99))
