@@ -374,3 +374,41 @@ def test_dropout_keys_differ_per_step_and_per_device(setup):
   _, one_device = _one_step(setup, model=model, axis_devices=1, batch=four)
   _, two_devices = _one_step(setup, model=model, axis_devices=2, batch=twice)
   assert two_devices != pytest.approx(one_device, rel=1e-6)
+
+
+def test_probabilities_and_multi_label_loss_are_float32_even_with_x64_enabled():
+  # (The softmax loss follows one_hot's default dtype, float64 under x64.)
+  logits = np.random.default_rng(2).normal(size=(4, 3))
+  targets = (np.arange(12).reshape(4, 3) % 2).astype(np.float64)
+  with jax.enable_x64(True):
+    x64 = jnp.asarray(logits, jnp.float64)
+    assert step_lib.probabilities(x64, False).dtype == jnp.float32
+    assert step_lib.probabilities(x64, True).dtype == jnp.float32
+    for smoothing in (0.0, 0.1):
+      loss = step_lib.loss_per_example(x64, jnp.asarray(targets), multi_label=True,
+                                       label_smoothing=smoothing)
+      assert loss.dtype == jnp.float32
+
+
+def test_default_step_has_no_label_smoothing(setup):
+  _, loss = _one_step(setup)
+  logits = _logits(setup)
+  assert loss == pytest.approx(float(np.mean(optax.softmax_cross_entropy_with_integer_labels(
+      logits, setup[1]["label"]))), rel=1e-5)
+
+
+def test_eval_step_asks_for_inference_mode_explicitly():
+  import flax.linen as nn
+
+  class TrainsByDefault(nn.Module):  # a model whose own default is training mode
+    @nn.compact
+    def __call__(self, x, train=True):
+      return nn.Dense(2)(x.reshape(len(x), -1)) * (3.0 if train else 1.0)
+
+  model = TrainsByDefault()
+  x = np.ones((2, 4), np.float32)
+  variables = model.init(jax.random.key(0), x)
+  out = step_lib.make_eval_step(model, multi_label=False)(
+      variables, {"image": x, "label": np.zeros(2, np.int32)})
+  logits = model.apply(variables, x, train=False)
+  np.testing.assert_allclose(out["probs"], jax.nn.softmax(logits), rtol=1e-6)
