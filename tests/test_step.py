@@ -346,6 +346,8 @@ def test_pmap_step_averages_gradients_loss_and_batch_statistics(setup, grad_wrt)
   pmap_state, pmap_loss = _one_step(setup, axis_devices=2, grad_wrt=grad_wrt)
   assert pmap_loss == pytest.approx(jit_loss, rel=1e-6)
   _assert_trees_close(pmap_state, jit_state, rtol=1e-5, atol=1e-7)
+  if grad_wrt == "all":
+    return  # the statistics' reduction below does not depend on grad_wrt
   # Batch statistics (no bn_axis_name): each device normalises with its shard's;
   # the running averages are averaged over the devices.
   _, batch, _ = setup
