@@ -100,6 +100,46 @@ def test_op_bfloat16_inputs_computed_in_float32():
     np.testing.assert_array_equal(x, y)
 
 
+def test_op_outputs_float32_even_with_x64_enabled():
+  # "Computed in float32 whatever the input dtype": with 64-bit mode on, float64
+  # inputs still give float32 outputs (astype(float32), not the default float type).
+  args = random_affines(np.random.default_rng(3), 5)
+  with jax.enable_x64(True):
+    out64 = acnorm_affine(*[jnp.asarray(a, jnp.float64) for a in args])
+    assert [x.dtype for x in out64] == [jnp.float32] * 3
+  for x, y in zip(out64, acnorm_affine(*args)):
+    np.testing.assert_array_equal(x, y)
+
+
+def _dot_precisions(jaxpr) -> list:
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      found.append(eqn.params["precision"])
+    for value in eqn.params.values():
+      inner = getattr(value, "jaxpr", value)
+      if hasattr(inner, "eqns"):
+        found += _dot_precisions(inner)
+  return found
+
+
+def test_op_recalibration_product_asks_for_full_precision():
+  # Same numbers on CPU either way; on TPU/GPU the default would be a bf16 pass.
+  closed = jax.make_jaxpr(acnorm_affine)(*(jnp.ones(3, jnp.float32),) * 4)
+  highest = jax.lax.Precision.HIGHEST
+  assert _dot_precisions(closed.jaxpr) == [(highest, highest)]
+
+
+@pytest.mark.parametrize("shapes", [[(2, 2)] * 4, [(3,), (3,), (2,), (3,)], [()] * 4])
+def test_op_rejects_anything_but_four_vectors_of_one_shape(shapes):
+  args = [np.ones(s, np.float32) for s in shapes]
+  got = ", ".join(str(tuple(s)) for s in shapes)
+  with pytest.raises(ValueError) as info:
+    acnorm_affine(*args)
+  assert str(info.value) == (
+      f"acnorm_affine expects four (C,) vectors of one shape; got {got}.")
+
+
 def test_gradient_is_identity_plus_s_transposed_and_s_has_none():
   c = 48
   rng = np.random.default_rng(2)

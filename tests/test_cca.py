@@ -148,6 +148,221 @@ def test_conv_neurons_subsample_and_pool():
     cca.cca(a.reshape(20, -1), a.reshape(20, -1)[:, :5])
 
 
+# ---- options and edge cases, each checked for its effect ---- #
+
+
+def _one_neuron_pair(points=500, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(1, points)) + 3.0
+  y = 0.6 * x + 0.8 * rng.normal(size=(1, points)) - 1.0
+  return x, y, abs(np.corrcoef(x[0], y[0])[0, 1])
+
+
+@pytest.mark.parametrize("epsilon", [0.5, 3.0])
+def test_epsilon_is_the_ridge_of_the_scaled_covariances(epsilon):
+  # One neuron per set: the scaled covariance is 1, so (1 + ε)^(-1/2) whitens each
+  # side and ρ = |corr| / (1 + ε) in closed form. Every entry point passes ε on.
+  x, y, corr = _one_neuron_pair()
+  want = corr / (1 + epsilon)
+  assert cca.cca(x, y, epsilon).rho[0] == pytest.approx(want, rel=1e-9)
+  assert cca.cca_similarity(x, y, epsilon) == pytest.approx(want, rel=1e-9)
+  assert cca.svcca(x, y, epsilon=epsilon) == pytest.approx(want, rel=1e-9)
+  assert cca.svcca(x, y, keep=1, epsilon=epsilon) == pytest.approx(want, rel=1e-9)
+  assert cca.pwcca(x, y, epsilon) == pytest.approx(want, rel=1e-9)
+  assert cca.cca(x, y, 0.0).rho[0] == pytest.approx(corr, rel=1e-9)
+
+
+def test_without_epsilon_directions_below_1e13_of_the_largest_are_dropped():
+  # x = [a; t·c] with a ⟂ c (both centred, unit norm); y = c. With ε = 0 the
+  # direction c of x is kept when t is above 1e-13 of a's singular value: ρ = 1.
+  n = 64
+  grid = np.arange(n) * 2 * np.pi / n
+  a, c = np.cos(grid), np.sin(2 * grid)
+  a, c = a / np.linalg.norm(a), c / np.linalg.norm(c)
+  for t, want in [(1e-15, 0.0), (1e-14, 0.0), (1e-12, 1.0), (1e-6, 1.0)]:
+    rho = cca.cca(np.stack([a, t * c]), c[None, :], epsilon=0.0).rho
+    assert rho[0] == pytest.approx(want, abs=1e-6), t
+  # A dead neuron with ε = 0: dropped too, no NaN.
+  x = _data(n=4, points=200)
+  got = cca.cca(np.vstack([x, np.zeros((1, 200))]), x, epsilon=0.0)
+  assert np.all(np.isfinite(got.rho)) and np.all(np.isfinite(got.x_weights))
+  np.testing.assert_allclose(got.rho, [1, 1, 1, 1], atol=1e-9)
+
+
+def _ref_ridge_cca(x, y, epsilon):
+  """google/svcca's definition with covariances: each scaled by its largest diagonal
+  entry (Σxy by the geometric mean), ε·I added, ρ the singular values of
+  (Σxx + εI)^(-1/2) Σxy (Σyy + εI)^(-1/2)."""
+  n1 = x.shape[0]
+  cov = np.cov(np.vstack([x, y]))
+  sxx, syy, sxy = cov[:n1, :n1], cov[n1:, n1:], cov[:n1, n1:]
+  mx, my = np.max(np.diag(sxx)), np.max(np.diag(syy))
+
+  def inv_sqrt(a):
+    w, v = np.linalg.eigh(a)
+    return (v / np.sqrt(w)) @ v.T
+
+  m = inv_sqrt(sxx / mx + epsilon * np.eye(n1)) @ (sxy / np.sqrt(mx * my)) @ inv_sqrt(
+      syy / my + epsilon * np.eye(len(syy)))
+  return np.linalg.svd(m, compute_uv=False)[:min(x.shape[0], y.shape[0])]
+
+
+def test_ridge_matches_the_covariance_definition_on_unequal_variances():
+  rng = np.random.default_rng(8)
+  x = rng.normal(size=(3, 300)) * np.array([[3.0], [0.5], [1.0]]) + 2.0
+  y = np.vstack([x[0] + 2 * x[1], x[2] * 0.1]) + rng.normal(size=(2, 300)) * np.array([[4.0], [0.2]])
+  for epsilon in (0.3, 1e-10):
+    got = cca.cca(x, y, epsilon)
+    np.testing.assert_allclose(got.rho, _ref_ridge_cca(x, y, epsilon), rtol=1e-9)
+    np.testing.assert_allclose(cca.cca(y, x, epsilon).rho, got.rho, rtol=1e-9)
+    assert got.x_weights.shape == (2, 3) and got.y_weights.shape == (2, 2)
+
+
+def test_inputs_are_float64_two_d_finite_with_two_datapoints():
+  x = _data(n=4, points=300)
+  y = np.tanh(_data(n=3, points=300, seed=2)) + 0.3 * x[:3]
+  x32, y32 = x.astype(np.float32), y.astype(np.float32)
+  for f in (cca.cca_similarity, cca.svcca, cca.pwcca):
+    want = f(x32.astype(np.float64), y32.astype(np.float64))
+    assert f(x32, y32.astype(np.float64)) == want  # computed in float64 whatever the input
+    assert f(x32.astype(np.float64), y32) == want
+  # Two datapoints are enough; a variance of exactly 1 is no constant set.
+  assert cca.cca([[0.0, 1.0]], [[0.0, 2.0]]).rho == pytest.approx([1.0])
+  assert cca.cca([[-1.0, 0.5, 1.0]], [[-1.0, 0.0, 1.0]]).rho[0] == pytest.approx(
+      abs(np.corrcoef([-1.0, 0.5, 1.0], [-1.0, 0.0, 1.0])[0, 1]), rel=1e-9)
+  bad = x.copy()
+  bad[1, 7] = np.nan
+  cases = [
+      (x[None], y, rf"^Activations must be 2-D \(neurons, datapoints\); got \(1, 4, 300\) and "
+       rf"\(3, 300\)\. For conv layers use conv_neurons\(acts\) first\.$"),
+      (x, y[None], r"^Activations must be 2-D .* got \(4, 300\) and \(1, 3, 300\)\. For conv "),
+      (x[:, :1], y[:, :1], r"^Need at least 2 datapoints\.$"),
+      (bad, y, r"^Activations contain NaN or inf\.$"),
+      (x, np.where(y > 1, np.inf, y), r"^Activations contain NaN or inf\.$"),
+  ]
+  for a, b, message in cases:
+    with pytest.raises(ValueError, match=message):
+      cca.cca(a, b)
+
+
+def test_constant_set_result_fields():
+  x = _data(n=4, points=50)
+  for a, b in ((np.full((2, 50), 3.0), x), (x, np.full((2, 50), 3.0))):
+    got = cca.cca(a, b)
+    np.testing.assert_array_equal(got.rho, np.zeros(2))
+    np.testing.assert_array_equal(got.x_weights, np.zeros((2, len(a))))
+    np.testing.assert_array_equal(got.y_weights, np.zeros((2, len(b))))
+    np.testing.assert_allclose(got.x_mean, a.mean(1))
+    np.testing.assert_allclose(got.y_mean, b.mean(1))
+
+
+def test_correlations_never_exceed_one():
+  # Identical sets without a ridge: the singular values come out as 1 + a few ulp
+  # (1.000000000000001 for this x); they are clipped to [0, 1].
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(17, 200)) * rng.uniform(0.1, 10, size=(17, 1))
+  rho = cca.cca(x, x, epsilon=0.0).rho
+  assert rho.max() <= 1.0 and rho.min() >= 1.0 - 1e-12
+
+
+def test_dead_neurons_get_exactly_zero_weight():
+  x = np.random.default_rng(0).normal(size=(5, 100))
+  dead = np.vstack([x, np.zeros((2, 100))])  # exactly zero singular values
+  for epsilon in (0.0, 1e-10):
+    got = cca.cca(dead, x, epsilon)
+    assert got.x_weights.shape == (5, 7) and np.all(np.isfinite(got.x_weights))
+    np.testing.assert_array_equal(got.x_weights[:, 5:], 0.0)
+
+
+def test_top_directions_keep_variance_and_their_bounds():
+  x = _data(n=6, points=300)
+  assert np.array_equal(cca.top_directions(x), cca.top_directions(x, 0.99))
+  assert cca.top_directions(x.astype(np.float32)).dtype == np.float64
+  np.testing.assert_allclose(cca.top_directions(x.astype(np.float32)),
+                             cca.top_directions(x.astype(np.float32).astype(np.float64)))
+  assert cca.top_directions(x, keep=1).shape == (1, 300)
+  assert cca.top_directions(x, keep=6).shape == (6, 300)
+  assert cca.top_directions(x, variance=1.0).shape == (6, 300)
+  for keep in (0, 7):
+    with pytest.raises(ValueError, match=rf"^keep={keep} must be in 1\.\.6 \(min\(neurons, "):
+      cca.top_directions(x, keep=keep)
+  for variance in (0.0, 1.5):
+    with pytest.raises(ValueError, match=rf"^variance must be in \(0, 1\], got {variance}\.$"):
+      cca.top_directions(x, variance)
+  # Two orthogonal directions of equal variance: half the variance is one direction.
+  two = np.array([[1.0, -1.0, 0.0, 0.0], [0.0, 0.0, 1.0, -1.0]])
+  assert cca.top_directions(two, 0.5).shape == (1, 4)
+  assert cca.top_directions(two, 0.5000001).shape == (2, 4)
+
+
+def test_top_directions_of_a_constant_set_is_one_zero_direction():
+  import warnings
+
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # no 0/0 on the way
+    out = cca.top_directions(np.full((3, 10), 2.0))
+  np.testing.assert_array_equal(out, np.zeros((1, 10)))
+
+
+def test_svcca_keep_reduces_each_set_to_that_many_directions():
+  x = _data(n=10, points=2000)
+  y = np.tanh(0.3 * _data(n=8, points=2000, seed=3)) + 0.3 * x[:8]
+  for keep in (2, 5):
+    want = cca.cca_similarity(cca.top_directions(x, keep=keep), cca.top_directions(y, keep=keep))
+    assert cca.svcca(x, y, keep=keep) == pytest.approx(want, abs=1e-12)
+    assert cca.svcca(y, x, keep=keep) == pytest.approx(want, abs=1e-12)
+  assert len({round(cca.svcca(x, y, keep=k), 9) for k in (2, 5, 8)}) == 3
+  # keep beyond a set's size keeps all of it
+  assert cca.svcca(x, y, keep=50) == pytest.approx(
+      cca.cca_similarity(cca.top_directions(x, keep=10), cca.top_directions(y, keep=8)),
+      abs=1e-12)
+
+
+def test_pwcca_weights_the_smaller_set_and_is_scale_invariant():
+  x = _data()
+  y = np.tanh(0.3 * _data(n=20, seed=7)) + 0.2 * np.vstack([x, x[:4]])
+  # the smaller set (first or second argument) gives the weights
+  assert cca.pwcca(y, x) == pytest.approx(_ref_pwcca(x, y), abs=1e-6)
+  # equal sizes: x's
+  y16 = y[:16]
+  assert cca.pwcca(x, y16) == pytest.approx(_ref_pwcca(x, y16), abs=1e-6)
+  assert cca.pwcca(y16, x) == pytest.approx(_ref_pwcca(y16, x), abs=1e-6)
+  assert abs(_ref_pwcca(x, y16) - _ref_pwcca(y16, x)) > 1e-3  # so the side matters
+  # activations a million times smaller: the same similarity
+  assert cca.pwcca(1e-6 * x, y) == pytest.approx(cca.pwcca(x, y), abs=1e-6)
+  assert cca.pwcca(1e-6 * y, x) == pytest.approx(cca.pwcca(y, x), abs=1e-6)
+
+
+def test_pwcca_of_a_constant_set_is_zero_with_uniform_weights():
+  x = _data(n=4, points=100)
+  value, weights, rho = cca.pwcca(np.ones((3, 100)), x, return_weights=True)
+  assert value == 0.0
+  np.testing.assert_array_equal(rho, np.zeros(3))
+  np.testing.assert_allclose(weights, np.full(3, 1 / 3))
+
+
+def test_sampled_positions_are_distinct_and_fixed_by_the_seed():
+  positions = cca.sample_positions(100, 90)
+  assert len(set(positions.tolist())) == 90 and list(positions) == sorted(positions)
+  np.testing.assert_array_equal(positions, cca.sample_positions(100, 90, 0))
+  assert not np.array_equal(positions, cca.sample_positions(100, 90, 1))
+  np.testing.assert_array_equal(cca.sample_positions(50, 50), np.arange(50))
+  np.testing.assert_array_equal(cca.sample_positions(50, None), np.arange(50))
+
+
+def test_conv_neurons_seed_ratio_and_bad_shape():
+  a = np.random.default_rng(0).normal(size=(20, 6, 6, 8)).astype(np.float32)
+  flat = a.reshape(-1, 8)
+  np.testing.assert_array_equal(cca.conv_neurons(a),
+                                flat[cca.sample_positions(720, 80, 0)].T)
+  np.testing.assert_array_equal(cca.conv_neurons(a, seed=5),
+                                flat[cca.sample_positions(720, 80, 5)].T)
+  assert cca.conv_neurons(a, points_per_neuron=3).shape == (8, 24)
+  with pytest.raises(ValueError, match=r"^Expected \(N, C\) or \(N, H, W, C\) activations, "
+                     r"got shape \(20, 6, 8\)\.$"):
+    cca.conv_neurons(a[:, 0])
+
+
 # ---- the similarity / filters / convergence helpers (no data pipeline, tiny model) ---- #
 
 

@@ -26,8 +26,9 @@ STRATEGY = "bn+head"  # conv kernels frozen
 
 
 @functools.lru_cache(maxsize=None)
-def _model(dtype=jnp.float32):
-  return CBR(features=(4, 8), kernel_size=3, num_classes=NUM_CLASSES, dtype=dtype)
+def _model(dtype=jnp.float32, dropout_rate=0.0):
+  return CBR(features=(4, 8), kernel_size=3, num_classes=NUM_CLASSES, dtype=dtype,
+             dropout_rate=dropout_rate)
 
 
 @pytest.fixture(scope="module")
@@ -269,3 +270,148 @@ def test_eval_step_probabilities_and_per_example_loss(setup):
   half = jnp.asarray(logits, jnp.bfloat16)
   assert step_lib.probabilities(half, multi_label=False).dtype == jnp.float32
   assert step_lib.probabilities(half, multi_label=True).dtype == jnp.float32
+
+
+# --------------------------------------------------------------------------- #
+# grad_wrt, the pmap path and the dropout keys.
+# --------------------------------------------------------------------------- #
+
+
+def _state(variables, tx):
+  return step_lib.TrainState(
+      step=jnp.asarray(0, jnp.int32), params=variables["params"],
+      batch_stats=variables["batch_stats"], opt_state=tx.init(variables["params"]))
+
+
+_FNS: dict = {}
+
+
+def _step_fn(labels, model, bn_stats, grad_wrt, axis_devices):
+  """One compiled step per option combination (jit, or pmap over ``axis_devices``)."""
+  key = (model, bn_stats, grad_wrt, axis_devices)
+  if key not in _FNS:
+    tx = masks.make_optimizer(optax.sgd(LR), labels)
+    fn = step_lib.make_train_step(model, tx, labels, bn_stats=bn_stats, multi_label=False,
+                                  grad_wrt=grad_wrt, axis_name="batch" if axis_devices else None)
+    _FNS[key] = tx, (jax.jit(fn) if not axis_devices else jax.pmap(
+        fn, axis_name="batch", in_axes=(0, 0, None, None), devices=jax.devices()[:axis_devices]))
+  return _FNS[key]
+
+
+def _one_step(setup, *, axis_devices=0, bn_stats="frozen", grad_wrt="trainable", batch=None,
+              model=None, rng=0, step=0):
+  """(state, loss) after one SGD step; on ``axis_devices`` pmap devices when > 0."""
+  variables, full_batch, labels = setup
+  batch = full_batch if batch is None else batch
+  tx, fn = _step_fn(labels, model or _model(), bn_stats, grad_wrt, axis_devices)
+  state = _state(variables, tx).replace(step=jnp.asarray(step, jnp.int32))
+  key = jax.random.key(rng)
+  if not axis_devices:
+    new, metrics = fn(state, batch, key, jnp.float32(1.0))
+    return jax.tree.map(np.asarray, new), float(metrics["loss"])
+  n = axis_devices
+  stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), state)
+  shards = jax.tree.map(lambda x: x.reshape((n, -1) + x.shape[1:]), batch)
+  new, metrics = fn(stacked, shards, key, jnp.float32(1.0))
+  for leaf in jax.tree.leaves(new):  # every device holds the same state
+    np.testing.assert_array_equal(leaf[0], leaf[-1])
+  return jax.tree.map(lambda x: np.asarray(x[0]), new), float(metrics["loss"][0])
+
+
+def _assert_trees_close(a, b, **tol):
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **tol), a, b)
+
+
+@pytest.mark.parametrize("bn_stats", ["frozen", "batch"])
+def test_grad_wrt_all_gives_the_same_step(setup, bn_stats):
+  new, loss = _one_step(setup, bn_stats=bn_stats)
+  old, loss_old = _one_step(setup, bn_stats=bn_stats, grad_wrt="all")
+  assert loss_old == loss
+  _assert_trees_close(new, old, rtol=1e-6, atol=1e-7)
+  if bn_stats == "frozen":
+    _assert_frozen_untouched(old, setup)
+  with pytest.raises(ValueError, match="^grad_wrt must be 'trainable' or 'all', got 'some'.$"):
+    step_lib.make_train_step(_model(), optax.sgd(0.1), setup[2], bn_stats="frozen",
+                             multi_label=False, grad_wrt="some")
+
+
+@pytest.mark.parametrize("grad_wrt", ["trainable", "all"])
+def test_pmap_step_averages_gradients_loss_and_batch_statistics(setup, grad_wrt):
+  # Frozen statistics: an example's loss does not depend on its shard, so two
+  # devices with half the batch each take the one-device step on the whole batch.
+  jit_state, jit_loss = _one_step(setup, grad_wrt=grad_wrt)
+  pmap_state, pmap_loss = _one_step(setup, axis_devices=2, grad_wrt=grad_wrt)
+  assert pmap_loss == pytest.approx(jit_loss, rel=1e-6)
+  _assert_trees_close(pmap_state, jit_state, rtol=1e-5, atol=1e-7)
+  if grad_wrt == "all":
+    return  # the statistics' reduction below does not depend on grad_wrt
+  # Batch statistics (no bn_axis_name): each device normalises with its shard's;
+  # the running averages are averaged over the devices.
+  _, batch, _ = setup
+  halves = [jax.tree.map(lambda x, i=i: x[4 * i:4 * (i + 1)], batch) for i in (0, 1)]
+  per_shard = [_one_step(setup, bn_stats="batch", grad_wrt=grad_wrt, batch=h) for h in halves]
+  both, loss = _one_step(setup, axis_devices=2, bn_stats="batch", grad_wrt=grad_wrt)
+  assert loss == pytest.approx((per_shard[0][1] + per_shard[1][1]) / 2, rel=1e-6)
+  _assert_trees_close(both.batch_stats, jax.tree.map(
+      lambda a, b: (a + b) / 2, per_shard[0][0].batch_stats, per_shard[1][0].batch_stats),
+      rtol=1e-5, atol=1e-7)
+  _assert_trees_close(both.params, jax.tree.map(  # SGD: the mean update is the mean gradient's
+      lambda a, b: (a + b) / 2, per_shard[0][0].params, per_shard[1][0].params),
+      rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_keys_differ_per_step_and_per_device(setup):
+  model = _model(dropout_rate=0.5)
+  _, loss = _one_step(setup, model=model)
+  assert _one_step(setup, model=model)[1] == loss  # deterministic in (rng, step)
+  assert _one_step(setup, model=model, step=1)[1] != loss  # another mask at another step
+  # The same four examples on both devices: they differ only if the devices draw
+  # different masks (device 0 draws what a one-device pmap draws).
+  _, batch, _ = setup
+  four = jax.tree.map(lambda x: x[:4], batch)
+  twice = jax.tree.map(lambda x: np.concatenate([x, x]), four)
+  _, one_device = _one_step(setup, model=model, axis_devices=1, batch=four)
+  _, two_devices = _one_step(setup, model=model, axis_devices=2, batch=twice)
+  assert two_devices != pytest.approx(one_device, rel=1e-6)
+
+
+def test_probabilities_and_multi_label_loss_are_float32_even_with_x64_enabled():
+  # (The softmax loss follows one_hot's default dtype, float64 under x64.)
+  logits = np.random.default_rng(2).normal(size=(4, 3))
+  targets = (np.arange(12).reshape(4, 3) % 2).astype(np.float64)
+  with jax.enable_x64(True):
+    x64 = jnp.asarray(logits, jnp.float64)
+    assert step_lib.probabilities(x64, False).dtype == jnp.float32
+    assert step_lib.probabilities(x64, True).dtype == jnp.float32
+    for smoothing in (0.0, 0.1):
+      loss = step_lib.loss_per_example(x64, jnp.asarray(targets), multi_label=True,
+                                       label_smoothing=smoothing)
+      assert loss.dtype == jnp.float32
+
+
+def test_default_step_has_no_label_smoothing(setup):
+  # Built here, not taken from a cache, so that this test reaches make_train_step.
+  variables, batch, labels = setup
+  tx = masks.make_optimizer(optax.sgd(LR), labels)
+  step = jax.jit(step_lib.make_train_step(_model(), tx, labels, bn_stats="frozen",
+                                          multi_label=False))
+  _, metrics = step(_state(variables, tx), batch, jax.random.key(0), jnp.float32(1.0))
+  assert float(metrics["loss"]) == pytest.approx(float(np.mean(
+      optax.softmax_cross_entropy_with_integer_labels(_logits(setup), batch["label"]))), rel=1e-5)
+
+
+def test_eval_step_asks_for_inference_mode_explicitly():
+  import flax.linen as nn
+
+  class TrainsByDefault(nn.Module):  # a model whose own default is training mode
+    @nn.compact
+    def __call__(self, x, train=True):
+      return nn.Dense(2)(x.reshape(len(x), -1)) * (3.0 if train else 1.0)
+
+  model = TrainsByDefault()
+  x = np.ones((2, 4), np.float32)
+  variables = model.init(jax.random.key(0), x)
+  out = step_lib.make_eval_step(model, multi_label=False)(
+      variables, {"image": x, "label": np.zeros(2, np.int32)})
+  logits = model.apply(variables, x, train=False)
+  np.testing.assert_allclose(out["probs"], jax.nn.softmax(logits), rtol=1e-6)

@@ -11,12 +11,14 @@ directory (``--workdir``, default ``<tmp>/jaxbn-mutation/<group>``), writes a
 that reach the mutated function, stopping at the first failure), and prints the
 score: killed / all mutants, listing the others (survived, timeout, not checked). A later run in the same
 workdir reuses mutmut's results; ``--rerun-survivors`` first refreshes the tests
-from the repository and reruns only the mutants that survived.
+from the repository and reruns only the mutants that were not killed (survived,
+timed out, or not checked because a run was interrupted).
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import fnmatch
 import json
 import os
@@ -32,8 +34,28 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # group -> (files to mutate, fast test selection).
 GROUPS = {
     "metrics": (["jaxbn/metrics.py"], ["tests/test_metrics.py"]),
-    "masks": (["jaxbn/masks.py"], ["tests/test_masks.py"]),
-    "step": (["jaxbn/step.py"], ["tests/test_step.py"]),
+    "masks": (
+        ["jaxbn/masks.py"],
+        [
+            "tests/test_masks.py",
+            "tests/test_doctests.py::test_doctests[jaxbn.masks]",
+            # the NNX filter, selector algebra and label alignment (no training loops)
+            "tests/test_nnx.py::test_filter_selects_exactly",
+            "tests/test_nnx.py::test_filter_is_hashable_and_combines_with_nnx_filters",
+            "tests/test_nnx.py::test_bn_is_found_structurally_not_by_name",
+            "tests/test_nnx.py::test_user_predicates_and_selector_algebra",
+            "tests/test_nnx.py::test_head_detection_and_naming",
+            "tests/test_nnx.py::test_missing_affine_says_norms_were_found",
+            "tests/test_nnx.py::test_selector_algebra_on_linen_params",
+            "tests/test_nnx.py::test_missing_affine_error_for_linen_too",
+            "tests/test_nnx.py::test_readme_recipe_with_nnx_label_trees",
+            "tests/test_nnx.py::test_nnx_labels_helper_and_summary",
+            "tests/test_nnx.py::test_labels_for_other_parameters_error",
+            "tests/test_nnx.py::test_selective_transform_equivalence",
+            "tests/test_nnx.py::test_docstring_examples_run",
+        ],
+    ),
+    "step": (["jaxbn/step.py"], ["tests/test_step.py", "tests/test_doctests.py::test_doctests[jaxbn.step]"]),
     "ops": (
         ["jaxbn/ops/acnorm.py"],
         [
@@ -41,14 +63,36 @@ GROUPS = {
             "tests/test_acnorm.py::test_op_hand_computed_target_moved_towards_another_source_channel",
             "tests/test_acnorm.py::test_op_hand_computed_ties_negative_gamma_and_temperature",
             "tests/test_acnorm.py::test_op_bfloat16_inputs_computed_in_float32",
+            "tests/test_acnorm.py::test_op_outputs_float32_even_with_x64_enabled",
+            "tests/test_acnorm.py::test_op_recalibration_product_asks_for_full_precision",
+            "tests/test_acnorm.py::test_op_rejects_anything_but_four_vectors_of_one_shape",
             "tests/test_acnorm.py::test_gradient_is_identity_plus_s_transposed_and_s_has_none",
         ],
     ),
     "cca": (["jaxbn/analysis/cca.py"], ["tests/test_cca.py"]),
     "converters": (
-        ["jaxbn/weights/convert.py", "jaxbn/weights/torchvision.py",
-         "jaxbn/weights/efficientnet_lite.py"],
-        ["tests/test_weights.py"],
+        # convert.py is only the old name of pytorch.py (sys.modules alias).
+        ["jaxbn/weights/pytorch.py", "jaxbn/weights/torchvision.py",
+         "jaxbn/weights/efficientnet_lite.py", "jaxbn/weights/keys.py"],
+        [
+            "tests/test_weights.py",
+            "tests/test_models_torchvision.py::test_converted_tree_matches_init_shapes",
+            "tests/test_models_torchvision.py::test_key_table_examples",
+            "tests/test_models_torchvision.py::test_normalise_legacy_key",
+            "tests/test_models_torchvision.py::test_normalise_legacy_key_is_identity_on_modern_keys",
+            "tests/test_models_torchvision.py::test_legacy_densenet_keys_convert",
+            "tests/test_models_torchvision.py::test_resnet50_checkpoint_as_resnet18_is_refused",
+            "tests/test_models_torchvision.py::test_resnet18_checkpoint_as_resnet50_lists_missing_keys",
+            "tests/test_models_torchvision.py::test_eval_logits_match_torch[resnet18-64]",
+            "tests/test_efficientnet_lite.py::test_key_table_covers_checkpoint",
+            "tests/test_efficientnet_lite.py::test_converted_tree_equals_init_shapes",
+            "tests/test_efficientnet_lite.py::test_eval_logits_match_torch[efficientnet_lite0-64]",
+            "tests/test_truncated.py::test_resnet50_prefix_equals_the_checkpoint",
+            "tests/test_truncated.py::test_prefix_conversion_stays_strict",
+            "tests/test_truncated.py::test_densenet_and_efficientnet_prefixes_equal_the_checkpoint",
+            "tests/test_truncated.py::test_converted_directory_is_cut_too",
+            "tests/test_acnorm.py::test_pretrained_bn_checkpoint_initialises_source_and_target_alike",
+        ],
     ),
 }
 
@@ -73,6 +117,33 @@ def _copy_tree(dest: pathlib.Path, only: str | None = None) -> None:
     target = dest / f
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy2(REPO / f, target)
+
+
+def _undecorate(path: pathlib.Path) -> int:
+  """Rewrites ``@d\\ndef f(...): ...`` at module level into ``def f`` + ``f = d(f)``.
+
+  mutmut 3 does not mutate decorated functions (it cannot know what a decorator does
+  with the function). ``@jax.jit`` on a module-level function is applied the same way
+  by an assignment after the definition, so the scratch copy spells it that way and
+  the body is mutated; the repository's source is not changed. Returns how many
+  functions were rewritten.
+  """
+  source = path.read_text()
+  lines = source.splitlines(keepends=True)
+  edits = []
+  for node in ast.parse(source).body:
+    if isinstance(node, ast.FunctionDef) and node.decorator_list:
+      decorators = [ast.get_source_segment(source, d) for d in node.decorator_list]
+      first = min(d.lineno for d in node.decorator_list) - 1  # the first "@" line
+      edits.append((first, node.lineno - 1, node.end_lineno, node.name, decorators))
+  for first, def_line, end, name, decorators in reversed(edits):
+    wrapped = name
+    for decorator in reversed(decorators):
+      wrapped = f"({decorator})({wrapped})"
+    lines[end:end] = [f"{name} = {wrapped}\n"]
+    del lines[first:def_line]
+  path.write_text("".join(lines))
+  return len(edits)
 
 
 def _config(files: list[str], tests: list[str]) -> str:
@@ -130,6 +201,8 @@ def main(argv=None) -> int:
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     _copy_tree(workdir)
+    for f in files:
+      _undecorate(workdir / f)
     (workdir / "setup.cfg").write_text(_config(files, tests))
     _mutmut(workdir, "run", "--max-children", str(args.max_children), *args.only)
 
@@ -166,7 +239,9 @@ def _results(workdir: pathlib.Path) -> dict[str, str]:
 
 
 def _survivors(workdir: pathlib.Path) -> list[str]:
-  return [n for n, s in _results(workdir).items() if s in ("survived", "timeout")]
+  # "not checked": an interrupted run; rerunning them resumes it.
+  return [n for n, s in _results(workdir).items()
+          if s in ("survived", "timeout", "not checked")]
 
 
 if __name__ == "__main__":
