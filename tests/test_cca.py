@@ -233,8 +233,8 @@ def test_inputs_are_float64_two_d_finite_with_two_datapoints():
   bad = x.copy()
   bad[1, 7] = np.nan
   cases = [
-      (x[None], y, rf"^Activations must be 2-D \(neurons, datapoints\); got \(1, 4, 300\) and "
-       rf"\(3, 300\)\. For conv layers use conv_neurons\(acts\) first\.$"),
+      (x[None], y, r"^Activations must be 2-D \(neurons, datapoints\); got \(1, 4, 300\) and "
+       r"\(3, 300\)\. For conv layers use conv_neurons\(acts\) first\.$"),
       (x, y[None], r"^Activations must be 2-D .* got \(4, 300\) and \(1, 3, 300\)\. For conv "),
       (x[:, :1], y[:, :1], r"^Need at least 2 datapoints\.$"),
       (bad, y, r"^Activations contain NaN or inf\.$"),
