@@ -20,5 +20,8 @@ PYTHONPATH=. python docs/accuracy/levers_extract.py base=/tmp/acc/base64 /tmp/ac
 #    (--only runs one cell; the seeds ran as separate processes of the same command.)
 nice -n 10 python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift --name=bn_only \
     --seeds=0,1,2 --datasets=pneumoniamnist,retinamnist --workdir=/tmp/acc/final
+#    Full fine-tuning at the same budget (the same stages and steps; lr 1e-4 as configs/full.py):
+nice -n 10 python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift,finetune.strategy=full,finetune.lr=1e-4 \
+    --name=full --seeds=0,1,2 --datasets=retinamnist --workdir=/tmp/acc/final
 python -m jaxbn.report /tmp/acc/final --out=docs/accuracy/final \
     --title="Issue 17: BN-only recipe (configs/bn_only.py), EfficientNet-Lite0, 28 px data at 64 px"
