@@ -78,14 +78,15 @@ LONG_RUNNING = {
            "pneumoniamnist__efficientnet_lite0__bn_only__seed1",
            "pneumoniamnist__efficientnet_lite0__bn_only__seed2",
            "retinamnist__efficientnet_lite0__bn_only__seed0")},
-    # distributed.md: the preemption soaks (20 interrupted runs each).
-    "python launch/soak_preemption.py --out=/tmp/rel_soak --kills=10 --terms=10 --workers=4 "
-    "--seed=15 -- --config=configs/bn_only.py --config.warmup.epochs=0.05 "
-    "--config.finetune.epochs=0.2 --config.data.image_size=32 --config.eval_every_steps=5": _TRAINS,
-    "python launch/soak_preemption.py --out=/tmp/rel_soak2 --kills=10 --terms=10 --workers=4 "
-    "--seed=15 -- --config=configs/bn_only.py --config.model.arch=cbr_small "
-    "--config.model.init=random --config.data.image_size=28 --config.warmup.epochs=0.05 "
-    "--config.finetune.epochs=0.2 --config.eval_every_steps=5": _TRAINS,
+    # distributed.md: the preemption soak (20 interrupted default runs).
+    "python launch/soak_preemption.py --out=/tmp/soak2 --kills=10 --terms=10 --workers=2 "
+    "--seed=1 -- --config=configs/bn_only.py": _TRAINS,
+    # docs/accuracy/final/report.md: the RetinaMNIST sweeps (3 seeds each).
+    "python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift --name=bn_only "
+    "--seeds=0,1,2 --datasets=retinamnist --workdir=/tmp/acc/final": _TRAINS,
+    "python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift,"
+    "finetune.strategy=full,finetune.lr=1e-4 --name=full --seeds=0,1,2 --datasets=retinamnist "
+    "--workdir=/tmp/acc/final": _TRAINS,
     # benchmarks.md.
     "python -m jaxbn.bench --archs=resnet50,efficientnet_lite0 --strategies=full,bn+head "
     "--batch_size=16 --image_size=112 --reps=5 --peers=torch "
