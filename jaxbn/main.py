@@ -86,8 +86,6 @@ def main(argv: list[str]) -> None:
   logging.get_absl_handler().addFilter(_QuietLibraries())
   from jaxbn import preemption, validate, workdir as workdir_lib
 
-  preemption.catch_early()  # a SIGTERM during start-up still exits with EXIT_STATUS
-
   try:
     validate.check(FLAGS.config, tasks=TASKS)
   except validate.ConfigError as e:

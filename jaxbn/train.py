@@ -288,7 +288,7 @@ def _resume(run: Run, variables: dict) -> tuple[LoopState, dict, _Resumed | None
     return LoopState(), variables, None
   meta = run.ckpts.restore_meta(last)
   loop = LoopState.from_json(meta["loop"])
-  loop.step = last
+  loop.step = last  # the checkpoint's step is the global step (older checkpoints lack the field)
   owner = meta["state_stage"]
   abstract = jax.eval_shape(lambda: TrainState.create(variables, run.optimizers[owner], 0))
   state = run.ckpts.restore_state(abstract, last)
