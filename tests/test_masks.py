@@ -155,6 +155,22 @@ def test_label_tree_exact(tiny, strategy, container):
   assert type(labels["Block_0"]) is type(params["Block_0"])
 
 
+def test_selector_predicate_uses_every_context_keyword(tiny):
+  params, stats = tiny["params"], tiny["batch_stats"]
+  chosen = lambda pred: {p for p in ALL if pred(tuple(p.split("/")))}
+  bn = masks.parse_strategy("bn").predicate(params, batch_stats=stats)
+  assert chosen(bn) == BN
+  late = masks.parse_strategy("from_stage(2)").predicate(params, batch_stats=stats,
+                                                       stage_of=TINY_STAGES.__getitem__)
+  assert chosen(late) == {p for p in ALL if TINY_STAGES[p.split("/")[0]] >= 2}
+  odd_head = masks.parse_strategy("head").predicate(params, head="my_norm")
+  assert chosen(odd_head) == {"my_norm/scale", "my_norm/bias"}
+  only_odd = lambda path, module_params, module_stats: path[-1] == "my_norm"
+  assert chosen(masks.parse_strategy("bn").predicate(params, batch_stats=stats,
+                                                     is_norm=only_odd)) == {"my_norm/scale",
+                                                                            "my_norm/bias"}
+
+
 def test_selectors_add_up(tiny):
   params, stats = tiny["params"], tiny["batch_stats"]
   run = lambda s: _trainable(masks.make_labels(params, s, batch_stats=stats,
