@@ -3,6 +3,7 @@
     pip install mutmut==3.8.1
     nice -n 10 python tools/mutation.py metrics            # or masks, step, ops, cca, converters
     nice -n 10 python tools/mutation.py masks --rerun-survivors   # after adding tests
+    nice -n 10 python tools/mutation.py converters --sample 250   # a random sample of mutants
 
 Copies the git-tracked tree (plus untracked, not ignored files) into a scratch
 directory (``--workdir``, default ``<tmp>/jaxbn-mutation/<group>``), writes a
@@ -12,7 +13,11 @@ that reach the mutated function, stopping at the first failure), and prints the
 score: killed / all mutants, listing the others (survived, timeout, not checked). A later run in the same
 workdir reuses mutmut's results; ``--rerun-survivors`` first refreshes the tests
 from the repository and reruns only the mutants that were not killed (survived,
-timed out, or not checked because a run was interrupted).
+timed out, or not checked because a run was interrupted). ``--sample N`` checks N
+mutants drawn at random (``--seed``) from the group's and reports the killed share
+of the sample with its 95 % (Wilson) interval: for a group too large to check in
+full on a small machine; the sample is kept in the workdir, so ``--rerun-survivors``
+stays within it.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ import argparse
 import ast
 import fnmatch
 import json
+import math
 import os
 import pathlib
 import re
 import shutil
+import random
 import subprocess
 import sys
 import tempfile
@@ -181,6 +188,9 @@ def main(argv=None) -> int:
       help="recheck the survivors matching GLOB (e.g. '*x__norm_selector*') each in a fresh "
            "pytest process with the mutant on from the start: for code that runs at import "
            "time (module-level tables), which mutmut's forked workers import unmutated.")
+  parser.add_argument("--sample", type=int, default=0, metavar="N",
+                      help="check N mutants drawn at random instead of all of them")
+  parser.add_argument("--seed", type=int, default=0, help="the seed of --sample's draw")
   args = parser.parse_args(argv)
   files, tests = GROUPS[args.group]
   workdir = args.workdir or pathlib.Path(tempfile.gettempdir()) / "jaxbn-mutation" / args.group
@@ -204,9 +214,13 @@ def main(argv=None) -> int:
     for f in files:
       _undecorate(workdir / f)
     (workdir / "setup.cfg").write_text(_config(files, tests))
-    _mutmut(workdir, "run", "--max-children", str(args.max_children), *args.only)
+    names = list(args.only)
+    if args.sample:
+      names = _draw_sample(workdir, args.sample, args.seed)
+    _mutmut(workdir, "run", "--max-children", str(args.max_children), *names)
 
   results = _results(workdir)
+  sample_file = workdir / SAMPLE_FILE
   fresh_file = workdir / "fresh_process_results.json"
   fresh = json.loads(fresh_file.read_text()) if fresh_file.exists() else {}
   if args.fresh_process:
@@ -227,15 +241,47 @@ def main(argv=None) -> int:
   total = len(results)
   killed = sum(status in DETECTED for status in results.values())
   print(f"\n{args.group}: {killed}/{total} killed = {100 * killed / max(total, 1):.1f} %")
+  if sample_file.exists():
+    low, high = _wilson(killed, total)
+    print(f"  a random sample of the group's mutants; 95 % interval {100 * low:.1f}-"
+          f"{100 * high:.1f} %")
   for name, status in sorted(results.items()):
     if status not in DETECTED:
       print(f"  {status:10s} {name}")
   return 0
 
 
+SAMPLE_FILE = "sample.json"
+
+
+def _draw_sample(workdir: pathlib.Path, n: int, seed: int) -> list[str]:
+  """Generates the mutants (a run that checks none), draws ``n`` and saves the draw."""
+  _mutmut(workdir, "run", "--max-children", "1", "no-mutant-has-this-name")
+  everything = sorted(_results(workdir))
+  chosen = sorted(random.Random(seed).sample(everything, min(n, len(everything))))
+  (workdir / SAMPLE_FILE).write_text(json.dumps(chosen, indent=1))
+  print(f"checking {len(chosen)} of {len(everything)} mutants (seed {seed})", flush=True)
+  return chosen
+
+
+def _wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+  """The Wilson score interval of a proportion ``k / n``."""
+  if n == 0:
+    return 0.0, 1.0
+  p = k / n
+  centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+  return centre - half, centre + half
+
+
 def _results(workdir: pathlib.Path) -> dict[str, str]:
+  """Mutant name → mutmut's status, within the ``--sample`` draw when there is one."""
   out = _mutmut(workdir, "results", "--all", "true", capture=True).stdout
-  return dict(re.findall(r"^\s*(\S+__mutmut_\d+): (\S.*?)\s*$", out, re.M))
+  results = dict(re.findall(r"^\s*(\S+__mutmut_\d+): (\S.*?)\s*$", out, re.M))
+  if (workdir / SAMPLE_FILE).exists():
+    sample = set(json.loads((workdir / SAMPLE_FILE).read_text()))
+    results = {n: s for n, s in results.items() if n in sample}
+  return results
 
 
 def _survivors(workdir: pathlib.Path) -> list[str]:
