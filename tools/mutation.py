@@ -255,8 +255,12 @@ SAMPLE_FILE = "sample.json"
 
 
 def _draw_sample(workdir: pathlib.Path, n: int, seed: int) -> list[str]:
-  """Generates the mutants (a run that checks none), draws ``n`` and saves the draw."""
-  _mutmut(workdir, "run", "--max-children", "1", "no-mutant-has-this-name")
+  """Generates the mutants, draws ``n`` and saves the draw.
+
+  A run filtered on a name no mutant has writes every mutant and stops (mutmut
+  then fails on the empty filter, which is expected) before checking any.
+  """
+  _mutmut(workdir, "run", "--max-children", "1", "no-mutant-has-this-name", capture=True)
   everything = sorted(_results(workdir))
   chosen = sorted(random.Random(seed).sample(everything, min(n, len(everything))))
   (workdir / SAMPLE_FILE).write_text(json.dumps(chosen, indent=1))
