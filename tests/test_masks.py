@@ -608,6 +608,37 @@ def test_summary_table_exact_layout_and_natural_order():
   ])
   assert masks.summary(params, labels, depth=0).splitlines()[1].split() == [
       "(root)", "15", "25", "60.00"]
+  short = {"bn": {"scale": np.ones(4)}, "fc": {"kernel": np.zeros((4, 2))}}  # names < "trainable"
+  assert masks.summary(short, masks.make_labels(short, "regex:fc/.*")) == "\n".join([
+      "module  trainable  total       %",
+      "bn              0      4    0.00",
+      "fc              8      8  100.00",
+      "total           8     12   66.67",
+  ])
+
+
+def test_where_checks_its_predicate_and_names_it():
+  params = {"conv": {"kernel": np.zeros((3, 3, 1, 4)), "bias": np.zeros(4)},
+            "fc": {"kernel": np.zeros((4, 2))}}
+  with pytest.raises(TypeError, match=r"^where\(\) needs a callable \(path, leaf\) -> bool, "
+                                      r"got 'bn'\.$"):
+    masks.where("bn")
+
+  class IsBias:  # a callable object has no __name__
+    def __call__(self, path, leaf):
+      return path[-1] == "bias"
+
+  assert masks.where(IsBias()).name == "where(predicate)"
+  assert masks.where(IsBias(), name="biases").name == "where(biases)"
+
+  def never(path, leaf):
+    return False
+
+  assert masks.where(never).name == "where(never)"
+  with pytest.raises(ValueError) as err:
+    masks.make_labels(params, masks.where(never))
+  assert "where(never)" in str(err.value)
+  assert "paths look like conv/bias, conv/kernel, fc/kernel." in str(err.value)
 
 
 def test_messages_name_the_problem(tiny):
