@@ -155,18 +155,82 @@ def test_imagenet_weights_leave_a_numpy_copy_that_later_reads_use(tmp_path, monk
     assert sorted(rebuilt.files) == sorted(first)
 
 
-def test_imagenet_weights_are_read_when_the_cache_cannot_be_written(tmp_path, monkeypatch):
+def test_imagenet_weights_are_read_when_the_cache_cannot_be_written(tmp_path, monkeypatch,
+                                                                   caplog):
   monkeypatch.setenv("JAXBN_CACHE_DIR", str(tmp_path))
 
   def read_only(path):
-    raise PermissionError(13, "Permission denied", path)
+    raise PermissionError(13, "Permission denied")
 
   monkeypatch.setattr(pytorch.io, "temp_beside", read_only)
-  state = pytorch.imagenet_state_dict("efficientnet_lite0")
+  with caplog.at_level("WARNING", logger="jaxbn.weights.pytorch"):
+    state = pytorch.imagenet_state_dict("efficientnet_lite0")
+  copy = tmp_path / "checkpoints" / (
+      f"efficientnet_lite0-{hub.KNOWN['efficientnet_lite0'].sha256[:16]}.npz")
+  assert [r.getMessage() for r in caplog.records] == [
+      f"Cannot write {copy} ([Errno 13] Permission denied); the checkpoint is read through "
+      "torch each time."]
   expected = pytorch.load_state_dict(hub.fetch("efficientnet_lite0"))
   assert state.keys() == expected.keys()
   assert all(np.array_equal(state[k], expected[k]) for k in expected)
   assert not list(tmp_path.rglob("*.npz"))
+
+
+def _filled(abstract, seed: int = 0):
+  """Random numpy variables of an abstract tree (no compilation)."""
+  rng = np.random.default_rng(seed)
+  return {c: _map_leaves(tree, lambda s: rng.standard_normal(s.shape).astype(s.dtype))
+          for c, tree in abstract.items()}
+
+
+def _map_leaves(tree, fn):
+  return {k: _map_leaves(v, fn) if isinstance(v, dict) else fn(v) for k, v in tree.items()}
+
+
+def test_converted_variables_keep_a_matching_head_and_renew_another():
+  saved = _filled(init_shapes(create_model("resnet18", num_classes=3)))
+  same = pytorch.fill_from_variables(init_shapes(create_model("resnet18", num_classes=3)),
+                                     "resnet18", saved, what="resnet18 (3 classes)")
+  assert np.array_equal(same["params"]["fc"]["kernel"], saved["params"]["fc"]["kernel"])
+  assert np.array_equal(same["params"]["fc"]["bias"], saved["params"]["fc"]["bias"])
+  assert np.array_equal(same["params"]["conv1"]["kernel"], saved["params"]["conv1"]["kernel"])
+  other = pytorch.fill_from_variables(init_shapes(create_model("resnet18", num_classes=2)),
+                                      "resnet18", saved, what="resnet18 (2 classes)")
+  assert other["params"]["fc"]["kernel"].shape == (512, 2)
+  assert not np.any(other["params"]["fc"]["kernel"]) and not np.any(other["params"]["fc"]["bias"])
+  assert np.array_equal(other["params"]["conv1"]["kernel"], saved["params"]["conv1"]["kernel"])
+
+
+def test_converted_variables_of_the_wrong_shape_are_listed():
+  saved = _filled(init_shapes(create_model("resnet18", num_classes=3)))
+  saved["params"]["conv1"]["kernel"] = np.zeros((3, 3, 3, 64), np.float32)
+  with pytest.raises(CheckpointError) as err:
+    pytorch.fill_from_variables(init_shapes(create_model("resnet18", num_classes=3)),
+                                "resnet18", saved, what="resnet18 here")
+  assert str(err.value) == ("Variables do not fit resnet18 here: params/conv1/kernel "
+                            "(3, 3, 3, 64) vs expected (7, 7, 3, 64).")
+
+
+def test_reading_a_pth_without_torch_says_what_to_install(resnet18_pth, monkeypatch):
+  monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+  with pytest.raises(CheckpointError) as err:
+    pytorch.load_state_dict(resnet18_pth)
+  assert str(err.value) == (f"Reading {resnet18_pth} needs PyTorch: pip install 'jaxbn[torch]' "
+                            "(or convert it to .safetensors first).")
+
+
+def test_a_numpy_copy_holding_pickled_objects_is_rebuilt_not_unpickled(tmp_path, monkeypatch,
+                                                                       caplog):
+  monkeypatch.setenv("JAXBN_CACHE_DIR", str(tmp_path))
+  expected = pytorch.imagenet_state_dict("efficientnet_lite0")
+  copy, = (tmp_path / "checkpoints").glob("*.npz")
+  with open(copy, "wb") as f:
+    np.savez(f, planted=np.array([{"code": "object"}], dtype=object))
+  with caplog.at_level("WARNING", logger="jaxbn.weights.pytorch"):
+    again = pytorch.imagenet_state_dict("efficientnet_lite0")
+  assert again.keys() == expected.keys()
+  assert [r.getMessage() for r in caplog.records] == [
+      f"Rebuilding the numpy copy {copy} of efficientnet_lite0's checkpoint (ValueError)."]
 
 
 def test_unknown_arch():
