@@ -52,14 +52,33 @@ def test_wrapped_and_dataparallel_state_dicts(resnet18_pth, tmp_path):
   wrapped = tmp_path / "wrapped.pth"
   torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}, "epoch": 3}, wrapped)
   assert set(convert.load_state_dict(wrapped)) == set(sd)
+  for key in ("model", "model_state_dict"):
+    torch.save({key: sd, "optimizer": {}}, wrapped)
+    assert set(convert.load_state_dict(wrapped)) == set(sd), key
+  torch.save([1, 2], wrapped)
+  with pytest.raises(CheckpointError) as err:
+    convert.load_state_dict(wrapped)
+  assert str(err.value) == f"{wrapped} holds a list, not a state dict."
+
+
+def test_tensors_are_read_as_float32_and_integers_stay_integers(tmp_path):
+  path = tmp_path / "mixed.pth"
+  torch.save({"w": torch.ones(2, dtype=torch.float64), "h": torch.ones(2, dtype=torch.float16),
+              "n": torch.tensor(7)}, path)
+  read = convert.load_state_dict(path)
+  assert read["w"].dtype == np.float32 and read["h"].dtype == np.float32
+  assert read["n"].dtype == np.int64 and int(read["n"]) == 7
 
 
 def test_truncated_file_is_a_clear_error(resnet18_pth, tmp_path):
   data = resnet18_pth.read_bytes()
   cut = tmp_path / "cut.pth"
   cut.write_bytes(data[: len(data) // 2])
-  with pytest.raises(CheckpointError, match="truncated or corrupt"):
+  with pytest.raises(CheckpointError, match="truncated or corrupt") as err:
     convert.load_state_dict(cut)
+  # torch's own reason is quoted: "... (zip format, N bytes): <reason>. The file may be ..."
+  reason = str(err.value).split(" bytes): ", 1)[1].split(". The file may be")[0]
+  assert reason and reason != "None"
 
 
 def test_missing_file():
@@ -209,6 +228,23 @@ def test_converted_variables_of_the_wrong_shape_are_listed():
                                 "resnet18", saved, what="resnet18 here")
   assert str(err.value) == ("Variables do not fit resnet18 here: params/conv1/kernel "
                             "(3, 3, 3, 64) vs expected (7, 7, 3, 64).")
+
+
+def test_load_pretrained_from_a_converted_directory_takes_its_class_count(tmp_path):
+  saved = _filled(init_shapes(create_model("resnet18", num_classes=3)))
+  store.save_variables(tmp_path / "r18", saved, {"arch": "resnet18", "num_classes": 3})
+  loaded = pytorch.load_pretrained("resnet18", tmp_path / "r18")
+  assert np.array_equal(loaded["params"]["fc"]["bias"], saved["params"]["fc"]["bias"])
+  headless = _filled(init_shapes(create_model("resnet18", num_classes=0)))
+  store.save_variables(tmp_path / "bare", headless, {"arch": "resnet18"})  # no num_classes
+  assert "fc" not in pytorch.load_pretrained("resnet18", tmp_path / "bare")["params"]
+
+
+def test_a_state_dict_without_its_head_gets_a_new_imagenet_sized_one():
+  sd = {k: v.numpy() for k, v in resnet18_state_dict().items() if not k.startswith("fc.")}
+  loaded = pytorch.load_pretrained("resnet18", sd)
+  assert loaded["params"]["fc"]["kernel"].shape == (512, 1000)
+  assert not np.any(loaded["params"]["fc"]["kernel"])
 
 
 def test_reading_a_pth_without_torch_says_what_to_install(resnet18_pth, monkeypatch):
