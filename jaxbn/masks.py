@@ -728,8 +728,8 @@ def nnx_filter(model: Any, strategy: Any, **kwargs: Any) -> "NNXFilter":
   tree = nnx_labels(model, strategy, **kwargs)
   paths, leaves, _ = _flatten(tree)  # string paths, as the filter compares them
   chosen = frozenset(p for p, label in zip(paths, leaves) if label == TRAINABLE)
-  name = strategy if isinstance(strategy, str) else getattr(strategy, "name", repr(strategy))
-  return NNXFilter(str(name), chosen)
+  name = strategy if isinstance(strategy, str) else _as_selector(strategy).name
+  return NNXFilter(name, chosen)
 
 
 def trainable_mask(labels: Any) -> Any:

@@ -194,6 +194,64 @@ def test_missing_affine_says_norms_were_found():
     masks.nnx_filter(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), "bn")
 
 
+class RunningStat(nnx.Variable):
+  """Running statistics of a custom norm: not nnx.BatchStat."""
+
+
+class CustomNorm(nnx.Module):
+  def __init__(self, n):
+    self.scale = nnx.Param(jnp.ones(n))
+    self.bias = nnx.Param(jnp.zeros(n))
+    self.mean = RunningStat(jnp.zeros(n))
+    self.var = RunningStat(jnp.ones(n))
+
+
+def test_nnx_labels_forward_stats_arch_and_is_norm():
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.mine = CustomNorm(4)
+      self.norm = nnx.LayerNorm(4, rngs=rngs)
+      self.proj = nnx.Linear(4, 4, rngs=rngs)
+      self.fc = nnx.Linear(4, 2, rngs=rngs)
+
+  model = Net(nnx.Rngs(0))
+  assert set(masks.nnx_filter(model, "bn", stats=RunningStat).paths) == {
+      ("mine", "scale"), ("mine", "bias")}
+  with pytest.raises(ValueError) as err:
+    masks.nnx_filter(model, "bn")  # its statistics are not nnx.BatchStat
+  assert str(err.value) == (
+      "Strategy term 'bn' selects no parameter: no norm layer found in this NNX model (a BatchNorm is a "
+      "module whose BatchStat 'mean'/'var' sit beside nnx.Param 'scale'/'bias' of the same "
+      "shape). For a norm whose statistics are another Variable type pass stats=<that type>; "
+      "for norms without statistics pass is_norm=jaxbn.masks.norm_by_name(<regex>).")
+  other = nnx.Not(nnx.Param)  # a filter without a __name__ is named by its str()
+  with pytest.raises(ValueError, match=re.escape(f"whose {other} 'mean'/'var'")):
+    masks.nnx_filter(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), "bn", stats=other)
+  by_name = masks.nnx_filter(model, "bn", is_norm=masks.norm_by_name("norm"))
+  assert set(by_name.paths) == {("norm", "scale"), ("norm", "bias")}
+  with pytest.raises(ValueError, match="several top-level modules hold a 2-D 'kernel'"):
+    masks.nnx_filter(model, "head")
+  assert set(masks.nnx_filter(model, "head", arch="resnet18").paths) == {
+      ("fc", "kernel"), ("fc", "bias")}  # the registry's head of resnet18
+
+
+def test_nnx_filter_names():
+  model = _net()
+  assert masks.nnx_filter(model, "bn+head").name == "bn+head"
+  assert masks.nnx_filter(model, masks.where(lambda p, x: p[0] == "norm", name="n")).name == (
+      "where(n)")
+
+  class Pred:  # a callable with no name: its repr
+    def __call__(self, path, leaf):
+      return path[0] == "norm"
+
+    def __repr__(self):
+      return "Pred()"
+
+  assert masks.nnx_filter(model, [Pred(), "head"]).name == "where(predicate)+head"
+  assert masks.nnx_filter(model, (lambda p, x: p[0] == "norm")).name == "where(<lambda>)"
+
+
 def test_selector_algebra_on_linen_params():
   params = {"conv": {"kernel": jnp.zeros((3, 3, 1, 4)), "bias": jnp.zeros(4)},
             "fc": {"kernel": jnp.zeros((4, 2)), "bias": jnp.zeros(2)}}

@@ -53,6 +53,8 @@ GROUPS = {
             "tests/test_nnx.py::test_user_predicates_and_selector_algebra",
             "tests/test_nnx.py::test_head_detection_and_naming",
             "tests/test_nnx.py::test_missing_affine_says_norms_were_found",
+            "tests/test_nnx.py::test_nnx_labels_forward_stats_arch_and_is_norm",
+            "tests/test_nnx.py::test_nnx_filter_names",
             "tests/test_nnx.py::test_selector_algebra_on_linen_params",
             "tests/test_nnx.py::test_missing_affine_error_for_linen_too",
             "tests/test_nnx.py::test_readme_recipe_with_nnx_label_trees",
