@@ -370,6 +370,12 @@ def test_nnx_labels_helper_and_summary():
 def test_labels_for_other_parameters_error():
   with pytest.raises(ValueError, match=r"No label for parameter 'b/kernel'"):
     masks.align_labels({"a": {"kernel": "trainable"}}, {"b": {"kernel": jnp.zeros(2)}})
+  labels = {"a": {"k": "trainable", "b": "frozen"}, "c": "frozen", "d": "frozen"}
+  with pytest.raises(ValueError) as err:
+    masks.align_labels(labels, {"e": {"kernel": jnp.zeros(2)}})
+  assert str(err.value) == (
+      "No label for parameter 'e/kernel': the label tree was built for other parameters "
+      "(label paths look like a/b, a/k, c). Build the labels from the same model.")
 
 
 def test_selective_transform_equivalence():
