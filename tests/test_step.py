@@ -415,3 +415,19 @@ def test_eval_step_asks_for_inference_mode_explicitly():
       variables, {"image": x, "label": np.zeros(2, np.int32)})
   logits = model.apply(variables, x, train=False)
   np.testing.assert_allclose(out["probs"], jax.nn.softmax(logits), rtol=1e-6)
+
+
+def test_train_state_create_splits_the_collections():
+  tx = optax.adam(1e-3)
+  params = {"w": jnp.ones(3)}
+  bare = step_lib.TrainState.create({"params": params}, tx)
+  assert bare.batch_stats == {} and bare.constants == {} and int(bare.step) == 0
+  source = {"bn": {"scale": jnp.ones(3)}}
+  full = step_lib.TrainState.create(
+      {"params": params, "batch_stats": {"bn": {"mean": jnp.zeros(3)}}, "acnorm_source": source},
+      tx, step=7)
+  assert full.constants == {"acnorm_source": source}
+  assert set(full.batch_stats["bn"]) == {"mean"} and int(full.step) == 7
+  assert jax.tree.structure(full.opt_state) == jax.tree.structure(tx.init(params))
+  with jax.enable_x64(True):
+    assert step_lib.TrainState.create({"params": params}, tx, step=3).step.dtype == jnp.int32
