@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -245,6 +246,21 @@ def test_a_state_dict_without_its_head_gets_a_new_imagenet_sized_one():
   loaded = pytorch.load_pretrained("resnet18", sd)
   assert loaded["params"]["fc"]["kernel"].shape == (512, 1000)
   assert not np.any(loaded["params"]["fc"]["kernel"])
+
+
+def test_every_source_kind_fills_the_same_variables(resnet18_pth):
+  from_file = pytorch.load_pretrained("resnet18", resnet18_pth, num_classes=2)
+  from_dict = pytorch.load_pretrained("resnet18", convert.load_state_dict(resnet18_pth),
+                                      num_classes=2)
+  expected = init_shapes(create_model("resnet18", num_classes=2))
+  filled = pytorch.fill_variables(expected, "resnet18", resnet18_pth)
+  for other in (from_dict, filled):
+    assert jax.tree.all(jax.tree.map(np.array_equal, from_file, other))
+  lite_shapes = init_shapes(create_model("efficientnet_lite0", num_classes=2))
+  lite = pytorch.fill_variables(lite_shapes, "efficientnet_lite0")  # the registered weights
+  read = pytorch.fill_variables(lite_shapes, "efficientnet_lite0",
+                                pytorch.imagenet_state_dict("efficientnet_lite0"))
+  assert jax.tree.all(jax.tree.map(np.array_equal, lite, read))
 
 
 def test_reading_a_pth_without_torch_says_what_to_install(resnet18_pth, monkeypatch):
