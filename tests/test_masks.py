@@ -353,6 +353,11 @@ def test_bn_without_batch_stats_is_an_error(tiny):
   for strategy in ["bn", "bn_scale+head", "bn_bias"]:
     with pytest.raises(ValueError, match=r"need batch_stats.*norm_by_name"):
       masks.make_labels(tiny["params"], strategy)
+  with pytest.raises(ValueError) as err:
+    masks.make_labels(tiny["params"], "bn")
+  assert str(err.value).startswith(
+      "BN strategies find BatchNorm layers structurally and need batch_stats: call "
+      "make_labels(params, ..., batch_stats=variables['batch_stats']). ")
   # Strategies that do not look at norms need no statistics.
   assert masks.make_labels(tiny["params"], "head")
 
@@ -372,8 +377,12 @@ def test_head_not_found_errors(tiny):
                                        r"Dense_0, Dense_1.*head="):
     masks.make_labels(two_dense, "head")
   no_dense = {k: v for k, v in params.items() if k != "Dense_0"}
-  with pytest.raises(ValueError, match=r"no top-level module holds a 2-D 'kernel'"):
+  with pytest.raises(ValueError) as err:
     masks.make_labels(no_dense, "head")
+  assert str(err.value).startswith(
+      "Cannot find the classifier head: no top-level module holds a 2-D 'kernel'. Pass "
+      "head='<module name>' (or a path regex), or arch= for a jaxbn model. Top-level modules: "
+      "BatchNorm_0, Block_0, Conv_0, LayerNorm_0, my_norm, odd.")
   with pytest.raises(ValueError, match=r"Pass variables\['params'\]"):
     masks.make_labels(tiny, "head")
 
@@ -701,3 +710,20 @@ def test_stage_messages(tiny):
     masks.make_labels(tiny["params"], "from_stage(9)", stage_of=TINY_STAGES.__getitem__)
   assert str(err.value) == (
       "Strategy term 'from_stage(9)' selects no parameter: no top-level module has stage >= 9.")
+
+
+def test_make_optimizer_takes_labels_or_a_function_of_the_params():
+  params = {"bn": {"scale": jnp.ones(4)}, "conv": {"kernel": jnp.ones((3, 3, 4, 4))}}
+  labels = {"bn": {"scale": masks.TRAINABLE}, "conv": {"kernel": masks.FROZEN}}
+  seen = []
+
+  def labels_of(p):
+    seen.append(jax.tree.structure(p))
+    return labels
+
+  for given in (labels, labels_of):
+    tx = masks.make_optimizer(optax.sgd(1.0), given)
+    updates, _ = tx.update(params, tx.init(params), params)
+    assert float(jnp.abs(updates["conv"]["kernel"]).max()) == 0.0
+    assert jnp.array_equal(updates["bn"]["scale"], -params["bn"]["scale"])
+  assert seen and seen[0] == jax.tree.structure(params)  # called with the parameters
