@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import concurrent.futures
 import fnmatch
 import json
 import math
@@ -227,15 +228,21 @@ def main(argv=None) -> int:
   fresh = json.loads(fresh_file.read_text()) if fresh_file.exists() else {}
   if args.fresh_process:
     _copy_tree(workdir / "mutants", only="tests/")
-    for name, status in sorted(results.items()):
-      if status not in DETECTED and fnmatch.fnmatch(name, args.fresh_process):
-        rc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
-            cwd=workdir / "mutants", capture_output=True,
-            env={**os.environ, "PYTHONPATH": "", "MUTANT_UNDER_TEST": name},
-        ).returncode
-        fresh[name] = "killed" if rc == 1 else "survived" if rc == 0 else f"error {rc}"
-        print(f"  fresh process: {fresh[name]:9s} {name}", flush=True)
+    names = [n for n, status in sorted(results.items())
+             if status not in DETECTED and fnmatch.fnmatch(n, args.fresh_process)]
+
+    def check(name: str) -> tuple[str, str]:
+      rc = subprocess.run(
+          [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+          cwd=workdir / "mutants", capture_output=True,
+          env={**os.environ, "PYTHONPATH": "", "MUTANT_UNDER_TEST": name},
+      ).returncode
+      return name, "killed" if rc == 1 else "survived" if rc == 0 else f"error {rc}"
+
+    with concurrent.futures.ThreadPoolExecutor(args.max_children) as pool:
+      for name, status in pool.map(check, names):
+        fresh[name] = status
+        print(f"  fresh process: {status:9s} {name}", flush=True)
     fresh_file.write_text(json.dumps(fresh, indent=1))
   for name, status in fresh.items():
     if results.get(name) not in DETECTED and status == "killed":
