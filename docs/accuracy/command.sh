@@ -13,7 +13,10 @@ nice -n 10 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py --workdir=/
     --prune_checkpoints --only=size96,ema,rot_shift,label_smooth,epochs8,no_aug,lr3e-3,no_warmup
 nice -n 10 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py --workdir=/tmp/acc/levers2 \
     --compilation_cache_dir=/tmp/acc/levers/.jax_cache --prune_checkpoints --only=rot_shift,label_smooth,lr3e-3
-PYTHONPATH=. python docs/accuracy/levers_extract.py base=/tmp/acc/base64 /tmp/acc/levers /tmp/acc/levers2
+nice -n 10 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py --workdir=/tmp/acc/levers3 \
+    --prune_checkpoints --only=ema,label_smooth,lr3e-3,epochs8
+PYTHONPATH=. python docs/accuracy/levers_extract.py base=/tmp/acc/base64 /tmp/acc/levers /tmp/acc/levers2 \
+    /tmp/acc/levers3
 
 # 2. The final table: configs/bn_only.py, 3 seeds, PneumoniaMNIST and RetinaMNIST (the same
 #    recipe, only the data set changes), TTA scores reported beside the plain ones.
