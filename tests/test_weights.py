@@ -263,6 +263,28 @@ def test_every_source_kind_fills_the_same_variables(resnet18_pth):
   assert jax.tree.all(jax.tree.map(np.array_equal, lite, read))
 
 
+def test_the_imagenet_head_is_kept_when_its_classes_are():
+  variables = pytorch.load_pretrained("efficientnet_lite0")  # num_classes=None: the saved head
+  state = pytorch.imagenet_state_dict("efficientnet_lite0")
+  assert np.array_equal(variables["params"]["fc"]["kernel"], state["_fc.weight"].T)
+  assert np.array_equal(variables["params"]["fc"]["bias"], state["_fc.bias"])
+
+
+def test_key_tables_name_the_architectures_they_know():
+  from jaxbn.weights import efficientnet_lite, torchvision
+
+  with pytest.raises(ValueError) as err:
+    torchvision.key_table("efficientnet_lite0")
+  assert str(err.value) == (
+      "'efficientnet_lite0' is not a torchvision architecture; expected one of resnet18, "
+      "resnet34, resnet50, resnet101, resnet152, densenet121, densenet169, densenet201.")
+  with pytest.raises(ValueError) as err:
+    efficientnet_lite.key_table("resnet18")
+  assert str(err.value) == ("'resnet18' is not an EfficientNet-Lite; expected one of "
+                            "efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, "
+                            "efficientnet_lite3, efficientnet_lite4.")
+
+
 def test_reading_a_pth_without_torch_says_what_to_install(resnet18_pth, monkeypatch):
   monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
   with pytest.raises(CheckpointError) as err:
