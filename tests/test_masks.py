@@ -355,9 +355,11 @@ def test_bn_without_batch_stats_is_an_error(tiny):
       masks.make_labels(tiny["params"], strategy)
   with pytest.raises(ValueError) as err:
     masks.make_labels(tiny["params"], "bn")
-  assert str(err.value).startswith(
+  assert str(err.value) == (
       "BN strategies find BatchNorm layers structurally and need batch_stats: call "
-      "make_labels(params, ..., batch_stats=variables['batch_stats']). ")
+      "make_labels(params, ..., batch_stats=variables['batch_stats']). For norms without "
+      "running statistics, or to match by module name instead, pass "
+      "is_norm=jaxbn.masks.norm_by_name(<regex>) (or any predicate).")
   # Strategies that do not look at norms need no statistics.
   assert masks.make_labels(tiny["params"], "head")
 
@@ -727,3 +729,34 @@ def test_make_optimizer_takes_labels_or_a_function_of_the_params():
     assert float(jnp.abs(updates["conv"]["kernel"]).max()) == 0.0
     assert jnp.array_equal(updates["bn"]["scale"], -params["bn"]["scale"])
   assert seen and seen[0] == jax.tree.structure(params)  # called with the parameters
+
+
+def test_strategy_messages_exactly():
+  with pytest.raises(ValueError) as err:
+    masks.parse_strategy("BN")
+  assert str(err.value) == (
+      "Unknown strategy term 'BN' in 'BN'; valid: full, bn, bn_scale, bn_bias, head, "
+      "from_stage(<k>), regex:<pattern>; combine with '+', e.g. 'bn+head'.")
+  with pytest.raises(TypeError) as err:
+    masks.make_labels({"a": {"kernel": np.zeros((2, 2))}}, 3)
+  assert str(err.value) == ("strategy must be a string, a Selector, a (path, leaf) -> bool "
+                            "callable or a non-empty list of them; got 3.")
+
+
+class _Pair:
+  """A pytree node registered without keys: its children get FlattenedIndexKeys."""
+
+  def __init__(self, a, b):
+    self.a, self.b = a, b
+
+
+jax.tree_util.register_pytree_node(_Pair, lambda p: ((p.a, p.b), None), lambda _, c: _Pair(*c))
+
+
+def test_paths_through_lists_and_unkeyed_nodes():
+  params = {"layers": [{"kernel": np.zeros((2, 2))}, {"kernel": np.zeros((2, 2))}],
+            "pair": _Pair(np.zeros(2), np.zeros(3))}
+  labels = masks.make_labels(params, "regex:layers/1/kernel|pair/1")
+  assert labels["layers"][0]["kernel"] == masks.FROZEN
+  assert labels["layers"][1]["kernel"] == masks.TRAINABLE
+  assert (labels["pair"].a, labels["pair"].b) == (masks.FROZEN, masks.TRAINABLE)

@@ -252,6 +252,17 @@ def test_nnx_filter_names():
   assert masks.nnx_filter(model, (lambda p, x: p[0] == "norm")).name == "where(<lambda>)"
 
 
+def test_labels_realigned_on_an_nnx_state_hold_plain_strings():
+  model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+  state = nnx.state(model, nnx.Param)  # leaves: Param variables
+  labels = masks.align_labels({"kernel": "trainable", "bias": "frozen"}, state)
+  assert labels["kernel"] == "trainable" and labels["bias"] == "frozen"
+  assert type(labels["kernel"]) is str  # not a Param wrapping the label
+  paths, leaves, _ = masks._flatten(state)
+  assert paths == [("bias",), ("kernel",)]
+  assert [type(x) for x in leaves] == [type(model.bias.get_value())] * 2
+
+
 def test_selector_algebra_on_linen_params():
   params = {"conv": {"kernel": jnp.zeros((3, 3, 1, 4)), "bias": jnp.zeros(4)},
             "fc": {"kernel": jnp.zeros((4, 2)), "bias": jnp.zeros(2)}}

@@ -56,6 +56,7 @@ GROUPS = {
             "tests/test_nnx.py::test_missing_affine_says_norms_were_found",
             "tests/test_nnx.py::test_nnx_labels_forward_stats_arch_and_is_norm",
             "tests/test_nnx.py::test_nnx_filter_names",
+            "tests/test_nnx.py::test_labels_realigned_on_an_nnx_state_hold_plain_strings",
             "tests/test_nnx.py::test_selector_algebra_on_linen_params",
             "tests/test_nnx.py::test_missing_affine_error_for_linen_too",
             "tests/test_nnx.py::test_readme_recipe_with_nnx_label_trees",
