@@ -285,6 +285,15 @@ def test_key_tables_name_the_architectures_they_know():
                             "efficientnet_lite3, efficientnet_lite4.")
 
 
+def test_a_checkpoint_of_no_known_architecture_is_named_as_such():
+  sd = {k: v.numpy() for k, v in resnet18_state_dict().items() if k != "layer1.0.conv1.weight"}
+  with pytest.raises(CheckpointError) as err:
+    pytorch.load_pretrained("resnet18", sd, num_classes=2)
+  assert str(err.value) == (
+      "Checkpoint does not fit architecture 'resnet18': 1 missing keys "
+      "[layer1.0.conv1.weight] — pass the --arch the checkpoint was saved from.")
+
+
 def test_reading_a_pth_without_torch_says_what_to_install(resnet18_pth, monkeypatch):
   monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
   with pytest.raises(CheckpointError) as err:
