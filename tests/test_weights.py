@@ -87,6 +87,20 @@ def test_missing_file():
     convert.load_state_dict("/nonexistent/x.pth")
 
 
+def test_torch_load_is_asked_for_weights_only(resnet18_pth, monkeypatch):
+  # torch < 2.6 (allowed by the torch extra) defaults to weights_only=False: ask explicitly.
+  calls = []
+  real_load = torch.load
+
+  def recording_load(*args, **kwargs):
+    calls.append(kwargs)
+    return real_load(*args, **kwargs)
+
+  monkeypatch.setattr(torch, "load", recording_load)
+  convert.load_state_dict(resnet18_pth)
+  assert calls == [{"map_location": "cpu", "weights_only": True}]
+
+
 def test_pickled_code_is_refused(tmp_path):
   class Evil:
     def __reduce__(self):
