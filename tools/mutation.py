@@ -188,8 +188,8 @@ def main(argv=None) -> int:
   parser.add_argument("--only", nargs="*", default=[], metavar="GLOB",
                       help="mutant name globs to run, e.g. 'jaxbn.step.x_loss_per_example*'")
   parser.add_argument(
-      "--fresh-process", metavar="GLOB", default="",
-      help="recheck the survivors matching GLOB (e.g. '*x__norm_selector*') each in a fresh "
+      "--fresh-process", metavar="GLOB", nargs="*", default=[],
+      help="recheck the survivors matching any GLOB (e.g. '*x__norm_selector*') each in a fresh "
            "pytest process with the mutant on from the start: for code that runs at import "
            "time (module-level tables), which mutmut's forked workers import unmutated.")
   parser.add_argument("--sample", type=int, default=0, metavar="N",
@@ -229,8 +229,8 @@ def main(argv=None) -> int:
   fresh = json.loads(fresh_file.read_text()) if fresh_file.exists() else {}
   if args.fresh_process:
     _copy_tree(workdir / "mutants", only="tests/")
-    names = [n for n, status in sorted(results.items())
-             if status not in DETECTED and fnmatch.fnmatch(n, args.fresh_process)]
+    names = [n for n, status in sorted(results.items()) if status not in DETECTED
+             and any(fnmatch.fnmatch(n, glob) for glob in args.fresh_process)]
 
     def check(name: str) -> tuple[str, str]:
       rc = subprocess.run(
