@@ -233,12 +233,17 @@ def main(argv=None) -> int:
              and any(fnmatch.fnmatch(n, glob) for glob in args.fresh_process)]
 
     def check(name: str) -> tuple[str, str]:
-      rc = subprocess.run(
+      proc = subprocess.run(
           [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
-          cwd=workdir / "mutants", capture_output=True,
+          cwd=workdir / "mutants", capture_output=True, text=True,
           env={**os.environ, "PYTHONPATH": "", "MUTANT_UNDER_TEST": name},
-      ).returncode
-      return name, "killed" if rc == 1 else "survived" if rc == 0 else f"error {rc}"
+      )
+      # Exit 2 with a collection error: the mutant breaks importing the module (the
+      # unmutated tree collects cleanly), which the tests detect as surely as a failure.
+      collection = proc.returncode == 2 and "during collection" in proc.stdout
+      status = ("killed" if proc.returncode == 1 or collection else
+                "survived" if proc.returncode == 0 else f"error {proc.returncode}")
+      return name, status
 
     with concurrent.futures.ThreadPoolExecutor(args.max_children) as pool:
       for name, status in pool.map(check, names):
