@@ -760,3 +760,20 @@ def test_paths_through_lists_and_unkeyed_nodes():
   assert labels["layers"][0]["kernel"] == masks.FROZEN
   assert labels["layers"][1]["kernel"] == masks.TRAINABLE
   assert (labels["pair"].a, labels["pair"].b) == (masks.FROZEN, masks.TRAINABLE)
+
+
+@pytest.mark.parametrize("n, listed", [
+    (4, "bn0, bn1, bn2, bn3"),
+    (5, "bn0, bn1, bn2, bn3 and 1 more"),
+    (6, "bn0, bn1, bn2, bn3 and 2 more"),
+])
+def test_norms_without_the_asked_affine_are_listed_at_most_four(n, listed):
+  params = {f"bn{i}": {"bias": np.zeros(2)} for i in range(n)}
+  stats = {f"bn{i}": {"mean": np.zeros(2), "var": np.ones(2)} for i in range(n)}
+  with pytest.raises(ValueError) as err:
+    masks.make_labels({**params, "fc": {"kernel": np.zeros((2, 2))}}, "bn_scale",
+                      batch_stats=stats)
+  assert str(err.value) == (
+      f"Strategy term 'bn_scale' selects no parameter: {n} norm layer(s) were found "
+      f"({listed}) but none has a 'scale' parameter (built with use_scale=False / "
+      "use_bias=False?). Choose another term, e.g. 'bn' for whatever affine they have.")
