@@ -630,7 +630,7 @@ def test_summary_table_exact_layout_and_natural_order():
 
 def test_where_checks_its_predicate_and_names_it():
   params = {"conv": {"kernel": np.zeros((3, 3, 1, 4)), "bias": np.zeros(4)},
-            "fc": {"kernel": np.zeros((4, 2))}}
+            "fc": {"kernel": np.zeros((4, 2)), "bias": np.zeros(2)}}  # 4 leaves, 3 shown
   with pytest.raises(TypeError, match=r"^where\(\) needs a callable \(path, leaf\) -> bool, "
                                       r"got 'bn'\.$"):
     masks.where("bn")
@@ -649,7 +649,7 @@ def test_where_checks_its_predicate_and_names_it():
   with pytest.raises(ValueError) as err:
     masks.make_labels(params, masks.where(never))
   assert "where(never)" in str(err.value)
-  assert "paths look like conv/bias, conv/kernel, fc/kernel." in str(err.value)
+  assert "paths look like conv/bias, conv/kernel, fc/bias." in str(err.value)
 
 
 def test_messages_name_the_problem(tiny):

@@ -237,7 +237,7 @@ def test_nnx_labels_forward_stats_arch_and_is_norm():
 
 def test_nnx_filter_names():
   model = _net()
-  assert masks.nnx_filter(model, "bn+head").name == "bn+head"
+  assert masks.nnx_filter(model, " bn + head ").name == " bn + head "  # the string as given
   assert masks.nnx_filter(model, masks.where(lambda p, x: p[0] == "norm", name="n")).name == (
       "where(n)")
 
