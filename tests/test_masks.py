@@ -763,13 +763,13 @@ def test_paths_through_lists_and_unkeyed_nodes():
 
 
 @pytest.mark.parametrize("n, listed", [
-    (4, "bn0, bn1, bn2, bn3"),
-    (5, "bn0, bn1, bn2, bn3 and 1 more"),
-    (6, "bn0, bn1, bn2, bn3 and 2 more"),
+    (4, "b/bn0, b/bn1, b/bn2, b/bn3"),
+    (5, "b/bn0, b/bn1, b/bn2, b/bn3 and 1 more"),
+    (6, "b/bn0, b/bn1, b/bn2, b/bn3 and 2 more"),
 ])
 def test_norms_without_the_asked_affine_are_listed_at_most_four(n, listed):
-  params = {f"bn{i}": {"bias": np.zeros(2)} for i in range(n)}
-  stats = {f"bn{i}": {"mean": np.zeros(2), "var": np.ones(2)} for i in range(n)}
+  params = {"b": {f"bn{i}": {"bias": np.zeros(2)} for i in range(n)}}
+  stats = {"b": {f"bn{i}": {"mean": np.zeros(2), "var": np.ones(2)} for i in range(n)}}
   with pytest.raises(ValueError) as err:
     masks.make_labels({**params, "fc": {"kernel": np.zeros((2, 2))}}, "bn_scale",
                       batch_stats=stats)
