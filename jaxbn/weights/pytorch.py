@@ -112,7 +112,7 @@ def imagenet_state_dict(arch: str) -> dict[str, np.ndarray]:
     pass
   except Exception as e:  # truncated or corrupt copy: numpy/zipfile raise several types
     _log.warning("Rebuilding the numpy copy %s of %s's checkpoint (%s).", copy, arch,
-                    type(e).__name__)
+                 type(e).__name__)
   state = load_state_dict(path)
   try:
     tmp = io.temp_beside(os.fspath(copy))
@@ -125,7 +125,7 @@ def imagenet_state_dict(arch: str) -> dict[str, np.ndarray]:
         os.remove(tmp)
   except OSError as e:
     _log.warning("Cannot write %s (%s); the checkpoint is read through torch each time.",
-                    copy, e)
+                 copy, e)
   return state
 
 
