@@ -103,7 +103,8 @@ def imagenet_state_dict(arch: str) -> dict[str, np.ndarray]:
   only: no torch import and no unpickling, 1-2 s less at every start. A copy that
   cannot be read is rebuilt; a cache directory that cannot be written is skipped.
   """
-  path = hub.fetch(arch)
+  if arch not in hub.KNOWN:
+    hub.fetch(arch)  # raises the one-line "no known ImageNet checkpoint" error
   copy = hub.cache_dir() / f"{arch}-{hub.KNOWN[arch].sha256[:16]}.npz"
   try:
     with np.load(copy, allow_pickle=False) as saved:
@@ -113,7 +114,8 @@ def imagenet_state_dict(arch: str) -> dict[str, np.ndarray]:
   except Exception as e:  # truncated or corrupt copy: numpy/zipfile raise several types
     _log.warning("Rebuilding the numpy copy %s of %s's checkpoint (%s).", copy, arch,
                  type(e).__name__)
-  state = load_state_dict(path)
+  # Only now fetch (and sha256-check) the .pth: the copy's name already carries its hash.
+  state = load_state_dict(hub.fetch(arch))
   try:
     tmp = io.temp_beside(os.fspath(copy))
     try:
