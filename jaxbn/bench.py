@@ -39,9 +39,11 @@ from __future__ import annotations
 from jaxbn import extras
 
 if __name__ == "__main__":
-  extras.require("train", "python -m jaxbn.bench")
+  # The step benchmarks need no TensorFlow (a GPU box without it runs them); --pipeline does.
+  extras.require("train", "python -m jaxbn.bench", only=("absl", "tqdm"))
 
 import importlib.util
+import os
 import statistics
 import time
 
@@ -100,22 +102,28 @@ def build_step(arch: str, strategy: str, batch_size: int, image_size: int, dtype
   trainable, total = masks.count(variables["params"], labels)
   peer_steps = {}
   if "torch" in peers:  # the same step in PyTorch, same weights and batch
-    peer_steps["torch"] = _torch_step(arch, variables, labels, batch, bn_stats)
+    peer_steps["torch"] = _torch_step(arch, variables, labels, batch, bn_stats, dtype)
   return fn, state, batch, trainable, total, peer_steps
 
 
-def _torch_step(arch, variables, labels, batch, bn_stats):
+def _torch_step(arch, variables, labels, batch, bn_stats, dtype):
+  """The PyTorch peer's step on the device matching JAX's, bf16 autocast for a bf16 dtype."""
+  import jax
+  import jax.numpy as jnp
   import numpy as np
   import torch
 
   from jaxbn import bench_torch
 
-  bench_torch.use_threads_like_xla()
-  model, opt = bench_torch.build_peer(arch, jax_to_numpy(variables), labels, bn_stats=bn_stats)
-  images = bench_torch.to_input(np.asarray(batch["image"]))
-  step = bench_torch.make_step(model, opt, images,
-                               torch.from_numpy(np.asarray(batch["label"]).astype(np.int64)))
-  return step
+  device = bench_torch.peer_device(jax.default_backend())
+  if device == "cpu":
+    bench_torch.use_threads_like_xla()
+  model, opt = bench_torch.build_peer(arch, jax_to_numpy(variables), labels, bn_stats=bn_stats,
+                                      device=device)
+  images = bench_torch.to_input(np.asarray(batch["image"]), device=device)
+  targets = torch.from_numpy(np.asarray(batch["label"]).astype(np.int64)).to(device)
+  return bench_torch.make_step(model, opt, images, targets,
+                               autocast=torch.bfloat16 if dtype == jnp.bfloat16 else None)
 
 
 def jax_to_numpy(tree):
@@ -332,9 +340,12 @@ def nnx_markdown(rows: list[dict]) -> str:
 
 def main(argv):
   del argv
+  if "torch" in FLAGS.peers:  # JAX would take 75 % of a GPU's memory that torch shares
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   import jax
 
   if FLAGS.pipeline:
+    extras.require("train", "python -m jaxbn.bench --pipeline")
     return bench_pipeline.main(FLAGS.out)
   if FLAGS.nnx:
     rows = run_nnx_benchmark(FLAGS.archs, FLAGS.strategies, batch_size=FLAGS.batch_size,

@@ -8,13 +8,16 @@ torchvision is not a dependency), the same variables (loaded from the jaxbn
 tree through jaxbn's own torch-key tables), ``requires_grad_(False)`` on the
 frozen parameters, BatchNorm in ``eval()`` mode when statistics are frozen,
 ``channels_last`` memory format, ``torch.optim.Adam`` over the trainable
-parameters only, and softmax cross-entropy.
+parameters only, and softmax cross-entropy. On a GPU it runs on CUDA with
+``cudnn.benchmark``; jaxbn's ``--dtype=bfloat16`` (bf16 compute, float32
+parameters) is ``torch.autocast(dtype=torch.bfloat16)`` there.
 
 torch is imported by this module only; jaxbn itself never needs it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Mapping, Sequence
 
@@ -24,6 +27,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from jaxbn import masks
+
+
+def peer_device(jax_platform: str) -> str:
+  """The torch device that matches jaxbn's: ``'cuda'`` beside a JAX GPU, else ``'cpu'``."""
+  if jax_platform == "gpu" and torch.cuda.is_available():
+    torch.backends.cudnn.benchmark = True  # fixed shapes: what a PyTorch user turns on
+    return "cuda"
+  return "cpu"
 
 
 def use_threads_like_xla() -> int:
@@ -229,8 +240,8 @@ def torch_labels(arch: str, labels: Any) -> dict[str, str]:
 
 
 def build_peer(arch: str, variables: Mapping[str, Any], labels: Any, *, bn_stats: str = "frozen",
-               lr: float = 1e-4, channels_last: bool = True):
-  """``(model, optimizer)``: the peer with jaxbn's weights, frozen leaves frozen."""
+               lr: float = 1e-4, channels_last: bool = True, device: str = "cpu"):
+  """``(model, optimizer)``: the peer with jaxbn's weights, frozen leaves frozen, on ``device``."""
   num_classes = np.shape(_get(variables, ("params",) + _head_path(arch)))[-1]
   model = create_model(arch, num_classes)
   missing, unexpected = model.load_state_dict(state_dict_of(arch, variables), strict=False)
@@ -245,8 +256,7 @@ def build_peer(arch: str, variables: Mapping[str, Any], labels: Any, *, bn_stats
     for m in model.modules():
       if isinstance(m, nn.BatchNorm2d):
         m.eval()
-  if channels_last:
-    model = model.to(memory_format=torch.channels_last)
+  model = model.to(device, memory_format=torch.channels_last if channels_last else None)
   opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
   return model, opt
 
@@ -255,9 +265,9 @@ def _head_path(arch: str) -> tuple[str, ...]:
   return ("fc", "kernel")
 
 
-def to_input(images_nhwc: Any, channels_last: bool = True) -> torch.Tensor:
+def to_input(images_nhwc: Any, channels_last: bool = True, device: str = "cpu") -> torch.Tensor:
   """NHWC numpy images → NCHW tensor (channels_last memory: the same bytes as NHWC)."""
-  x = torch.from_numpy(np.array(images_nhwc, np.float32, order="C"))
+  x = torch.from_numpy(np.array(images_nhwc, np.float32, order="C")).to(device)
   x = x.permute(0, 3, 1, 2)
   return x if channels_last else x.contiguous()
 
@@ -267,14 +277,21 @@ def loss_of(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tor
 
 
 def make_step(model: nn.Module, opt: torch.optim.Optimizer, images: torch.Tensor,
-              labels: torch.Tensor):
-  """A zero-argument train step (forward, backward, Adam) returning the loss tensor."""
+              labels: torch.Tensor, autocast: torch.dtype | None = None):
+  """A zero-argument train step (forward, backward, Adam) returning the (detached) loss tensor.
+
+  ``autocast``: a dtype to compute the forward pass in (``torch.autocast`` on the
+  images' device; parameters and optimizer stay float32), e.g. ``torch.bfloat16``.
+  """
+  device_type = images.device.type
 
   def step():
     opt.zero_grad(set_to_none=True)
-    loss = loss_of(model, images, labels)
+    with (torch.autocast(device_type, dtype=autocast) if autocast is not None
+          else contextlib.nullcontext()):
+      loss = loss_of(model, images, labels)
     loss.backward()
     opt.step()
-    return loss
+    return loss.detach()
 
   return step

@@ -19,10 +19,10 @@ EXTRAS = {
 }
 
 
-def missing(extra: str) -> list[str]:
-  """The modules of ``extra`` that cannot be imported here."""
+def missing(extra: str, only: tuple[str, ...] | None = None) -> list[str]:
+  """The modules of ``extra`` (or of its subset ``only``) that cannot be imported here."""
   out = []
-  for name in EXTRAS[extra]:
+  for name in EXTRAS[extra] if only is None else [m for m in EXTRAS[extra] if m in only]:
     try:
       found = importlib.util.find_spec(name) is not None
     except (ImportError, ValueError):
@@ -32,9 +32,12 @@ def missing(extra: str) -> list[str]:
   return out
 
 
-def require(extra: str, command: str) -> None:
-  """Exits with one ``error:`` line naming the extra to install if ``extra`` is absent."""
-  absent = missing(extra)
+def require(extra: str, command: str, only: tuple[str, ...] | None = None) -> None:
+  """Exits with one ``error:`` line naming the extra to install if ``extra`` is absent.
+
+  ``only``: the modules of the extra that ``command`` really imports (default: all).
+  """
+  absent = missing(extra, only)
   if absent:
     sys.exit(f"error: {command} needs the '{extra}' extra ({', '.join(absent)} not installed): "
              f"pip install 'jaxbn[{extra}]' (or, in a clone, pip install -e '.[{extra}]').")

@@ -73,3 +73,26 @@ def test_markdown_has_the_peer_columns():
          "torch_ms_per_step": 1.0, "torch_ratio_to_full": 0.6, "ratio_to_torch": 2.0}
   text = bench.markdown([row])
   assert "× torch" in text.splitlines()[0] and "| 2.00 |" in text.splitlines()[2]
+
+
+def test_peer_autocast_computes_in_bf16_with_float32_weights(setup):
+  """The bf16 peer (jaxbn's --dtype=bfloat16 on a GPU): bf16 activations, float32 parameters."""
+  model, variables, labels, images, targets = setup
+  peer, opt = bench_torch.build_peer(ARCH, variables, labels)
+  seen = []
+  peer.fc.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+  x, y = bench_torch.to_input(images), torch.from_numpy(targets.astype(np.int64))
+  loss16 = float(bench_torch.make_step(peer, opt, x, y, autocast=torch.bfloat16)())
+  loss32 = float(bench_torch.make_step(peer, opt, x, y)())  # after one step: a different loss
+  assert seen == [torch.bfloat16, torch.float32]
+  assert all(p.dtype == torch.float32 for p in peer.parameters())
+  peer2, _ = bench_torch.build_peer(ARCH, variables, labels)
+  with torch.no_grad():
+    first32 = float(bench_torch.loss_of(peer2, x, y))
+  assert loss16 != first32 and abs(loss16 - first32) < 0.05 * abs(first32)  # bf16 rounding
+  assert loss32 != loss16
+
+
+def test_peer_device_is_the_cpu_without_a_jax_gpu_or_cuda():
+  assert bench_torch.peer_device("cpu") == "cpu"
+  assert bench_torch.peer_device("gpu") == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -41,19 +41,37 @@ class Block(importlib.abc.MetaPathFinder):
     if name.split('.')[0] in {blocked!r}:
       raise ModuleNotFoundError(f"No module named {{name!r}}")
 sys.meta_path.insert(0, Block())
-sys.argv = ["{module}", "--config=configs/bn_only.py", "--workdir=/nonexistent"]
+sys.argv = ["{module}"] + {argv!r}
 runpy.run_module("{module}", run_name="__main__")
 """
+_ARGV = ["--config=configs/bn_only.py", "--workdir=/nonexistent"]
 
 
-@pytest.mark.parametrize("module", ["jaxbn.main", "jaxbn.sweep", "jaxbn.bench"])
+@pytest.mark.parametrize("module", ["jaxbn.main", "jaxbn.sweep"])
 def test_cli_without_train_extra_names_the_extra(module):
-  r = _python(_BLOCK.format(blocked=("tensorflow", "clu"), module=module))
+  r = _python(_BLOCK.format(blocked=("tensorflow", "clu"), module=module, argv=_ARGV))
   assert r.returncode == 1
   lines = r.stderr.strip().splitlines()
   assert len(lines) == 1, r.stderr
   assert lines[0].startswith(f"error: python -m {module} needs the 'train' extra")
   assert "tensorflow, clu not installed" in lines[0] and "pip install 'jaxbn[train]'" in lines[0]
+
+
+def test_bench_needs_only_absl_and_tqdm_but_its_pipeline_mode_the_train_extra():
+  """The step benchmark runs where TensorFlow is absent (a GPU box); --pipeline says what's missing."""
+  no_tf = ("tensorflow", "tensorflow_datasets", "clu", "ml_collections")
+  r = _python(_BLOCK.format(blocked=no_tf, module="jaxbn.bench", argv=[
+      "--archs=resnet18", "--strategies=head", "--batch_size=2", "--image_size=32", "--reps=1"]))
+  assert r.returncode == 0, r.stderr
+  assert "| resnet18 | head |" in r.stdout
+  r = _python(_BLOCK.format(blocked=no_tf, module="jaxbn.bench", argv=["--pipeline"]))
+  assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+      "error: python -m jaxbn.bench --pipeline needs the 'train' extra (ml_collections, "
+      "tensorflow, tensorflow_datasets, clu not installed): pip install 'jaxbn[train]' (or, in "
+      "a clone, pip install -e '.[train]')."], r.stderr
+  r = _python(_BLOCK.format(blocked=("tqdm",), module="jaxbn.bench", argv=[]))
+  assert r.returncode == 1 and r.stderr.strip().startswith(
+      "error: python -m jaxbn.bench needs the 'train' extra (tqdm not installed)"), r.stderr
 
 
 def test_missing_lists_only_absent_modules(monkeypatch):
@@ -63,3 +81,5 @@ def test_missing_lists_only_absent_modules(monkeypatch):
     extras.require("x", "cmd")
   monkeypatch.setitem(extras.EXTRAS, "y", ("numpy",))
   extras.require("y", "cmd")  # all present: returns
+  assert extras.missing("x", only=("numpy",)) == []  # a command that needs part of an extra
+  extras.require("x", "cmd", only=("numpy", "absent_from_the_extra"))
