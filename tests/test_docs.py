@@ -91,6 +91,9 @@ LONG_RUNNING = {
     "python -m jaxbn.bench --archs=resnet50,efficientnet_lite0 --strategies=full,bn+head "
     "--batch_size=16 --image_size=112 --reps=5 --peers=torch "
     "--out=docs/benchmarks/peers_idle.json": "compiles and times ResNet-50 (minutes)",
+    "python -m jaxbn.bench --archs=resnet50,efficientnet_lite0 --strategies=full,bn+head "
+    "--batch_size=256 --image_size=224 --dtype=bfloat16 --peers=torch --reps=20 "
+    "--out=docs/benchmarks/peers_h200.json": "needs a GPU (batch 256 at 224 px)",
     # partial_transfusion.md, docs/results.
     "python -m jaxbn.sweep --config=configs/sweeps/partial_transfusion.py --workdir=/tmp/pt":
         _TRAINS,
