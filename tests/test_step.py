@@ -236,12 +236,20 @@ def test_bfloat16_compute_keeps_float32_params_and_close_results(setup):
 
 
 def test_bn_stats_mode_batch_updates_running_statistics(setup):
+  variables, images, _ = setup[0], setup[1]["image"], setup[2]
   frozen, loss_frozen = run(setup)
   batch, loss_batch = run(setup, bn_stats="batch")
   assert loss_batch != loss_frozen  # normalised with batch statistics
-  old = jax.tree.leaves(setup[0]["batch_stats"])
-  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(frozen.batch_stats), old))
-  assert all(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(batch.batch_stats), old))
+  old = variables["batch_stats"]
+  assert jax.tree.structure(frozen.batch_stats) == jax.tree.structure(old)
+  assert jax.tree.structure(batch.batch_stats) == jax.tree.structure(old)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(frozen.batch_stats),
+                                                  jax.tree.leaves(old)))
+  # The running averages are the model's own update on this batch, nothing else.
+  _, updated = _model().apply(variables, images, train=True, mutable=["batch_stats"])
+  _assert_trees_close(batch.batch_stats, updated["batch_stats"], rtol=1e-6, atol=1e-7)
+  assert all(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(batch.batch_stats),
+                                                      jax.tree.leaves(old)))
   with pytest.raises(ValueError, match="bn_stats must be 'frozen' or 'batch'"):
     step_lib.make_train_step(_model(), optax.sgd(0.1), setup[2], bn_stats="running",
                              multi_label=False)
@@ -373,6 +381,24 @@ def test_dropout_keys_differ_per_step_and_per_device(setup):
   _, one_device = _one_step(setup, model=model, axis_devices=1, batch=four)
   _, two_devices = _one_step(setup, model=model, axis_devices=2, batch=twice)
   assert two_devices != pytest.approx(one_device, rel=1e-6)
+
+
+def test_batch_statistics_step_draws_dropout_masks_and_takes_the_multi_label_loss(setup):
+  """The bn_stats='batch' branch passes the dropout key and the loss options on."""
+  variables, batch, labels = setup
+  model = _model(dropout_rate=0.5)
+  _, loss = _one_step(setup, model=model, bn_stats="batch")
+  assert _one_step(setup, model=model, bn_stats="batch")[1] == loss
+  assert _one_step(setup, model=model, bn_stats="batch", step=1)[1] != loss
+  targets = (np.arange(8 * NUM_CLASSES).reshape(8, NUM_CLASSES) % 2).astype(np.float32)
+  tx = masks.make_optimizer(optax.sgd(LR), labels)
+  step = jax.jit(step_lib.make_train_step(_model(), tx, labels, bn_stats="batch",
+                                          multi_label=True))
+  _, metrics = step(_state(variables, tx), {**batch, "label": targets}, jax.random.key(0),
+                    jnp.float32(1.0))
+  logits, _ = _model().apply(variables, batch["image"], train=True, mutable=["batch_stats"])
+  bce = optax.sigmoid_binary_cross_entropy(logits, targets).mean()
+  assert float(metrics["loss"]) == pytest.approx(float(bce), rel=1e-5)
 
 
 def test_probabilities_and_multi_label_loss_are_float32_even_with_x64_enabled():
