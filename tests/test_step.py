@@ -307,7 +307,7 @@ def _step_fn(labels, model, bn_stats, grad_wrt, axis_devices):
 
 
 def _one_step(setup, *, axis_devices=0, bn_stats="frozen", grad_wrt="trainable", batch=None,
-              model=None, rng=0, step=0):
+              model=None, rng=0, step=0, lr_scale=1.0):
   """(state, loss) after one SGD step; on ``axis_devices`` pmap devices when > 0."""
   variables, full_batch, labels = setup
   batch = full_batch if batch is None else batch
@@ -315,7 +315,7 @@ def _one_step(setup, *, axis_devices=0, bn_stats="frozen", grad_wrt="trainable",
   state = _state(variables, tx).replace(step=jnp.asarray(step, jnp.int32))
   key = jax.random.key(rng)
   if not axis_devices:
-    new, metrics = fn(state, batch, key, jnp.float32(1.0))
+    new, metrics = fn(state, batch, key, jnp.float32(lr_scale))
     return jax.tree.map(np.asarray, new), float(metrics["loss"])
   n = axis_devices
   stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), state)
@@ -335,7 +335,13 @@ def test_grad_wrt_all_gives_the_same_step(setup, bn_stats):
   new, loss = _one_step(setup, bn_stats=bn_stats)
   old, loss_old = _one_step(setup, bn_stats=bn_stats, grad_wrt="all")
   assert loss_old == loss
+  assert int(new.step) == int(old.step) == 1
   _assert_trees_close(new, old, rtol=1e-6, atol=1e-7)
+  half, _ = _one_step(setup, bn_stats=bn_stats, grad_wrt="all", lr_scale=0.5)
+  d_new, _ = _deltas(new, setup)
+  d_half, _ = _deltas(half, setup)
+  for k in d_new:  # lr_scale scales grad_wrt='all' updates too
+    np.testing.assert_allclose(d_half[k], 0.5 * d_new[k], rtol=1e-4, atol=1e-7, err_msg=k)
   if bn_stats == "frozen":
     _assert_frozen_untouched(old, setup)
   with pytest.raises(ValueError, match="^grad_wrt must be 'trainable' or 'all', got 'some'.$"):
