@@ -171,7 +171,12 @@ def test_lr_scale_scales_the_update_and_nothing_else(setup):
     assert np.abs(d_full[k]).max() > 0, k
     np.testing.assert_allclose(d_half[k], 0.5 * d_full[k], rtol=1e-4, atol=1e-7, err_msg=k)
   assert all(not d.any() for d in _deltas(still, setup)[0].values())
-  # The optimizer's own state (Adam's moments) does not depend on the scale.
+  # The optimizer's own state (Adam's moments) is updated and does not depend on the scale.
+  tx, _ = _compiled(setup[2], "adam", 0.0, 0.0, 0.0, "frozen", "float32")
+  init = tx.init(setup[0]["params"])
+  assert jax.tree.structure(full.opt_state) == jax.tree.structure(init)
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(full.opt_state),
+                                                      jax.tree.leaves(init)))
   for a, b in zip(jax.tree.leaves(full.opt_state), jax.tree.leaves(half.opt_state)):
     np.testing.assert_array_equal(a, b)
   _assert_frozen_untouched(half, setup)
