@@ -27,8 +27,9 @@ def get_config(arg=None):
   c = base_config()
   c.warmup = stage("head", epochs=1, lr=1e-3)
   c.warmup.min_steps = 50
-  c.finetune = stage("bn+head", epochs=4, lr=1e-3, schedule="cosine")
+  c.finetune = stage("bn+head", epochs=8, lr=3e-3, schedule="cosine")
   c.finetune.min_steps = 300
   c.finetune.max_steps = 3000
   c.min_evals = 8
+  c.data.image_size = 96
   return apply_overrides(c, arg)

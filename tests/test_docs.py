@@ -71,7 +71,7 @@ LONG_RUNNING = {
     "srun python -m jaxbn.main --config=configs/full.py --workdir=/shared/runs/full || status=$?":
         "needs a SLURM GPU cluster",
     '[ "${status:-0}" = 75 ] && scontrol requeue "$SLURM_JOB_ID"': "needs a SLURM GPU cluster",
-    # docs/accuracy/final/report.md: jaxbn.report's command to (re)run one run of that sweep.
+    # docs/accuracy/final_64px/report.md: jaxbn.report's command to (re)run one run of that sweep.
     **{"python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift --name=bn_only "
        "--seeds=0,1,2 --datasets=pneumoniamnist,retinamnist --workdir=/tmp/acc/final "
        f"--only={run}": _TRAINS for run in (
@@ -81,7 +81,10 @@ LONG_RUNNING = {
     # distributed.md: the preemption soak (20 interrupted default runs).
     "python launch/soak_preemption.py --out=/tmp/soak2 --kills=10 --terms=10 --workers=2 "
     "--seed=1 -- --config=configs/bn_only.py": _TRAINS,
-    # docs/accuracy/final/report.md: the RetinaMNIST sweeps (3 seeds each).
+    # docs/accuracy/round2/report.md: the round-two sweep (validation only).
+    "python -m jaxbn.sweep --config=configs/sweeps/accuracy.py:round2 --workdir=/tmp/acc/round2 "
+    "--prune_checkpoints": _TRAINS,
+    # docs/accuracy/final_64px/report.md: the RetinaMNIST sweeps (3 seeds each).
     "python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift --name=bn_only "
     "--seeds=0,1,2 --datasets=retinamnist --workdir=/tmp/acc/final": _TRAINS,
     "python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift,"
