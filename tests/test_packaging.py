@@ -61,9 +61,9 @@ def test_bench_needs_only_absl_and_tqdm_but_its_pipeline_mode_the_train_extra():
   """The step benchmark runs where TensorFlow is absent (a GPU box); --pipeline says what's missing."""
   no_tf = ("tensorflow", "tensorflow_datasets", "clu", "ml_collections")
   r = _python(_BLOCK.format(blocked=no_tf, module="jaxbn.bench", argv=[
-      "--archs=resnet18", "--strategies=head", "--batch_size=2", "--image_size=32", "--reps=1"]))
+      "--archs=cbr_small", "--strategies=head", "--batch_size=2", "--image_size=32", "--reps=1"]))
   assert r.returncode == 0, r.stderr
-  assert "| resnet18 | head |" in r.stdout
+  assert "| cbr_small | head |" in r.stdout
   r = _python(_BLOCK.format(blocked=no_tf, module="jaxbn.bench", argv=["--pipeline"]))
   assert r.returncode == 1 and r.stderr.strip().splitlines() == [
       "error: python -m jaxbn.bench --pipeline needs the 'train' extra (ml_collections, "
