@@ -81,6 +81,12 @@ LONG_RUNNING = {
     # distributed.md: the preemption soak (20 interrupted default runs).
     "python launch/soak_preemption.py --out=/tmp/soak2 --kills=10 --terms=10 --workers=2 "
     "--seed=1 -- --config=configs/bn_only.py": _TRAINS,
+    # docs/accuracy/final/report.md: the final sweeps of the current recipe (3 seeds each).
+    "python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift --name=bn_only "
+    "--seeds=0,1,2 --datasets=pneumoniamnist,retinamnist --workdir=/tmp/acc/final2": _TRAINS,
+    "python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift,"
+    "finetune.strategy=full,finetune.lr=1e-4 --name=full --seeds=0,1,2 --datasets=retinamnist "
+    "--workdir=/tmp/acc/final2": _TRAINS,
     # docs/accuracy/round2/report.md: the round-two sweep (validation only).
     "python -m jaxbn.sweep --config=configs/sweeps/accuracy.py:round2 --workdir=/tmp/acc/round2 "
     "--prune_checkpoints": _TRAINS,
