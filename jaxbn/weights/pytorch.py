@@ -103,9 +103,7 @@ def imagenet_state_dict(arch: str) -> dict[str, np.ndarray]:
   only: no torch import and no unpickling, 1-2 s less at every start. A copy that
   cannot be read is rebuilt; a cache directory that cannot be written is skipped.
   """
-  if arch not in hub.KNOWN:
-    hub.fetch(arch)  # raises the one-line "no known ImageNet checkpoint" error
-  copy = hub.cache_dir() / f"{arch}-{hub.KNOWN[arch].sha256[:16]}.npz"
+  copy = hub.cache_dir() / f"{arch}-{hub.checkpoint(arch).sha256[:16]}.npz"
   try:
     with np.load(copy, allow_pickle=False) as saved:
       return {k: saved[k] for k in saved.files}
