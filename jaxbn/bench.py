@@ -72,12 +72,22 @@ flags.DEFINE_integer("devices", 1, "Data-parallel devices: batch split over a ji
                      "JAX_NUM_CPU_DEVICES=8.")
 
 
+def synthetic_batch(batch_size: int, image_size: int) -> dict:
+  """The benchmarks' one fixed batch: normal images, 2-class labels (seed 0)."""
+  import jax.numpy as jnp
+  import numpy as np
+
+  rng = np.random.default_rng(0)
+  return {
+      "image": jnp.asarray(rng.normal(size=(batch_size, image_size, image_size, 3)), jnp.float32),
+      "label": jnp.asarray(rng.integers(0, 2, size=(batch_size,)), jnp.int32),
+  }
+
+
 def build_step(arch: str, strategy: str, batch_size: int, image_size: int, dtype, bn_stats: str,
                norm: str = "bn", grad_wrt: str = "trainable", peers=()):
   """A compiled train step, its initial state and a batch, for one configuration."""
   import jax
-  import jax.numpy as jnp
-  import numpy as np
   import optax
 
   from jaxbn import masks, step as step_lib
@@ -94,11 +104,7 @@ def build_step(arch: str, strategy: str, batch_size: int, image_size: int, dtype
                                grad_wrt=grad_wrt),
       donate_argnums=(0,),
   )
-  rng = np.random.default_rng(0)
-  batch = {
-      "image": jnp.asarray(rng.normal(size=(batch_size, image_size, image_size, 3)), jnp.float32),
-      "label": jnp.asarray(rng.integers(0, 2, size=(batch_size,)), jnp.int32),
-  }
+  batch = synthetic_batch(batch_size, image_size)
   trainable, total = masks.count(variables["params"], labels)
   peer_steps = {}
   if "torch" in peers:  # the same step in PyTorch, same weights and batch
@@ -269,8 +275,6 @@ def build_nnx_step(arch: str, strategy: str, batch_size: int, image_size: int, d
                    bn_stats: str):
   """:func:`build_step` for the NNX model of ``arch`` (``jaxbn.nnx.make_train_step``)."""
   import jax
-  import jax.numpy as jnp
-  import numpy as np
   import optax
   from flax import nnx
 
@@ -279,11 +283,7 @@ def build_nnx_step(arch: str, strategy: str, batch_size: int, image_size: int, d
   model = jaxbn_nnx.create_model(arch, num_classes=2, dtype=dtype, rngs=nnx.Rngs(0))
   fn, state = jaxbn_nnx.make_train_step(model, strategy, optax.adam(1e-4), bn_stats=bn_stats,
                                         arch=arch)
-  rng = np.random.default_rng(0)  # the batch of build_step
-  batch = {
-      "image": jnp.asarray(rng.normal(size=(batch_size, image_size, image_size, 3)), jnp.float32),
-      "label": jnp.asarray(rng.integers(0, 2, size=(batch_size,)), jnp.int32),
-  }
+  batch = synthetic_batch(batch_size, image_size)
   f = jaxbn_nnx.nnx_filter(model, strategy, arch=arch)
   size = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
   return (jax.jit(fn, donate_argnums=(0,)), state, batch, size(nnx.state(model, f)),
