@@ -22,12 +22,13 @@ share flag names such as ``--out``): :func:`parse` reads them with absl and
 
 from __future__ import annotations
 
+import logging as pylogging
 import runpy
 import sys
 import types
 from typing import Callable, Sequence
 
-from absl import app, flags
+from absl import app, flags, logging
 
 COMMANDS = {
     "train": "jaxbn.main",
@@ -41,6 +42,23 @@ COMMANDS = {
     "convergence": "jaxbn.analysis.convergence",
 }
 HELP = ("-h", "--help", "--helpshort", "-?")
+
+
+class _QuietLibraries(pylogging.Filter):
+  """Drops the INFO chatter of JAX, orbax and TFDS (their warnings and errors are kept)."""
+
+  NOISY = ("/jax/", "/orbax/", "/tensorflow_datasets/", "/absl/logging/")
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return record.levelno >= pylogging.WARNING or not any(n in record.pathname for n in self.NOISY)
+
+
+def quiet_library_logs() -> None:
+  """Keeps the console to jaxbn's own lines: other libraries' INFO records are dropped."""
+  handler = logging.get_absl_handler()
+  if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
+    handler.addFilter(_QuietLibraries())
+
 _prog: str | None = None  # "jaxbn COMMAND" while the console script runs one
 
 

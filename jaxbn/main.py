@@ -26,14 +26,13 @@ if __name__ == "__main__":
   _preemption.catch_early()  # a SIGTERM during the imports below still exits with status 75
 
 import importlib
-import logging as pylogging
 import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxbn import compile_cache
+from jaxbn import cli, compile_cache
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -69,21 +68,10 @@ TASKS = {
 }
 
 
-class _QuietLibraries(pylogging.Filter):
-  """Drops INFO chatter of orbax/TFDS (kept: their warnings and errors)."""
-
-  NOISY = ("/orbax/", "/tensorflow_datasets/", "/absl/logging/")
-
-  def filter(self, record: pylogging.LogRecord) -> bool:
-    return record.levelno >= pylogging.WARNING or not any(
-        n in record.pathname for n in self.NOISY
-    )
-
-
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  cli.quiet_library_logs()
   from jaxbn import preemption, validate, workdir as workdir_lib
 
   try:

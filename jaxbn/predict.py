@@ -102,12 +102,14 @@ def predict_workdir(workdir: str, images: list[str], top: int = 5) -> list[dict]
   import ml_collections
   import numpy as np
   import orbax.checkpoint as ocp
-  import tensorflow as tf
 
   from jaxbn import setup
   from jaxbn.checkpoint import RunCheckpoints
   from jaxbn.data import pipeline
   from jaxbn.models import get_spec
+  from jaxbn.tf_setup import import_tensorflow
+
+  tf = import_tensorflow()
 
   run = _read_run(workdir)
   ckpts = RunCheckpoints(workdir)

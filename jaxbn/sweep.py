@@ -45,7 +45,6 @@ if __name__ == "__main__":
 
 import dataclasses
 import json
-import logging as pylogging
 import os
 import platform
 import shutil
@@ -56,7 +55,7 @@ from typing import Any, Callable, Sequence
 
 import ml_collections
 
-from jaxbn import config as config_lib
+from jaxbn import cli, config as config_lib
 from jaxbn.io import write_json_atomic
 
 PLAN_FILE = "sweep.json"
@@ -411,15 +410,6 @@ def _clear_jax_caches() -> None:
 # --------------------------------------------------------------------------- #
 
 
-class _QuietLibraries(pylogging.Filter):
-  """Drops INFO chatter of orbax/TFDS (as jaxbn.main; importing it would redefine flags)."""
-
-  NOISY = ("/orbax/", "/tensorflow_datasets/", "/absl/logging/")
-
-  def filter(self, record: pylogging.LogRecord) -> bool:
-    return record.levelno >= pylogging.WARNING or not any(n in record.pathname for n in self.NOISY)
-
-
 def main(argv: list[str]) -> None:
   from absl import flags, logging
 
@@ -436,7 +426,7 @@ def main(argv: list[str]) -> None:
     cache = os.path.join(FLAGS.workdir, ".jax_cache")
   if cache:
     jax.config.update("jax_compilation_cache_dir", os.path.abspath(cache))
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  cli.quiet_library_logs()
   if (FLAGS.config is None) == (FLAGS.train_config is None):
     raise SystemExit("error: give either --config=SWEEP.py (a sweep config) or "
                      "--train_config=CONFIG.py --seeds=N (seeds of one training config).")

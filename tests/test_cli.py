@@ -89,3 +89,30 @@ def test_old_weights_convert_path_is_the_renamed_module():
   from jaxbn.weights import pytorch
 
   assert old is pytorch and old.load_pretrained is pytorch.load_pretrained
+
+
+def test_quiet_library_logs_drops_other_libraries_info_but_keeps_jaxbn_and_warnings():
+  import logging as pylogging
+
+  from absl import logging as absl_logging
+
+  handler = absl_logging.get_absl_handler()
+  before = list(handler.filters)
+  try:
+    cli.quiet_library_logs()
+    cli.quiet_library_logs()  # idempotent: one filter
+    added = [f for f in handler.filters if f not in before]
+    assert len(added) <= 1 and len([f for f in handler.filters if isinstance(f, cli._QuietLibraries)]) == 1
+
+    def passes(path, level):
+      record = pylogging.LogRecord("x", level, path, 1, "msg", None, None)
+      return all(f.filter(record) for f in handler.filters if isinstance(f, cli._QuietLibraries))
+
+    site = "/venv/lib/python3.11/site-packages"
+    for noisy in ("jax/_src/xla_bridge.py", "orbax/checkpoint/checkpointer.py",
+                  "tensorflow_datasets/core/dataset_builder.py"):
+      assert not passes(f"{site}/{noisy}", pylogging.INFO)
+      assert passes(f"{site}/{noisy}", pylogging.WARNING)
+    assert passes(f"{site}/jaxbn/train.py", pylogging.INFO)
+  finally:
+    handler.filters[:] = before

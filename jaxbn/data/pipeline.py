@@ -94,15 +94,16 @@ from typing import Callable, Iterator, Sequence
 
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
+from jaxbn.tf_setup import hide_gpus_from_tf, import_tensorflow
+
+tf = import_tensorflow()  # before TFDS and the data modules import it, without its start-up lines
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 from jaxbn.data import fields  # pylint: disable=g-import-not-at-top
 from jaxbn.data import augment as augment_lib  # pylint: disable=g-import-not-at-top
 from jaxbn.data import image_folder  # pylint: disable=g-import-not-at-top
 from jaxbn.data import medmnist  # pylint: disable=g-import-not-at-top
-from jaxbn.tf_setup import hide_gpus_from_tf
 
 SPLITS = ("train", "val", "test")
 TFDS_PREFIX = "tfds:"
