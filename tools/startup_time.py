@@ -4,7 +4,11 @@ Runs the default config capped at one step (``--config.max_steps=1``, one eval b
 alternating a cold run (empty compilation cache) and a warm run (the cache a previous
 identical command filled), and reports, per run, the seconds from the command's start
 to the log line of step 1 (the first train step and its first, one-batch evaluation)
-and to the end. Usage::
+and to the end, and where the time went: the seconds at which the imports were done
+(JAX's device line), the model, weights and data were ready (the ``Model ...`` line) and
+the first train step's loss was written. The cache can only shorten what comes after the
+second mark (compilation), so ``warm / cold`` has a floor set by the time before it and by
+tracing and running the steps. Usage::
 
     python tools/startup_time.py --pairs=3 --out=docs/benchmarks/startup_idle.json
 """
@@ -21,20 +25,30 @@ import tempfile
 import time
 
 
+# Log lines marking the phases of a run (the first line containing each).
+MARKS = {
+    "imports_s": " devices (",            # jaxbn.main: JAX's process/device line
+    "ready_s": "] Model ",                # jaxbn.train: model, weights and data built
+    "first_train_step_s": "train_loss=",  # the metric writer: step 1's loss
+    "first_step_s": "step 1 [",           # step 1 and its first evaluation
+}
+
+
 def one_run(cache_dir: str, workdir: str) -> dict:
   cmd = [sys.executable, "-m", "jaxbn.main", "--config=configs/bn_only.py", f"--workdir={workdir}",
          "--config.max_steps=1", "--config.eval_every_steps=1", "--config.eval_max_batches=1",
          f"--compilation_cache_dir={cache_dir}"]
   t0 = time.perf_counter()
   proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-  first = None
+  seen = {}
   for line in proc.stderr:
-    if first is None and "step 1 [" in line:
-      first = time.perf_counter() - t0
+    for key, marker in MARKS.items():
+      if key not in seen and marker in line:
+        seen[key] = round(time.perf_counter() - t0, 2)
   proc.wait()
-  if proc.returncode != 0 or first is None:
+  if proc.returncode != 0 or "first_step_s" not in seen:
     raise SystemExit(f"error: the run failed (exit {proc.returncode})")
-  return {"first_step_s": round(first, 2), "done_s": round(time.perf_counter() - t0, 2)}
+  return {**seen, "done_s": round(time.perf_counter() - t0, 2)}
 
 
 def main() -> None:
@@ -51,10 +65,15 @@ def main() -> None:
         print(kind, runs[kind][-1], flush=True)
   summary = {k: statistics.median(r["first_step_s"] for r in v) for k, v in runs.items()}
   summary["warm_over_cold"] = round(summary["warm"] / summary["cold"], 3)
+  phases = {kind: {key: statistics.median(r[key] for r in v if key in r)
+                   for key in [*MARKS, "done_s"] if any(key in r for r in v)}
+            for kind, v in runs.items()}
   print(json.dumps(summary))
+  print(json.dumps({"median_phases_s": phases}))
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"runs": runs, "median_first_step_s": summary}, f, indent=1)
+      json.dump({"runs": runs, "median_first_step_s": summary, "median_phases_s": phases}, f,
+                indent=1)
 
 
 if __name__ == "__main__":

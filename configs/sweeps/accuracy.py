@@ -58,6 +58,7 @@ ROUND3 = {
     "label_smooth": "label_smoothing=0.1",
     "lr1e-3": "finetune.lr=1e-3",
     "rot_shift": "data.rotate_deg=10.0,data.shift=0.0625",
+    "lr_warmup": "finetune.warmup_steps=50",
 }
 PRESETS = {"levers": LEVERS, "round2": ROUND2, "round3": ROUND3}
 
