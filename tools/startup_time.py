@@ -65,7 +65,7 @@ def main() -> None:
         print(kind, runs[kind][-1], flush=True)
   summary = {k: statistics.median(r["first_step_s"] for r in v) for k, v in runs.items()}
   summary["warm_over_cold"] = round(summary["warm"] / summary["cold"], 3)
-  phases = {kind: {key: statistics.median(r[key] for r in v if key in r)
+  phases = {kind: {key: round(statistics.median(r[key] for r in v if key in r), 2)
                    for key in [*MARKS, "done_s"] if any(key in r for r in v)}
             for kind, v in runs.items()}
   print(json.dumps(summary))

@@ -59,6 +59,7 @@ ROUND3 = {
     "lr1e-3": "finetune.lr=1e-3",
     "rot_shift": "data.rotate_deg=10.0,data.shift=0.0625",
     "lr_warmup": "finetune.warmup_steps=50",
+    "lr3e-4": "finetune.lr=3e-4",
 }
 PRESETS = {"levers": LEVERS, "round2": ROUND2, "round3": ROUND3}
 
