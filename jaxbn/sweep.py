@@ -29,7 +29,9 @@ cut short still gives whole comparisons.
 
 Resuming: run the same command again. Finished runs (``results.json``) are
 skipped; a run that crashed or was killed resumes from its last checkpoint
-(the trainer's own resume). A failed run is reported and the sweep goes on.
+(the trainer's own resume). A failed run is reported and the sweep goes on; a
+preempted one (SIGTERM/SIGINT: the trainer checkpoints, :mod:`jaxbn.preemption`) ends
+the sweep with exit status 75, and the same command resumes it.
 ``WORKDIR/sweep.json`` holds the full grid (so the report can name runs that
 never started) and one record per invocation. Compiled XLA programs go to a
 persistent cache (``--compilation_cache_dir``, default ``WORKDIR/.jax_cache``):
@@ -55,7 +57,7 @@ from typing import Any, Callable, Sequence
 
 import ml_collections
 
-from jaxbn import cli, config as config_lib
+from jaxbn import cli, config as config_lib, preemption
 from jaxbn.io import write_json_atomic
 
 PLAN_FILE = "sweep.json"
@@ -332,6 +334,10 @@ def run_sweep(
     except KeyboardInterrupt:
       out(f"[sweep] interrupted during run {i} of {n}; run the same command to resume.")
       raise
+    except preemption.Preempted:  # the machine is going away: the sweep stops, not just the run
+      out(f"[sweep] preempted during run {i} of {n} (its checkpoint is saved); run the same "
+          f"command to resume the sweep.")
+      raise
     except Exception as e:  # a failed run must not end the sweep
       seconds = time.time() - start
       message = f"{type(e).__name__}: {e}"
@@ -445,9 +451,13 @@ def main(argv: list[str]) -> None:
       print(f"{i:3d} {run.name} [{status}]\n    " + (f"{run.base} + " if run.base else "")
             + ",".join(run.overrides))
     return
-  summary = run_sweep(sweep, FLAGS.workdir, only=FLAGS.only,
-                      command=" ".join(["python -m jaxbn.sweep"] + sys.argv[1:]),
-                      prune_checkpoints=FLAGS.prune_checkpoints)
+  try:
+    summary = run_sweep(sweep, FLAGS.workdir, only=FLAGS.only,
+                        command=" ".join(["python -m jaxbn.sweep"] + sys.argv[1:]),
+                        prune_checkpoints=FLAGS.prune_checkpoints)
+  except preemption.Preempted as e:
+    logging.warning("%s", e)
+    sys.exit(preemption.EXIT_STATUS)
   if summary["failed"]:
     raise SystemExit(1)
 

@@ -213,6 +213,29 @@ def test_sigint_on_the_command_line_exits_75_and_rerun_resumes(tmp_path):
   assert _comparable(a) == _comparable(b)
 
 
+@pytest.mark.slow
+def test_sigterm_stops_a_sweep_with_exit_75_and_the_same_command_resumes_it(tmp_path):
+  train_config = ("configs/bn_only.py:model.arch=cbr_small,model.init=random,"
+                  "model.dropout_rate=0.0,data.image_size=28,data.augment=False,batch_size=32,"
+                  "max_steps=4,eval_every_steps=2,eval_max_batches=1,warmup.epochs=0.03")
+  cmd = [sys.executable, "-m", "jaxbn.sweep", f"--train_config={train_config}", "--seeds=0,1",
+         f"--workdir={tmp_path}", "--compilation_cache_dir="]
+
+  def sweep(**env):
+    return subprocess.run(cmd, cwd=REPO, env=_env(**env), capture_output=True, text=True,
+                          timeout=1800)
+
+  stopped = sweep(**{preemption.TEST_HOOK_ENV: "2:SIGTERM"})
+  assert stopped.returncode == preemption.EXIT_STATUS, stopped.stderr[-3000:]
+  assert "preempted during run 1 of 2" in stopped.stdout
+  assert "Stopped by SIGTERM after step 2" in stopped.stderr
+  (run,) = (tmp_path / "runs").iterdir()  # the second seed never started
+  assert "seed0" in run.name and not (run / "results.json").exists()
+  resumed = sweep()
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "(resuming)" in resumed.stdout and "finished: 2 ran" in resumed.stdout
+
+
 def test_a_signal_during_start_up_stops_before_the_first_step(tmp_path):
   """jaxbn.main catches SIGTERM from its first line: the run stops (exit 75) before any step."""
   previous = {sig: signal.getsignal(sig) for sig in preemption.SIGNALS}

@@ -307,6 +307,30 @@ def test_failed_run_does_not_stop_the_sweep_and_resumes(tmp_path):
   assert plan["invocations"][1]["skipped"] == 3
 
 
+def test_a_preempted_run_stops_the_sweep_and_the_same_command_resumes_it(tmp_path):
+  from jaxbn import preemption
+
+  c = _tiny_sweep()
+  c.grid.seeds = "0,1"
+  calls, lines = [], []
+
+  def preempted_once(config, workdir):
+    calls.append(config.seed)
+    if len(calls) == 1:
+      raise preemption.Preempted(3, workdir, "SIGTERM")
+    res = _results(0.6, 0.5, trainable=10)
+    _write(pathlib.Path(workdir) / "results.json", res)
+    return res
+
+  with pytest.raises(preemption.Preempted):
+    sweep.run_sweep(c, str(tmp_path), train_fn=preempted_once, out=lines.append)
+  assert calls == [0]  # no later run started on a machine that is going away
+  assert any("preempted during run 1 of 4" in l for l in lines)
+  summary = sweep.run_sweep(c, str(tmp_path), train_fn=preempted_once, out=lines.append)
+  assert (summary["ran"], summary["failed"], summary["skipped"]) == (4, 0, 0)
+  assert calls == [0, 0, 0, 1, 1]
+
+
 def test_tiny_real_sweep_skips_finished_runs_and_reports(tmp_path):
   c = _tiny_sweep()
   c.grid.strategies = "bn_and_fc"  # one real (CPU-cheap) run; the rest is tested with fakes
