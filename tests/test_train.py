@@ -277,3 +277,18 @@ def test_record_evaluation_plateau_early_stopping_and_targets():
   assert (loop.steps_to_target, loop.wall_to_target) == (20, 1)
   # val loss: 0.9, 0.8 (best), 0.85 ↓lr, 0.82 ↓lr, 0.83 ↓lr (floored at min_lr/lr = 0.2), 0.81 ↓
   assert loop.lr_scale == pytest.approx(0.2)
+
+
+def test_a_stage_without_a_better_validation_auc_stops_early_and_stays_stopped(tmp_path):
+  # A learning rate too small to move float32 weights: every fine-tuning evaluation
+  # equals the stage's first, so with patience 2 the stage ends after its third.
+  config = tiny_config(max_steps=0, eval_every_steps=1, early_stopping_metric="val_auc",
+                       **{"warmup.epochs": 0.01, "finetune.epochs": 0.2,
+                          "finetune.lr": 1e-30, "finetune.early_stopping_patience": 2})
+  res = train.train_and_evaluate(config, str(tmp_path))
+  finetune = [h for h in res["history"] if h["stage"] == "finetune"]
+  assert len(finetune) == 3 and len({h["val_auc"] for h in finetune}) == 1
+  warmup_steps = sum(h["stage"] == "warmup" for h in res["history"])
+  assert res["total_steps"] == warmup_steps + 3 < warmup_steps + 0.2 * 4708 // 32
+  again = train.train_and_evaluate(config, str(tmp_path))  # finished: nothing re-runs
+  assert again["total_steps"] == res["total_steps"] and again["history"] == res["history"]
