@@ -1,6 +1,8 @@
 """Writes levers.json / levers.csv: VALIDATION figures only of the lever runs.
 
-  PYTHONPATH=. python docs/accuracy/levers_extract.py [LABEL=]RUN_OR_SWEEP_DIR...
+  PYTHONPATH=. python docs/accuracy/levers_extract.py [--name=STEM] [LABEL=]RUN_OR_SWEEP_DIR...
+
+``--name`` sets the output files' stem (default ``levers``: levers.json, levers.csv).
 
 ``LABEL=DIR`` names a single run that is not part of a sweep (e.g. ``base=/tmp/base``).
 Runs that never started are left out.
@@ -21,6 +23,8 @@ VAL_KEYS = ("best_val_auc", "tta_val_auc", "tta_val_acc", "best_step", "total_st
 
 
 def main(args):
+  stem = next((a.split("=", 1)[1] for a in args if a.startswith("--name=")), "levers")
+  args = [a for a in args if not a.startswith("--name=")]
   labels = dict(a.split("=", 1)[::-1] for a in args if "=" in a)  # dir -> label
   paths = [a.split("=", 1)[-1] for a in args]
   runs, _, _ = report.collect(paths)
@@ -41,16 +45,16 @@ def main(args):
         "val_auc_by_step": {h["step"]: round(h["val_auc"], 4) for h in r.history},
     })
   here = os.path.dirname(os.path.abspath(__file__))
-  with open(os.path.join(here, "levers.json"), "w") as f:
+  with open(os.path.join(here, f"{stem}.json"), "w") as f:
     json.dump(out, f, indent=2)
     f.write("\n")
   steps = sorted({s for o in out for s in o["val_auc_by_step"]})
-  with open(os.path.join(here, "levers.csv"), "w", newline="") as f:
+  with open(os.path.join(here, f"{stem}.csv"), "w", newline="") as f:
     w = csv.writer(f, lineterminator="\n")
-    w.writerow(["lever", "arch", "seed", "status", "best_val_auc", "tta_val_auc"]
+    w.writerow(["lever", "arch", "dataset", "seed", "status", "best_val_auc", "tta_val_auc"]
                + [f"val_auc@{s}" for s in steps])
     for o in out:
-      w.writerow([o["lever"], o["arch"], o["seed"], o["status"], o["best_val_auc"],
+      w.writerow([o["lever"], o["arch"], o["dataset"], o["seed"], o["status"], o["best_val_auc"],
                   o["tta_val_auc"] if o["tta_val_auc"] is not None else ""]
                  + [o["val_auc_by_step"].get(s, "") for s in steps])
   return out
