@@ -50,6 +50,7 @@ import time
 from absl import app, flags
 
 from jaxbn import bench_pipeline  # noqa: F401  (defines the --pipeline_* flags)
+from jaxbn import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("archs", ["resnet50", "efficientnet_lite0"], "Architectures.")
@@ -340,6 +341,7 @@ def nnx_markdown(rows: list[dict]) -> str:
 
 def main(argv):
   del argv
+  cli.quiet_library_logs()
   if "torch" in FLAGS.peers:  # JAX would take 75 % of a GPU's memory that torch shares
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   import jax

@@ -42,6 +42,7 @@ COMMANDS = {
     "convergence": "jaxbn.analysis.convergence",
 }
 HELP = ("-h", "--help", "--helpshort", "-?")
+_prog: str | None = None  # "jaxbn COMMAND" while the console script runs one
 
 
 class _QuietLibraries(pylogging.Filter):
@@ -58,8 +59,6 @@ def quiet_library_logs() -> None:
   handler = logging.get_absl_handler()
   if not any(isinstance(f, _QuietLibraries) for f in handler.filters):
     handler.addFilter(_QuietLibraries())
-
-_prog: str | None = None  # "jaxbn COMMAND" while the console script runs one
 
 
 def _usage_error(prog: str, message: str) -> SystemExit:
@@ -112,7 +111,11 @@ def _absl_flags_only(argv: list[str]) -> list[str]:
 
 def run(main: Callable[[list[str]], int]) -> None:
   """``app.run`` for a command whose ``main(argv) -> int`` parses its own flags (:func:`parse`)."""
-  app.run(lambda argv: sys.exit(main(argv[1:])), flags_parser=_absl_flags_only)
+  def run_main(argv: list[str]) -> None:
+    quiet_library_logs()
+    sys.exit(main(argv[1:]))
+
+  app.run(run_main, flags_parser=_absl_flags_only)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -31,6 +31,9 @@ flags.mark_flags_as_required(["arch", "out"])
 
 def main(argv: list[str]) -> None:
   del argv
+  from jaxbn import cli
+
+  cli.quiet_library_logs()
   from jaxbn.models import count_params, get_spec
   from jaxbn.weights import hub, pytorch, store
 
