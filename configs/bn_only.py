@@ -6,8 +6,8 @@ stage 2 trains the BN scale/bias (γ, β) plus the head (lr 3e-3, cosine decay) 
 data set of 500 images gets enough steps, one of 100,000 a bounded run), with at
 least 8 validation passes; the best-by-validation-AUC checkpoint is kept, and the
 stage stops early after 4 validation passes without a better validation AUC (on the
-22 recorded validation curves of this recipe that rule never lost the best
-checkpoint; it ends RetinaMNIST runs about half-way, PneumoniaMNIST's not). BN
+25 validation curves recorded before it, that rule never lost the best checkpoint;
+it ends RetinaMNIST runs about half-way, PneumoniaMNIST's not). BN
 statistics stay frozen (inference mode). 28-px MedMNIST images are upsampled to
 96 px; random resized crop + horizontal flip where the data allow it.
 Defaults: EfficientNet-Lite0 ImageNet weights (1.3 % of the parameters train),
