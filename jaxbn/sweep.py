@@ -335,8 +335,7 @@ def run_sweep(
       out(f"[sweep] interrupted during run {i} of {n}; run the same command to resume.")
       raise
     except preemption.Preempted:  # the machine is going away: the sweep stops, not just the run
-      out(f"[sweep] preempted during run {i} of {n} (its checkpoint is saved); run the same "
-          f"command to resume the sweep.")
+      out(f"[sweep] preempted during run {i} of {n}; run the same command to resume the sweep.")
       raise
     except Exception as e:  # a failed run must not end the sweep
       seconds = time.time() - start
