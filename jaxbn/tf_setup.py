@@ -28,13 +28,15 @@ def import_tensorflow():
   operations are on``, ``All log messages before absl::InitializeLog()``), so the
   import runs with file descriptor 2 pointed at /dev/null; a failing import still
   raises as usual. ``TF_CPP_MIN_LOG_LEVEL`` defaults to 1 (TensorFlow's INFO lines
-  off, its warnings and errors kept); a value the user set is left alone.
+  off, its warnings and errors kept); a value the user set is left alone, and
+  ``TF_CPP_MIN_LOG_LEVEL=0`` (everything) also shows the start-up lines.
   """
   tf = sys.modules.get("tensorflow")
   if tf is not None:
     return tf
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-  with _stderr_fd_silenced():
+  quiet = os.environ["TF_CPP_MIN_LOG_LEVEL"] != "0"
+  with _stderr_fd_silenced() if quiet else contextlib.nullcontext():
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
   return tf
 
