@@ -27,7 +27,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
+
+from jaxbn.tf_setup import import_tensorflow
+
+import_tensorflow()  # quietly, before clu's metric writers import it
+from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
 
 from jaxbn import budget, ema as ema_lib, masks, metrics as metrics_lib, preemption, setup
 from jaxbn import step as step_lib, tta as tta_lib

@@ -61,29 +61,36 @@ ROUND3 = {
     "lr_warmup": "finetune.warmup_steps=50",
     "lr3e-4": "finetune.lr=3e-4",
 }
-PRESETS = {"levers": LEVERS, "round2": ROUND2, "round3": ROUND3}
+# preset -> what its runs start from: strategies, base config file ("" = base_config()),
+# common overrides, data set and seeds.
+PRESETS = {
+    "levers": dict(strategies=LEVERS, base="", common=BASE, dataset="pneumoniamnist", seeds="0"),
+    "round2": dict(strategies=ROUND2, base="", common=BASE, dataset="pneumoniamnist",
+                   seeds="0,1,2"),
+    "round3": dict(strategies=ROUND3, base="configs/bn_only.py",
+                   common="eval_test=False,tta=hflip+shift", dataset="retinamnist", seeds="0,1"),
+}
 
 
 def get_config(arg=None):
   preset = arg or "levers"
   if preset not in PRESETS:
     raise ValueError(f"Unknown preset {preset!r}: {' | '.join(PRESETS)}.")
+  p = PRESETS[preset]
   c = ml_collections.ConfigDict()
   c.name = f"accuracy_{preset}"
-  c.common = BASE
-  if preset == "round3":
-    c.base = "configs/bn_only.py"
-    c.common = "eval_test=False,tta=hflip+shift"
+  if p["base"]:
+    c.base = p["base"]
+  c.common = p["common"]
   c.datasets = ml_collections.ConfigDict({
       "pneumoniamnist": {"overrides": "data.name=pneumoniamnist", "budget": {}},
       "retinamnist": {"overrides": "data.name=retinamnist",
                       "budget": {}},
   })
-  strategies = PRESETS[preset]
-  c.strategies = ml_collections.ConfigDict(strategies)
+  c.strategies = ml_collections.ConfigDict(p["strategies"])
   c.grid = ml_collections.ConfigDict()
-  c.grid.strategies = ",".join(strategies)  # dict order
+  c.grid.strategies = ",".join(p["strategies"])  # dict order
   c.grid.archs = "efficientnet_lite0"
-  c.grid.datasets = "retinamnist" if preset == "round3" else "pneumoniamnist"
-  c.grid.seeds = {"levers": "0", "round2": "0,1,2", "round3": "0,1"}[preset]
+  c.grid.datasets = p["dataset"]
+  c.grid.seeds = p["seeds"]
   return c

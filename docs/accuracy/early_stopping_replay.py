@@ -10,28 +10,31 @@ and the share of its steps it would have skipped. Training up to the stop is the
 in the recorded run, so when the best checkpoint is kept every test figure is too.
 """
 
-import math
 import sys
 
-from jaxbn import report
+from jaxbn import config as config_lib, report, train
 
 
 def replay(history: list[dict], patience: int, metric: str) -> tuple[int, int]:
-  """(best-validation-AUC step, last step) of the run under the rule."""
-  best_auc, best_step, stage, stage_best, bad = -math.inf, None, None, math.inf, 0
+  """(best-validation-AUC step, last step) of the run under the rule.
+
+  The recorded evaluations go through the trainer's own bookkeeping
+  (:func:`jaxbn.train.record_evaluation`), with ``patience`` in the fine-tuning stage only.
+  """
+  config = config_lib.base_config()
+  config.early_stopping_metric = metric
+  stages = {name: config_lib.stage("bn+head", 1, 1e-3) for name in ("warmup", "finetune")}
+  stages["finetune"].early_stopping_patience = patience
+  loop, current = train.LoopState(), None
   for h in history:
-    if h["stage"] != stage:
-      stage, stage_best, bad = h["stage"], math.inf, 0
-    if h["val_auc"] > best_auc:
-      best_auc, best_step = h["val_auc"], h["step"]
-    value = h["val_loss"] if metric == "val_loss" else -h["val_auc"]
-    if value < stage_best:
-      stage_best, bad = value, 0
-    else:
-      bad += 1
-    if stage == "finetune" and bad >= patience:
-      return best_step, h["step"]
-  return best_step, history[-1]["step"]
+    if h["stage"] != current:
+      current = h["stage"]
+      loop.start_stage(0)
+    _, stop = train.record_evaluation(loop, {"auc": h["val_auc"], "loss": h["val_loss"]},
+                                      stages[current], config, h["step"], h["wall"])
+    if stop:
+      return loop.best_step, h["step"]
+  return loop.best_step, history[-1]["step"]
 
 
 def main(paths: list[str]) -> None:
