@@ -218,8 +218,7 @@ def _setup(config, workdir: str, preempt) -> tuple[Run, dict]:
   labels = [masks.make_labels(params, s.strategy, batch_stats=batch_stats,
                               arch=config.model.arch) for _, s in stages]
   eval_step, tta_step = _eval_steps(config, model, info, par)
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() != 0)
+  writer = _metric_writer(workdir)
   run = Run(
       config=config, workdir=workdir, info=info, model=model, par=par, stages=stages,
       stage_steps=stage_steps, labels=labels,
@@ -237,6 +236,17 @@ def _setup(config, workdir: str, preempt) -> tuple[Run, dict]:
                config.model.arch, config.model.init, f"{run.total_params:,}", info.name,
                info.num_examples, info.num_classes, " (multi-label)" if info.multi_label else "")
   return run, variables
+
+
+def _metric_writer(workdir: str) -> metric_writers.MetricWriter:
+  """TensorBoard scalars from process 0, nothing from the others.
+
+  Not ``clu``'s default writer: its ``LoggingWriter`` would repeat on the console
+  every validation line the trainer logs itself.
+  """
+  if jax.process_index() != 0:
+    return metric_writers.MultiWriter([])
+  return metric_writers.AsyncWriter(metric_writers.SummaryWriter(workdir))
 
 
 def _check_config(config, par: DataParallel) -> None:

@@ -1,6 +1,7 @@
 """Trainer: masked steps, BN-statistics modes, data parallelism, checkpoints, resume."""
 
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -12,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxbn import config as config_lib, masks, preemption, step as step_lib, train
+from jaxbn import config as config_lib, masks, preemption, report, step as step_lib, train
 from jaxbn.checkpoint import RunCheckpoints
 from jaxbn.models import create_model, init_variables
 from jaxbn.parallel import DataParallel
@@ -174,8 +175,9 @@ def test_orbax_round_trip(setup, tmp_path):
   ckpts.close()
 
 
-def test_end_to_end_results(tmp_path):
-  results = train.train_and_evaluate(tiny_config(), str(tmp_path))
+def test_end_to_end_results(tmp_path, caplog):
+  with caplog.at_level(logging.INFO):
+    results = train.train_and_evaluate(tiny_config(), str(tmp_path))
   on_disk = json.loads((tmp_path / "results.json").read_text())
   assert on_disk["test_auc"] == pytest.approx(results["test_auc"])
   assert 0.0 <= results["test_auc"] <= 1.0 and 0.0 <= results["test_acc"] <= 1.0
@@ -189,6 +191,10 @@ def test_end_to_end_results(tmp_path):
   # The run says what model it trained, every field (Transfusion's transfer_up_to included).
   assert on_disk["norm"] == "bn" and on_disk["model"]["arch"] == on_disk["arch"]
   assert {"transfer_up_to", "stage_widths", "truncate_at"} <= set(on_disk["model"])
+  # Each validation pass is one console line; its scalars go to TensorBoard only.
+  val_lines = [r.getMessage() for r in caplog.records if "val loss" in r.getMessage()]
+  assert len(val_lines) == 2 and not [r for r in caplog.records if "val_auc=" in r.getMessage()]
+  assert [s for s, _ in report.read_events_scalars(str(tmp_path), "val_auc")] == [4, 8]
 
 
 def test_trainer_pmap_equals_jit_with_batch_statistics(tmp_path):

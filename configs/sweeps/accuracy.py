@@ -61,6 +61,17 @@ ROUND3 = {
     "lr_warmup": "finetune.warmup_steps=50",
     "lr3e-4": "finetune.lr=3e-4",
 }
+# Round four: what round three left untried on RetinaMNIST, over configs/bn_only.py: the
+# TruncatedTL cut (Peng et al. 2021: the probe on mid-level features), a larger input
+# and a stronger head dropout.
+ROUND4 = {
+    "cut_stage7": "model.truncate_at=stage7",
+    "cut_stage6": "model.truncate_at=stage6",
+    "cut_stage5": "model.truncate_at=stage5",
+    "cut_stage4": "model.truncate_at=stage4",
+    "size128": "data.image_size=128",
+    "dropout05": "model.dropout_rate=0.5",
+}
 # preset -> what its runs start from: strategies, base config file ("" = base_config()),
 # common overrides, data set and seeds.
 PRESETS = {
@@ -69,6 +80,8 @@ PRESETS = {
                    seeds="0,1,2"),
     "round3": dict(strategies=ROUND3, base="configs/bn_only.py",
                    common="eval_test=False,tta=hflip+shift", dataset="retinamnist", seeds="0,1"),
+    "round4": dict(strategies=ROUND4, base="configs/bn_only.py",
+                   common="eval_test=False,tta=hflip+shift", dataset="retinamnist", seeds="0"),
 }
 
 
