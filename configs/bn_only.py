@@ -39,4 +39,8 @@ def get_config(arg=None):
   c.early_stopping_metric = "val_auc"
   c.min_evals = 8
   c.data.image_size = 96
+  # TruncatedTL (Peng et al. 2021): every stage but the last, so the head reads mid-level
+  # features (Lite0: after stage 6, 192 channels; ResNet: layer3; DenseNet: transition3).
+  # model.truncate_at=None trains on the whole network.
+  c.model.truncate_at = "stage-1"
   return apply_overrides(c, arg)

@@ -44,6 +44,21 @@ def test_truncate_at_takes_stage_names_and_builds_the_same_model():
   assert get_cut("resnet18", "conv1").name == "stem"  # Transfusion's spelling of the stem
 
 
+def test_stage_minus_k_counts_from_the_end_in_every_family():
+  # "Every stage but the last" whatever the depth: the recipe's cut works for any arch.
+  for arch, cut in (("resnet18", "layer3"), ("resnet50", "layer3"), ("densenet121", "transition3"),
+                    ("efficientnet_lite0", "stage6"), ("efficientnet_lite2", "stage6")):
+    assert get_cut(arch, "stage-1").name == cut
+  assert get_cut("resnet18", "stage-3").name == "layer1"
+  assert get_cut("efficientnet_lite0", "stage-6").name == "stage1"
+  assert set(prefix.resolve(get_spec("resnet18"), "stage-4", _top("resnet18"))) == {"conv1", "bn1"}
+  assert sorted(init_shapes(create_model("resnet18", 2, truncate_at="stage-1"), 32)["params"]) == \
+      sorted(init_shapes(create_model("resnet18", 2, truncate_at="layer3"), 32)["params"])
+  for bad in ("stage-5", "stage-0x", "stage--1"):  # beyond the stem, or not a number
+    with pytest.raises(prefix.PrefixError):
+      prefix.resolve(get_spec("resnet18"), bad, _top("resnet18"))
+
+
 def test_transfer_up_to_takes_truncation_cut_names():
   names = _top("resnet18")
   assert sorted(init.transferred_modules("resnet18", "layer2_0", names)) == sorted(

@@ -79,9 +79,11 @@ PRESETS = {
     "round2": dict(strategies=ROUND2, base="", common=BASE, dataset="pneumoniamnist",
                    seeds="0,1,2"),
     "round3": dict(strategies=ROUND3, base="configs/bn_only.py",
-                   common="eval_test=False,tta=hflip+shift", dataset="retinamnist", seeds="0,1"),
+                   common="eval_test=False,tta=hflip+shift,model.truncate_at=None",
+                   dataset="retinamnist", seeds="0,1"),
     "round4": dict(strategies=ROUND4, base="configs/bn_only.py",
-                   common="eval_test=False,tta=hflip+shift", dataset="retinamnist", seeds="0"),
+                   common="eval_test=False,tta=hflip+shift,model.truncate_at=None",
+                   dataset="retinamnist", seeds="0"),
 }
 
 

@@ -23,6 +23,10 @@ name            the prefix
                 ``conv1``, Transfusion's name, is accepted as an alias.
 ``stageK``      the stem and stages 1..K (``spec.stage_of``), K = 1 .. num_stages − 1;
                 ``stage0`` is the stem by ``stage_of`` alone (nothing for CBR)
+``stage-K``     counted from the end: every stage but the last K, ``stage{S-K}`` for
+                S = num_stages. ``stage-1`` drops the last stage whatever the depth:
+                ResNet ``layer3``, DenseNet ``transition3``, EfficientNet-Lite ``stage6``
+                (stage 7 ends with ``conv_head``)
 a cut name      one of the family's TruncatedTL cuts (``spec.cuts``, :class:`CutPoint`):
                 block level ``layer2`` (ResNet), ``transition2`` (DenseNet),
                 ``stage7`` (EfficientNet-Lite, its MBConv blocks without
@@ -40,6 +44,8 @@ ones for the architecture and the use.
 ('conv1', 'bn1', 'block1')
 >>> resolve(_DOCTEST_SPEC, "conv1", ["conv1", "bn1", "block1", "block2"])
 ('conv1', 'bn1')
+>>> resolve(_DOCTEST_SPEC, "stage-1", ["conv1", "bn1", "block1", "block2"])
+('conv1', 'bn1', 'block1')
 >>> from_stage_prefix(0), from_stage_prefix(1), from_stage_prefix(3), from_stage_prefix(5, 3)
 ('none', 'stage0', 'stage2', 'all')
 """
@@ -56,7 +62,7 @@ STEM = "stem"
 ALL = "all"
 # Older spellings that keep working: Transfusion's "conv1" is the stem.
 ALIASES = {"conv1": STEM}
-_STAGE = re.compile(r"stage(\d+)")
+_STAGE = re.compile(r"stage(-?\d+)")
 
 
 class PrefixError(ValueError):
@@ -129,10 +135,13 @@ def _cuts(spec: Any) -> tuple[CutPoint, ...]:
 
 
 def _stage_k(name: str, spec: Any) -> int | None:
+  """K of ``stageK`` (``stage-K`` is ``stage{S-K}``), None for another or out-of-range name."""
   match = _STAGE.fullmatch(name)
-  if match and 0 <= int(match.group(1)) < spec.num_stages:
-    return int(match.group(1))
-  return None
+  if not match:
+    return None
+  k = int(match.group(1))
+  k = k + spec.num_stages if match.group(1).startswith("-") else k
+  return k if 0 <= k < spec.num_stages else None
 
 
 def names(spec: Any) -> list[str]:

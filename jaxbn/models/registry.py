@@ -115,8 +115,8 @@ def create_model(
     dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32.
     norm: normalisation layer, see :mod:`jaxbn.models.norm`.
     dropout_rate: dropout before the head (active only with ``train=True``).
-    truncate_at: TruncatedTL cut (:func:`cut_points`, or a ``stageK`` prefix,
-      :mod:`jaxbn.models.prefix`): keep the network up to this point, then
+    truncate_at: TruncatedTL cut (:func:`cut_points`, or a ``stageK`` / ``stage-K``
+      prefix, :mod:`jaxbn.models.prefix`): keep the network up to this point, then
       global average pooling + the head. None: full model.
     **kwargs: forwarded to the family's module (advanced options).
   """
