@@ -14,9 +14,11 @@ Lite0, crop + horizontal flip, head 1 epoch then BN+head 4 epochs at 1e-3,
 cosine); each other strategy changes one thing. Architectures are the
 ``grid.archs`` axis (``--config.grid.archs=efficientnet_lite0,efficientnet_lite1``).
 Presets (text after ``:``): ``levers`` (default), ``round2`` (combinations of
-the levers that helped in round one) or ``round3`` (levers over the round-two recipe,
+the levers that helped in round one), ``round3`` (levers over the round-two recipe,
 ``configs/bn_only.py`` itself, on RetinaMNIST, whose validation AUC peaks at the end of
-the head warm-up).
+the head warm-up) or ``round4`` (TruncatedTL cuts, 128 px and head dropout over that
+recipe; the stage-6 cut won and is now in ``configs/bn_only.py``, so rounds three and
+four pin ``model.truncate_at=None`` to keep meaning what they measured).
 """
 
 from __future__ import annotations

@@ -64,3 +64,24 @@ python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift,finetune
     --name=full --seeds=0,1,2 --datasets=retinamnist --workdir=/tmp/acc/final3
 python -m jaxbn.report /tmp/acc/final3 --out=docs/accuracy/final_early_stop \
     --title="RetinaMNIST with early stopping: the final table's runs again (configs/bn_only.py, Lite0)"
+
+# 6. Round four, VALIDATION only: TruncatedTL cuts, 128 px and head dropout over the whole-network
+#    recipe on RetinaMNIST (seed 0), the cuts' seeds 1 and 2, then one PneumoniaMNIST run per cut
+#    (docs/accuracy/round4.{json,csv}). The adoption rule was fixed before the PneumoniaMNIST runs.
+nice -n 5 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py:round4 --workdir=/tmp/acc/round4 \
+    --prune_checkpoints
+nice -n 5 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py:round4 --workdir=/tmp/acc/round4 \
+    --prune_checkpoints --only=cut_stage5,cut_stage6,cut_stage4 --config.grid.seeds=1,2
+nice -n 5 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py:round4 --workdir=/tmp/acc/round4_pneumonia \
+    --prune_checkpoints --only=cut_stage5,cut_stage6,cut_stage4 --config.grid.datasets=pneumoniamnist
+PYTHONPATH=. python docs/accuracy/levers_extract.py --name=round4 /tmp/acc/round4 /tmp/acc/round4_pneumonia
+
+# 7. The final table of the adopted recipe (configs/bn_only.py cut after every stage but the last),
+#    3 seeds per data set, and full fine-tuning of the same truncated network at the same budget.
+#    The test split is read here only.
+python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift --name=bn_only \
+    --seeds=0,1,2 --datasets=pneumoniamnist,retinamnist --workdir=/tmp/acc/final4
+python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift,finetune.strategy=full,finetune.lr=1e-4 \
+    --name=full --seeds=0,1,2 --datasets=retinamnist --workdir=/tmp/acc/final4
+python -m jaxbn.report /tmp/acc/final4 --out=docs/accuracy/final_truncated \
+    --title="Issue 17: configs/bn_only.py cut after stage 6 (TruncatedTL), EfficientNet-Lite0, 28 px data at 96 px"
