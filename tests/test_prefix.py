@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import pytest
@@ -47,7 +48,8 @@ def test_truncate_at_takes_stage_names_and_builds_the_same_model():
 def test_stage_minus_k_counts_from_the_end_in_every_family():
   # "Every stage but the last" whatever the depth: the recipe's cut works for any arch.
   for arch, cut in (("resnet18", "layer3"), ("resnet50", "layer3"), ("densenet121", "transition3"),
-                    ("efficientnet_lite0", "stage6"), ("efficientnet_lite2", "stage6")):
+                    ("efficientnet_lite0", "stage6"), ("efficientnet_lite2", "stage6"),
+                    ("cbr_small", "stage3")):
     assert get_cut(arch, "stage-1").name == cut
   assert get_cut("resnet18", "stage-3").name == "layer1"
   assert get_cut("efficientnet_lite0", "stage-6").name == "stage1"
@@ -72,8 +74,9 @@ def test_one_error_type_listing_the_valid_names():
     get_cut("resnet18", "stage4")  # stage 4 ends at the full model: not a cut
   with pytest.raises(prefix.PrefixError, match="conv1, stage1, stage2, stage3, all.*layer1_0"):
     init.transferred_modules("resnet18", "layer9", _top("resnet18"))
+  no_cuts = dataclasses.replace(get_spec("cbr_small"), cuts=None)  # a family without cuts
   with pytest.raises(prefix.PrefixError, match="does not support truncate_at"):
-    get_cut("cbr_small", "stage1")
+    prefix.truncation_cut(no_cuts, "stage1")
   assert issubclass(prefix.PrefixError, ValueError)
 
 

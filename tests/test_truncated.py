@@ -17,7 +17,7 @@ from jaxbn.weights.convert import CheckpointError
 from test_train import tiny_config
 from torch_reference import make_state_dict, to_numpy
 
-FAMILIES = ["resnet18", "densenet121", "efficientnet_lite0"]  # ResNet-50: its own tests
+FAMILIES = ["resnet18", "densenet121", "efficientnet_lite0", "cbr_small"]  # ResNet-50: its own tests
 
 
 def _shapes(arch, cut, num_classes=2, size=32, **kw):
@@ -100,8 +100,8 @@ def test_bad_cut_name_lists_the_valid_cuts():
     create_model("densenet121", 2, truncate_at="denseblock2")
   with pytest.raises(ValueError, match="stage1.*stage7.*blocks_15"):
     create_model("efficientnet_lite0", 2, truncate_at="stage8")
-  with pytest.raises(ValueError, match="does not support truncate_at"):
-    create_model("cbr_small", 2, truncate_at="layer1")
+  with pytest.raises(ValueError, match="valid cuts: block level stage1, stage2, stage3;"):
+    create_model("cbr_small", 2, truncate_at="stage4")  # stage 4 ends at the full model
   # The module itself checks too (built without the registry).
   from jaxbn.models.resnet import ResNet
 

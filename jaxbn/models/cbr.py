@@ -13,10 +13,13 @@ cbr_tiny    5x5    64, 128, 256, 512
 =========== ====== ===============================================
 
 Top-level modules are ``conv{i}``/``bn{i}`` (i = 1..n, block i = stage i) and ``fc``.
+TruncatedTL (``truncate_at``, :func:`cut_points`): ``stage1`` … ``stage{n-1}`` keep the
+first blocks, then global average pooling + ``fc``.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -24,6 +27,7 @@ import jax.numpy as jnp
 
 from jaxbn.models import norm as norm_lib
 from jaxbn.models.layers import classifier_tail, conv_and_norm
+from jaxbn.models.prefix import CutPoint, find_cut
 from jaxbn.models.spec import ModelSpec
 
 BN_EPSILON = 1e-5
@@ -38,6 +42,8 @@ class CBR(nn.Module):
     pool_last: whether the last block is followed by a max-pool.
     num_classes, dtype, norm, dropout_rate, bn_momentum, bn_axis_name: as for every jaxbn
       model.
+    truncate_at: TruncatedTL cut ``stage{k}`` (:func:`cut_points`): blocks 1..k only (the
+      last kept block keeps its max-pool); None builds every block.
   """
 
   features: Sequence[int]
@@ -49,13 +55,16 @@ class CBR(nn.Module):
   dropout_rate: float = 0.0
   bn_momentum: float = norm_lib.TORCH_BN_MOMENTUM
   bn_axis_name: str | None = None
+  truncate_at: str | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = False, use_running_average: bool | None = None):
+    cut = find_cut(cut_points(len(self.features)), self.truncate_at, "CBR")
     conv, norm = conv_and_norm(self, train, use_running_average, epsilon=BN_EPSILON,
                                padding="SAME")
     x = jnp.asarray(x, self.dtype)
-    for i, features in enumerate(self.features, 1):
+    kept = self.features if cut is None else self.features[:len(cut.kept) // 2]
+    for i, features in enumerate(kept, 1):
       x = conv(features, (self.kernel_size, self.kernel_size), name=f"conv{i}")(x)
       x = norm(name=f"bn{i}")(x)
       x = nn.relu(x)
@@ -65,6 +74,14 @@ class CBR(nn.Module):
         x, num_classes=self.num_classes, dropout_rate=self.dropout_rate, train=train,
         dtype=self.dtype, name="fc",
     )
+
+
+@functools.lru_cache(maxsize=None)
+def cut_points(num_blocks: int) -> tuple[CutPoint, ...]:
+  """The TruncatedTL cuts of an ``num_blocks``-block CBR: ``stage1`` … ``stage{n-1}``."""
+  return tuple(
+      CutPoint(f"stage{k}", "block", tuple(m for i in range(1, k + 1) for m in (f"conv{i}", f"bn{i}")))
+      for k in range(1, num_blocks))
 
 
 def _stage_of(num_blocks: int):
@@ -97,6 +114,7 @@ SPECS = {
     name: ModelSpec(
         name=name, family="cbr", build=_build(*v), input_size=224, head="fc",
         stage_of=_stage_of(len(v[0])), num_stages=len(v[0]),
+        cuts=functools.partial(cut_points, len(v[0])),
     )
     for name, v in _VARIANTS.items()
 }
