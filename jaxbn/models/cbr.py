@@ -63,8 +63,8 @@ class CBR(nn.Module):
     conv, norm = conv_and_norm(self, train, use_running_average, epsilon=BN_EPSILON,
                                padding="SAME")
     x = jnp.asarray(x, self.dtype)
-    kept = self.features if cut is None else self.features[:len(cut.kept) // 2]
-    for i, features in enumerate(kept, 1):
+    num_kept = len(self.features) if cut is None else sum(m.startswith("conv") for m in cut.kept)
+    for i, features in enumerate(self.features[:num_kept], 1):
       x = conv(features, (self.kernel_size, self.kernel_size), name=f"conv{i}")(x)
       x = norm(name=f"bn{i}")(x)
       x = nn.relu(x)
