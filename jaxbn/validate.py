@@ -407,15 +407,18 @@ def _check_cross_fields(config: ml_collections.ConfigDict) -> None:
                       "train; give at least one stage epochs > 0.")
   arch, cut = _current_value(config, "model.arch"), _current_value(config, "model.truncate_at")
   if cut is not None and arch is not None:
-    from jaxbn.models import cut_points
+    from jaxbn.models import cut_points, get_cut
 
     try:
       cuts = cut_points(arch)
     except ValueError as e:
       raise ConfigError(f"config.model.truncate_at={cut!r}: {e}") from None
-    if cut not in cuts:
+    try:
+      get_cut(arch, cut)  # a cut name, or a stageK / stage-K prefix (jaxbn.models.prefix)
+    except ValueError:
       raise ConfigError(f"config.model.truncate_at={cut!r} is not a cut point of {arch}: use "
-                        f"None or one of {', '.join(cuts)}.")
+                        f"None, stage-K (every stage but the last K) or one of "
+                        f"{', '.join(cuts)}.") from None
 
 
 def check_devices(config: ml_collections.ConfigDict, num_devices: int,

@@ -95,6 +95,24 @@ def test_config_error_is_one_line_and_exit_2(tmp_path, args, names, allowed):
   assert "Traceback" not in proc.stderr and not workdir.exists()
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "configs").glob("*.py")))
+def test_every_shipped_config_passes_validation(name):
+  from jaxbn.main import TASKS
+
+  validate.check(validate.load_config_file(f"configs/{name}"), tasks=TASKS)
+
+
+def test_truncate_at_takes_prefix_names_counted_from_the_end():
+  config = validate.load_config_file("configs/bn_only.py")
+  assert config.model.truncate_at == "stage-1"
+  for arch in ("resnet18", "densenet121", "efficientnet_lite2", "cbr_small"):
+    config.model.arch = arch
+    validate.check(config)  # every family has an "every stage but the last" cut
+  config.model.truncate_at = "stage-9"
+  with pytest.raises(validate.ConfigError, match="'stage-9' is not a cut point of cbr_small"):
+    validate.check(config)
+
+
 def test_every_base_config_field_is_checked_and_defaults_pass():
   config = config_lib.base_config()
   validate.check(config)
