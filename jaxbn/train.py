@@ -347,10 +347,16 @@ def _run_stage(run: Run, loop: LoopState, stage_idx: int, state: TrainState, ema
                                    decay) if decay else None
   if ema_update and ema is None:  # not checkpointed: a resumed run restarts it
     ema = jax.tree.map(jnp.copy, state.params)  # the step donates state's buffers
-  stop = False
+  stop, started = False, time.perf_counter()
+  first_step = loop.stage_step < num_steps
   while loop.stage_step < num_steps and not stop:
     state, step_metrics = train_step(state, run.par.put_batch(next(batches)), run.train_rng,
                                      loop.lr_scale)
+    if first_step:  # where start-up time goes: this one includes tracing and compiling
+      jax.block_until_ready(step_metrics["loss"])
+      logging.info("Stage %r: first train step done in %.1f s (the first batch, tracing and "
+                   "compilation included).", name, time.perf_counter() - started)
+      first_step = False
     if ema_update:
       ema = ema_update(ema, state.params, loop.step)
     loop.stage_step += 1
@@ -363,14 +369,14 @@ def _run_stage(run: Run, loop: LoopState, stage_idx: int, state: TrainState, ema
         _raise_nan(run, loop.step)
       run.writer.write_scalars(loop.step, {"train_loss": loss, "lr_scale": loop.lr_scale})
     if evaluate_now:
-      stop = _evaluate_and_checkpoint(run, loop, stage_idx, state, ema)
+      stop = _evaluate_and_checkpoint(run, loop, stage_idx, state, ema, train_loss=loss)
     if run.preempt.should_stop(loop.step):
       _stop_for_preemption(run, loop, state, stage_idx)
   return state, ema
 
 
 def _evaluate_and_checkpoint(run: Run, loop: LoopState, stage_idx: int, state: TrainState,
-                             ema=None) -> bool:
+                             ema=None, train_loss: float = math.nan) -> bool:
   """Validation, best/plateau/early-stopping bookkeeping and checkpointing.
 
   With ``ema`` (jaxbn.ema) those parameters are evaluated and kept as the best
@@ -387,10 +393,10 @@ def _evaluate_and_checkpoint(run: Run, loop: LoopState, stage_idx: int, state: T
                                        "val_acc": val["acc"]})
   loop.history.append({"step": loop.step, "wall": round(wall, 3), "stage": name,
                        "val_loss": val["loss"], "val_auc": val["auc"], "val_acc": val["acc"]})
-  logging.info("step %d [%s] val loss %.4f auc %.4f acc %.4f (%.1fs)", loop.step, name,
-               val["loss"], val["auc"], val["acc"], wall)
+  logging.info("step %d [%s] train loss %.4f, val loss %.4f auc %.4f acc %.4f (%.1fs)",
+               loop.step, name, train_loss, val["loss"], val["auc"], val["acc"], wall)
   improved, stop = record_evaluation(loop, val, stage, run.config, loop.step, wall)
-  if stop:
+  if stop and loop.stage_step < run.stage_steps[stage_idx]:  # not the stage's planned end
     logging.info("Early stopping stage %r at step %d.", name, loop.step)
   if len(loop.history) % run.config.checkpoint_every_evals == 0 or improved or stop:
     # A stage that stopped early is done: resume must not re-run it.

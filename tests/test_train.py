@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -192,8 +193,13 @@ def test_end_to_end_results(tmp_path, caplog):
   assert on_disk["norm"] == "bn" and on_disk["model"]["arch"] == on_disk["arch"]
   assert {"transfer_up_to", "stage_widths", "truncate_at"} <= set(on_disk["model"])
   # Each validation pass is one console line; its scalars go to TensorBoard only.
-  val_lines = [r.getMessage() for r in caplog.records if "val loss" in r.getMessage()]
-  assert len(val_lines) == 2 and not [r for r in caplog.records if "val_auc=" in r.getMessage()]
+  messages = [r.getMessage() for r in caplog.records]
+  val_lines = [m for m in messages if "val loss" in m]
+  assert len(val_lines) == 2 and not [m for m in messages if "val_auc=" in m]
+  assert all(re.match(r"step \d+ \[\w+\] train loss \d\.\d{4}, val loss", m) for m in val_lines)
+  # Start-up, visible: one line per stage that trained, with its first step's seconds.
+  firsts = [m for m in messages if "first train step done in" in m]
+  assert [m.split("'")[1] for m in firsts] == list(dict.fromkeys(h["stage"] for h in results["history"]))
   assert [s for s, _ in report.read_events_scalars(str(tmp_path), "val_auc")] == [4, 8]
 
 
@@ -285,16 +291,28 @@ def test_record_evaluation_plateau_early_stopping_and_targets():
   assert loop.lr_scale == pytest.approx(0.2)
 
 
-def test_a_stage_without_a_better_validation_auc_stops_early_and_stays_stopped(tmp_path):
+def test_a_stage_without_a_better_validation_auc_stops_early_and_stays_stopped(tmp_path, caplog):
   # A learning rate too small to move float32 weights: every fine-tuning evaluation
   # equals the stage's first, so with patience 2 the stage ends after its third.
   config = tiny_config(max_steps=0, eval_every_steps=1, early_stopping_metric="val_auc",
                        **{"warmup.epochs": 0.01, "finetune.epochs": 0.2,
                           "finetune.lr": 1e-30, "finetune.early_stopping_patience": 2})
-  res = train.train_and_evaluate(config, str(tmp_path))
+  with caplog.at_level(logging.INFO):
+    res = train.train_and_evaluate(config, str(tmp_path))
   finetune = [h for h in res["history"] if h["stage"] == "finetune"]
   assert len(finetune) == 3 and len({h["val_auc"] for h in finetune}) == 1
   warmup_steps = sum(h["stage"] == "warmup" for h in res["history"])
   assert res["total_steps"] == warmup_steps + 3 < warmup_steps + 0.2 * 4708 // 32
+  stops = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Early stopping")]
+  assert stops == [f"Early stopping stage 'finetune' at step {res['total_steps']}."]
+  # A stage whose patience runs out on its last planned step ends normally: no such line.
+  caplog.clear()
+  last = tiny_config(max_steps=0, eval_every_steps=1, early_stopping_metric="val_auc",
+                     **{"warmup.epochs": 0.01, "finetune.epochs": 3 / 4708 * 32,
+                        "finetune.lr": 1e-30, "finetune.early_stopping_patience": 2})
+  with caplog.at_level(logging.INFO):
+    res3 = train.train_and_evaluate(last, str(tmp_path / "three_steps"))
+  assert sum(h["stage"] == "finetune" for h in res3["history"]) == 3
+  assert not [r for r in caplog.records if r.getMessage().startswith("Early stopping")]
   again = train.train_and_evaluate(config, str(tmp_path))  # finished: nothing re-runs
   assert again["total_steps"] == res["total_steps"] and again["history"] == res["history"]

@@ -29,7 +29,7 @@ import time
 MARKS = {
     "imports_s": " devices (",            # jaxbn.main: JAX's process/device line
     "ready_s": "] Model ",                # jaxbn.train: model, weights and data built
-    "first_train_step_s": "train_loss=",  # the metric writer: step 1's loss
+    "first_train_step_s": "first train step done",  # jaxbn.train: step 1 ran
     "first_step_s": "step 1 [",           # step 1 and its first evaluation
 }
 
