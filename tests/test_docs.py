@@ -87,6 +87,12 @@ LONG_RUNNING = {
     "python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift,"
     "finetune.strategy=full,finetune.lr=1e-4 --name=full --seeds=0,1,2 --datasets=retinamnist "
     "--workdir=/tmp/acc/final2": _TRAINS,
+    # docs/accuracy/final_truncated/report.md: the final sweeps of the cut recipe (round four).
+    "python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift --name=bn_only "
+    "--seeds=0,1,2 --datasets=pneumoniamnist,retinamnist --workdir=/tmp/acc/final4": _TRAINS,
+    "python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift,"
+    "finetune.strategy=full,finetune.lr=1e-4 --name=full --seeds=0,1,2 --datasets=retinamnist "
+    "--workdir=/tmp/acc/final4": _TRAINS,
     # docs/accuracy/final_early_stop/report.md: the RetinaMNIST rows again, with early stopping.
     "python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift --name=bn_only "
     "--seeds=0,1,2 --datasets=retinamnist --workdir=/tmp/acc/final3 --prune_checkpoints": _TRAINS,
