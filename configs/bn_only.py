@@ -43,6 +43,7 @@ def get_config(arg=None):
   c.data.image_size = 96
   # TruncatedTL (Peng et al. 2021): every stage but the last, so the head reads mid-level
   # features (Lite0: after stage 6, 192 channels; ResNet: layer3; DenseNet: transition3).
-  # model.truncate_at=None trains on the whole network.
+  # Chosen for Lite0; on Lite1/Lite2 it did not help (docs/accuracy.md, round four), so
+  # with another arch search the cut (configs/truncated_search.py) or set it to None.
   c.model.truncate_at = "stage-1"
   return apply_overrides(c, arg)

@@ -74,7 +74,6 @@ nice -n 5 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py:round4 --wor
     --prune_checkpoints --only=cut_stage5,cut_stage6,cut_stage4 --config.grid.seeds=1,2
 nice -n 5 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py:round4 --workdir=/tmp/acc/round4_pneumonia \
     --prune_checkpoints --only=cut_stage5,cut_stage6,cut_stage4 --config.grid.datasets=pneumoniamnist
-PYTHONPATH=. python docs/accuracy/levers_extract.py --name=round4 /tmp/acc/round4 /tmp/acc/round4_pneumonia
 
 # 7. The final table of the adopted recipe (configs/bn_only.py cut after every stage but the last),
 #    3 seeds per data set, and full fine-tuning of the same truncated network at the same budget.
@@ -85,3 +84,9 @@ python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift,finetune
     --name=full --seeds=0,1,2 --datasets=retinamnist --workdir=/tmp/acc/final4
 python -m jaxbn.report /tmp/acc/final4 --out=docs/accuracy/final_truncated \
     --title="Issue 17: configs/bn_only.py cut after stage 6 (TruncatedTL), EfficientNet-Lite0, 28 px data at 96 px"
+#    After the adoption: the same cut on Lite1 and Lite2 (RetinaMNIST seed 0, validation only);
+#    round4.{json,csv} hold every round-four run.
+nice -n 5 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py:round4 --workdir=/tmp/acc/round4_archs \
+    --prune_checkpoints --only=cut_stage6 --config.grid.archs=efficientnet_lite2,efficientnet_lite1
+PYTHONPATH=. python docs/accuracy/levers_extract.py --name=round4 /tmp/acc/round4 /tmp/acc/round4_pneumonia \
+    /tmp/acc/round4_archs
