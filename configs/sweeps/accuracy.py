@@ -18,7 +18,8 @@ the levers that helped in round one), ``round3`` (levers over the round-two reci
 ``configs/bn_only.py`` itself, on RetinaMNIST, whose validation AUC peaks at the end of
 the head warm-up) or ``round4`` (TruncatedTL cuts, 128 px and head dropout over that
 recipe; the stage-6 cut won and is now in ``configs/bn_only.py``, so rounds three and
-four pin ``model.truncate_at=None`` to keep meaning what they measured).
+four pin ``model.truncate_at=None`` to keep meaning what they measured) or ``round5``
+(a one-seed screen of levers over the recipe with the cut).
 """
 
 from __future__ import annotations
@@ -74,6 +75,14 @@ ROUND4 = {
     "size128": "data.image_size=128",
     "dropout05": "model.dropout_rate=0.5",
 }
+# Round five: a first screen of levers over the adopted recipe (configs/bn_only.py, cut
+# after every stage but the last), where BN+head training now beats the probe.
+ROUND5 = {
+    "lr1e-3": "finetune.lr=1e-3",
+    "lr1e-2": "finetune.lr=1e-2",
+    "patience8": "finetune.early_stopping_patience=8",
+    "label_smooth": "label_smoothing=0.1",
+}
 # preset -> what its runs start from: strategies, base config file ("" = base_config()),
 # common overrides, data set and seeds.
 PRESETS = {
@@ -86,6 +95,8 @@ PRESETS = {
     "round4": dict(strategies=ROUND4, base="configs/bn_only.py",
                    common="eval_test=False,tta=hflip+shift,model.truncate_at=None",
                    dataset="retinamnist", seeds="0"),
+    "round5": dict(strategies=ROUND5, base="configs/bn_only.py",
+                   common="eval_test=False,tta=hflip+shift", dataset="retinamnist", seeds="0"),
 }
 
 

@@ -90,3 +90,9 @@ nice -n 5 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py:round4 --wor
     --prune_checkpoints --only=cut_stage6 --config.grid.archs=efficientnet_lite2,efficientnet_lite1
 PYTHONPATH=. python docs/accuracy/levers_extract.py --name=round4 /tmp/acc/round4 /tmp/acc/round4_pneumonia \
     /tmp/acc/round4_archs
+
+# 8. Round five, VALIDATION only: a one-seed screen of levers over the adopted recipe
+#    (docs/accuracy/round5.{json,csv}).
+nice -n 5 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py:round5 --workdir=/tmp/acc/round5 \
+    --prune_checkpoints
+PYTHONPATH=. python docs/accuracy/levers_extract.py --name=round5 /tmp/acc/round5
