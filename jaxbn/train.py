@@ -347,8 +347,7 @@ def _run_stage(run: Run, loop: LoopState, stage_idx: int, state: TrainState, ema
                                    decay) if decay else None
   if ema_update and ema is None:  # not checkpointed: a resumed run restarts it
     ema = jax.tree.map(jnp.copy, state.params)  # the step donates state's buffers
-  stop, started = False, time.perf_counter()
-  first_step = loop.stage_step < num_steps
+  stop, first_step, started = False, True, time.perf_counter()
   while loop.stage_step < num_steps and not stop:
     state, step_metrics = train_step(state, run.par.put_batch(next(batches)), run.train_rng,
                                      loop.lr_scale)
@@ -376,12 +375,12 @@ def _run_stage(run: Run, loop: LoopState, stage_idx: int, state: TrainState, ema
 
 
 def _evaluate_and_checkpoint(run: Run, loop: LoopState, stage_idx: int, state: TrainState,
-                             ema=None, train_loss: float = math.nan) -> bool:
+                             ema, train_loss: float) -> bool:
   """Validation, best/plateau/early-stopping bookkeeping and checkpointing.
 
-  With ``ema`` (jaxbn.ema) those parameters are evaluated and kept as the best
-  variables; the resumable checkpoint keeps the raw training state.
-  Returns True when the stage should stop early.
+  With ``ema`` (jaxbn.ema; None when off) those parameters are evaluated and kept as the
+  best variables; the resumable checkpoint keeps the raw training state. ``train_loss``
+  (the last step's) goes on the validation line. Returns True when the stage should stop early.
   """
   name, stage = run.stages[stage_idx]
   eval_state = state if ema is None else state.replace(params=ema)
