@@ -19,7 +19,9 @@ the levers that helped in round one), ``round3`` (levers over the round-two reci
 the head warm-up) or ``round4`` (TruncatedTL cuts, 128 px and head dropout over that
 recipe; the stage-6 cut won and is now in ``configs/bn_only.py``, so rounds three and
 four pin ``model.truncate_at=None`` to keep meaning what they measured) or ``round5``
-(a one-seed screen of levers over the recipe with the cut).
+(a one-seed screen of levers over the recipe with the cut) or ``round6`` (round five's
+lead, BN+head lr 1e-3, over 3 seeds, with and without a longer data-sized minimum) or ``round7`` (an EMA of the trainable
+weights and rotations + shifts over the recipe, 3 seeds).
 """
 
 from __future__ import annotations
@@ -87,6 +89,20 @@ ROUND5 = {
     "patience8": "finetune.early_stopping_patience=8",
     "label_smooth": "label_smoothing=0.1",
 }
+# Round six: round five's lead (BN+head lr 1e-3, still rising at the last step on one seed)
+# over 3 seeds, at the recipe's length and with the data-sized minimum doubled.
+ROUND6 = {
+    "lr1e-3": "finetune.lr=1e-3",
+    "lr1e-3_min600": "finetune.lr=1e-3,finetune.min_steps=600",
+}
+# Round seven: RetinaMNIST's 120 validation images make the best-by-validation choice noisy,
+# so two smoothers (an EMA of the trainable weights, alone and with round six's lower lr)
+# and the augmentation that had hurt the whole network's probe, now that BN training helps.
+ROUND7 = {
+    "ema": "ema_decay=0.99",
+    "ema_lr1e-3": "ema_decay=0.99,finetune.lr=1e-3",
+    "rot_shift": "data.rotate_deg=10.0,data.shift=0.0625",
+}
 # preset -> what its runs start from: strategies, base config file ("" = base_config()),
 # common overrides, data set and seeds.
 PRESETS = {
@@ -99,6 +115,10 @@ PRESETS = {
                    dataset="retinamnist", seeds="0"),
     "round5": dict(strategies=ROUND5, base="configs/bn_only.py", common=VALIDATION_ONLY,
                    dataset="retinamnist", seeds="0"),
+    "round6": dict(strategies=ROUND6, base="configs/bn_only.py", common=VALIDATION_ONLY,
+                   dataset="retinamnist", seeds="0,1,2"),
+    "round7": dict(strategies=ROUND7, base="configs/bn_only.py", common=VALIDATION_ONLY,
+                   dataset="retinamnist", seeds="0,1,2"),
 }
 
 

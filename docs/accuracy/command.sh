@@ -96,3 +96,9 @@ PYTHONPATH=. python docs/accuracy/levers_extract.py --name=round4 /tmp/acc/round
 nice -n 5 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py:round5 --workdir=/tmp/acc/round5 \
     --prune_checkpoints
 PYTHONPATH=. python docs/accuracy/levers_extract.py --name=round5 /tmp/acc/round5
+
+# 9. Round six, VALIDATION only: BN-stage lr 1e-3 over the adopted recipe, 3 seeds, with and
+#    without a doubled data-sized minimum (docs/accuracy/round6.{json,csv}; not adopted).
+nice -n 5 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py:round6 --workdir=/tmp/acc/round6 \
+    --prune_checkpoints
+PYTHONPATH=. python docs/accuracy/levers_extract.py --name=round6 /tmp/acc/round6
