@@ -102,3 +102,9 @@ PYTHONPATH=. python docs/accuracy/levers_extract.py --name=round5 /tmp/acc/round
 nice -n 5 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py:round6 --workdir=/tmp/acc/round6 \
     --prune_checkpoints
 PYTHONPATH=. python docs/accuracy/levers_extract.py --name=round6 /tmp/acc/round6
+
+# 10. Round seven, VALIDATION only: an EMA of the trainable weights (alone and with lr 1e-3) and
+#     rotations + shifts over the adopted recipe, 3 seeds (docs/accuracy/round7.{json,csv}; not adopted).
+nice -n 5 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py:round7 --workdir=/tmp/acc/round7 \
+    --prune_checkpoints
+PYTHONPATH=. python docs/accuracy/levers_extract.py --name=round7 /tmp/acc/round7
