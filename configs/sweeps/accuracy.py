@@ -36,8 +36,10 @@ VALIDATION_ONLY = "eval_test=False,tta=hflip+shift"
 BASE = ("warmup.strategy=head,warmup.epochs=1,warmup.lr=1e-3,"
         "finetune.strategy=bn+head,finetune.epochs=4,finetune.lr=1e-3,finetune.schedule=cosine,"
         "data.image_size=64,data.augment=True," + VALIDATION_ONLY)
-# Rounds three and four measured configs/bn_only.py before round four's cut was adopted.
-WHOLE_NETWORK = VALIDATION_ONLY + ",model.truncate_at=None"
+# Rounds five to eight measured configs/bn_only.py before round eight's BN-stage lr 1e-3 and
+# rotations + shifts were adopted, and rounds three and four before round four's cut was.
+CUT_RECIPE = VALIDATION_ONLY + ",finetune.lr=3e-3,data.rotate_deg=0.0,data.shift=0.0"
+WHOLE_NETWORK = CUT_RECIPE + ",model.truncate_at=None"
 
 LEVERS = {  # in order of expected effect (the queue runs in this order)
     "base": "",
@@ -120,13 +122,13 @@ PRESETS = {
                    dataset="retinamnist", seeds="0,1"),
     "round4": dict(strategies=ROUND4, base="configs/bn_only.py", common=WHOLE_NETWORK,
                    dataset="retinamnist", seeds="0"),
-    "round5": dict(strategies=ROUND5, base="configs/bn_only.py", common=VALIDATION_ONLY,
+    "round5": dict(strategies=ROUND5, base="configs/bn_only.py", common=CUT_RECIPE,
                    dataset="retinamnist", seeds="0"),
-    "round6": dict(strategies=ROUND6, base="configs/bn_only.py", common=VALIDATION_ONLY,
+    "round6": dict(strategies=ROUND6, base="configs/bn_only.py", common=CUT_RECIPE,
                    dataset="retinamnist", seeds="0,1,2"),
-    "round7": dict(strategies=ROUND7, base="configs/bn_only.py", common=VALIDATION_ONLY,
+    "round7": dict(strategies=ROUND7, base="configs/bn_only.py", common=CUT_RECIPE,
                    dataset="retinamnist", seeds="0,1,2"),
-    "round8": dict(strategies=ROUND8, base="configs/bn_only.py", common=VALIDATION_ONLY,
+    "round8": dict(strategies=ROUND8, base="configs/bn_only.py", common=CUT_RECIPE,
                    dataset="retinamnist", seeds="0,1,2"),
 }
 

@@ -108,3 +108,9 @@ PYTHONPATH=. python docs/accuracy/levers_extract.py --name=round6 /tmp/acc/round
 nice -n 5 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py:round7 --workdir=/tmp/acc/round7 \
     --prune_checkpoints
 PYTHONPATH=. python docs/accuracy/levers_extract.py --name=round7 /tmp/acc/round7
+
+# 11. Round eight, VALIDATION only: round seven's gains combined (lr 1e-3 + rotations + shifts, with
+#     and without the EMA), 3 seeds (docs/accuracy/round8.{json,csv}; the first was adopted).
+nice -n 5 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py:round8 --workdir=/tmp/acc/round8 \
+    --prune_checkpoints
+PYTHONPATH=. python docs/accuracy/levers_extract.py --name=round8 /tmp/acc/round8
