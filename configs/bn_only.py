@@ -34,15 +34,13 @@ def get_config(arg=None):
   c = base_config()
   c.warmup = stage("head", epochs=1, lr=1e-3)
   c.warmup.min_steps = 50
-  c.finetune = stage("bn+head", epochs=8, lr=1e-3, schedule="cosine")
+  c.finetune = stage("bn+head", epochs=8, lr=3e-3, schedule="cosine")
   c.finetune.min_steps = 300
   c.finetune.max_steps = 3000
   c.finetune.early_stopping_patience = 4  # evaluations without a better validation AUC
   c.early_stopping_metric = "val_auc"
   c.min_evals = 8
   c.data.image_size = 96
-  c.data.rotate_deg = 10.0  # ± degrees, with shifts of ± 1/16 of the side (round eight)
-  c.data.shift = 0.0625
   # TruncatedTL (Peng et al. 2021): every stage but the last, so the head reads mid-level
   # features (Lite0: after stage 6, 192 channels; ResNet: layer3; DenseNet: transition3).
   # Chosen for Lite0; on Lite1/Lite2 it did not help (docs/accuracy.md, round four), so
