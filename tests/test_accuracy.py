@@ -243,6 +243,47 @@ def test_seeds_sweep_runs_the_config_file_per_seed_and_dataset():
     sweep.load_config_file("configs/nope.py")
 
 
+def test_accuracy_presets_expand_to_valid_runs_that_pin_what_they_measured(monkeypatch, tmp_path):
+  from jaxbn import validate
+  from jaxbn.main import TASKS
+
+  # A later recipe in configs/bn_only.py (another lr, rotations on) must not change what the
+  # earlier rounds ran: each pins the recipe it measured, and a strategy changes what it names.
+  with open(os.path.join(REPO, "configs", "bn_only.py")) as f:
+    later = f.read().replace("lr=3e-3", "lr=2e-2").replace(
+        "  return apply_overrides",
+        "  c.data.rotate_deg, c.ema_decay = 5.0, 0.9\n  return apply_overrides")
+  assert "lr=2e-2" in later and "rotate_deg, c.ema_decay" in later
+  (tmp_path / "configs").mkdir()
+  (tmp_path / "configs" / "bn_only.py").write_text(later)
+  monkeypatch.chdir(tmp_path)  # presets name their base config relative to the working dir
+
+  path = os.path.join(REPO, "configs", "sweeps", "accuracy.py")
+  assert sweep.load_config_file(path).name == "accuracy_levers"  # the default preset
+  by_name = {}
+  for preset in ("levers", "round2", "round3", "round4", "round5", "round6", "round7", "round8",
+                 "round9"):
+    for r in sweep.expand(sweep.load_config_file(f"{path}:{preset}")):
+      cfg = sweep.run_config(r)
+      validate.check(cfg, tasks=TASKS)
+      assert not cfg.eval_test  # lever rounds never read the test split
+      by_name[preset, r.strategy, r.dataset, r.seed] = cfg
+  recipe = by_name["round5", "patience8", "retinamnist", 0]
+  assert (recipe.finetune.lr, recipe.data.rotate_deg, recipe.ema_decay,
+          recipe.model.truncate_at) == (3e-3, 0.0, 0.0, "stage-1")
+  lr_only = by_name["round6", "lr1e-3", "retinamnist", 0]
+  assert (lr_only.finetune.lr, lr_only.data.rotate_deg) == (1e-3, 0.0)
+  rot = by_name["round7", "rot_shift", "retinamnist", 1]
+  assert (rot.finetune.lr, rot.data.rotate_deg, rot.data.shift) == (3e-3, 10.0, 0.0625)
+  e16 = by_name["round9", "lr1e-3_rot_shift_e16", "pneumoniamnist", 0]
+  assert (e16.finetune.epochs, e16.finetune.lr, e16.data.rotate_deg) == (16, 1e-3, 10.0)
+  assert by_name["round4", "cut_stage6", "retinamnist", 0].model.truncate_at == "stage6"
+  whole = by_name["round3", "recipe", "retinamnist", 1]
+  assert (whole.model.truncate_at, whole.finetune.lr, whole.data.rotate_deg) == (None, 3e-3, 0.0)
+  with pytest.raises(ValueError, match="Unknown preset"):
+    sweep.load_config_file(f"{path}:round99")
+
+
 # ----------------------------------------------------------------- report --
 
 
