@@ -124,3 +124,17 @@ PYTHONPATH=. python docs/accuracy/levers_extract.py --name=round8 /tmp/acc/round
     lr1e-3_rot_shift=/tmp/acc/final5/runs/${P}0 lr1e-3_rot_shift=/tmp/acc/final5/runs/${P}1 \
     lr1e-3_rot_shift=/tmp/acc/final5/runs/${P}2 ema_lr1e-3_rot_shift=/tmp/acc/final6/runs/${P}0 \
     ema_lr1e-3_rot_shift=/tmp/acc/final6/runs/${P}1
+
+# 12. Round nine, VALIDATION only: round eight's pair with 16 BN-stage epochs on PneumoniaMNIST
+#     (seed 0 here; seeds 1 and 2 as runs meant for the final table, test figures unread), and
+#     the same on RetinaMNIST (round eight's runs step for step: 300 minimum steps > 16 x 16)
+#     (docs/accuracy/round9.{json,csv}).
+nice -n 5 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py:round9 --workdir=/tmp/acc/round9 \
+    --prune_checkpoints
+python -m jaxbn.sweep --name=bn_only --seeds=1,2 --datasets=pneumoniamnist --workdir=/tmp/acc/final7 \
+    --train_config=configs/bn_only.py:tta=hflip+shift,finetune.lr=1e-3,data.rotate_deg=10.0,data.shift=0.0625,finetune.epochs=16
+python -m jaxbn.sweep --name=bn_only --seeds=0,1,2 --datasets=retinamnist --workdir=/tmp/acc/final7 \
+    --train_config=configs/bn_only.py:tta=hflip+shift,finetune.lr=1e-3,data.rotate_deg=10.0,data.shift=0.0625,finetune.epochs=16
+P=pneumoniamnist__efficientnet_lite0__bn_only__seed
+PYTHONPATH=. python docs/accuracy/levers_extract.py --name=round9 /tmp/acc/round9 \
+    lr1e-3_rot_shift_e16=/tmp/acc/final7/runs/${P}1 lr1e-3_rot_shift_e16=/tmp/acc/final7/runs/${P}2
