@@ -347,15 +347,15 @@ def _run_stage(run: Run, loop: LoopState, stage_idx: int, state: TrainState, ema
                                    decay) if decay else None
   if ema_update and ema is None:  # not checkpointed: a resumed run restarts it
     ema = jax.tree.map(jnp.copy, state.params)  # the step donates state's buffers
-  stop, first_step, started = False, True, time.perf_counter()
+  stop, started = False, time.perf_counter()  # started: None once the first step is logged
   while loop.stage_step < num_steps and not stop:
     state, step_metrics = train_step(state, run.par.put_batch(next(batches)), run.train_rng,
                                      loop.lr_scale)
-    if first_step:  # where start-up time goes: this one includes tracing and compiling
+    if started is not None:  # where start-up time goes: this one includes tracing and compiling
       jax.block_until_ready(step_metrics["loss"])
       logging.info("Stage %r: first train step done in %.1f s (the first batch, tracing and "
                    "compilation included).", name, time.perf_counter() - started)
-      first_step = False
+      started = None
     if ema_update:
       ema = ema_update(ema, state.params, loop.step)
     loop.stage_step += 1

@@ -91,50 +91,50 @@ nice -n 5 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py:round4 --wor
 PYTHONPATH=. python docs/accuracy/levers_extract.py --name=round4 /tmp/acc/round4 /tmp/acc/round4_pneumonia \
     /tmp/acc/round4_archs
 
-# 8. Round five, VALIDATION only: a one-seed screen of levers over the adopted recipe
-#    (docs/accuracy/round5.{json,csv}).
-nice -n 5 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py:round5 --workdir=/tmp/acc/round5 \
-    --prune_checkpoints
-PYTHONPATH=. python docs/accuracy/levers_extract.py --name=round5 /tmp/acc/round5
-
-# 9. Round six, VALIDATION only: BN-stage lr 1e-3 over the adopted recipe, 3 seeds, with and
-#    without a doubled data-sized minimum (docs/accuracy/round6.{json,csv}; not adopted).
-nice -n 5 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py:round6 --workdir=/tmp/acc/round6 \
-    --prune_checkpoints
-PYTHONPATH=. python docs/accuracy/levers_extract.py --name=round6 /tmp/acc/round6
-
-# 10. Round seven, VALIDATION only: an EMA of the trainable weights (alone and with lr 1e-3) and
-#     rotations + shifts over the adopted recipe, 3 seeds (docs/accuracy/round7.{json,csv}; not adopted).
-nice -n 5 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py:round7 --workdir=/tmp/acc/round7 \
-    --prune_checkpoints
-PYTHONPATH=. python docs/accuracy/levers_extract.py --name=round7 /tmp/acc/round7
-
-# 11. Round eight, VALIDATION only: round seven's gains combined (lr 1e-3 + rotations + shifts, with
-#     and without the EMA), 3 seeds; both passed on RetinaMNIST, then both failed the PneumoniaMNIST
-#     bound (the runs meant for a final table, test figures never read; the EMA's seed 2 stopped
-#     once it could no longer pass), so neither was adopted (docs/accuracy/round8.{json,csv}).
-nice -n 5 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py:round8 --workdir=/tmp/acc/round8 \
-    --prune_checkpoints
-python -m jaxbn.sweep --name=bn_only --seeds=0,1,2 --datasets=pneumoniamnist --workdir=/tmp/acc/final5 \
-    --train_config=configs/bn_only.py:tta=hflip+shift,finetune.lr=1e-3,data.rotate_deg=10.0,data.shift=0.0625
-python -m jaxbn.sweep --name=bn_only --seeds=0,1 --datasets=pneumoniamnist --workdir=/tmp/acc/final6 \
-    --train_config=configs/bn_only.py:tta=hflip+shift,finetune.lr=1e-3,data.rotate_deg=10.0,data.shift=0.0625,ema_decay=0.99
+# Rounds five to nine: a VALIDATION-only round of configs/sweeps/accuracy.py, and its data files
+# (docs/accuracy/ROUND.{json,csv}; LABEL=RUN_DIR adds single runs outside the round's sweep).
+lever_round() {
+  nice -n 5 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py:"$1" --workdir=/tmp/acc/"$1" \
+      --prune_checkpoints
+}
+extract() {
+  PYTHONPATH=. python docs/accuracy/levers_extract.py --name="$1" /tmp/acc/"$1" "${@:2}"
+}
+# Round eight's pair (BN-stage lr 1e-3 + rotations + shifts) as final-table runs: test figures
+# computed, not read unless a round's rule adopts it.
+PAIR=configs/bn_only.py:tta=hflip+shift,finetune.lr=1e-3,data.rotate_deg=10.0,data.shift=0.0625
 P=pneumoniamnist__efficientnet_lite0__bn_only__seed
-PYTHONPATH=. python docs/accuracy/levers_extract.py --name=round8 /tmp/acc/round8 \
-    lr1e-3_rot_shift=/tmp/acc/final5/runs/${P}0 lr1e-3_rot_shift=/tmp/acc/final5/runs/${P}1 \
+
+# 8. Round five: a one-seed screen of levers over the adopted recipe.
+lever_round round5 && extract round5
+
+# 9. Round six: BN-stage lr 1e-3 over the adopted recipe, 3 seeds, with and without a doubled
+#    data-sized minimum (not adopted).
+lever_round round6 && extract round6
+
+# 10. Round seven: an EMA of the trainable weights (alone and with lr 1e-3) and rotations +
+#     shifts over the adopted recipe, 3 seeds (not adopted).
+lever_round round7 && extract round7
+
+# 11. Round eight: round seven's gains combined (the pair, with and without the EMA), 3 seeds;
+#     both passed on RetinaMNIST, then both failed the PneumoniaMNIST bound (the EMA's seed 2
+#     stopped once it could no longer pass), so neither was adopted.
+lever_round round8
+python -m jaxbn.sweep --name=bn_only --seeds=0,1,2 --datasets=pneumoniamnist --workdir=/tmp/acc/final5 \
+    --train_config="$PAIR"
+python -m jaxbn.sweep --name=bn_only --seeds=0,1 --datasets=pneumoniamnist --workdir=/tmp/acc/final6 \
+    --train_config="$PAIR,ema_decay=0.99"
+extract round8 lr1e-3_rot_shift=/tmp/acc/final5/runs/${P}0 lr1e-3_rot_shift=/tmp/acc/final5/runs/${P}1 \
     lr1e-3_rot_shift=/tmp/acc/final5/runs/${P}2 ema_lr1e-3_rot_shift=/tmp/acc/final6/runs/${P}0 \
     ema_lr1e-3_rot_shift=/tmp/acc/final6/runs/${P}1
 
-# 12. Round nine, VALIDATION only: round eight's pair with 16 BN-stage epochs on PneumoniaMNIST
-#     (seed 0 here; seeds 1 and 2 as runs meant for the final table, test figures unread), and
-#     the same on RetinaMNIST (round eight's runs step for step: 300 minimum steps > 16 x 16)
-#     (docs/accuracy/round9.{json,csv}).
-nice -n 5 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py:round9 --workdir=/tmp/acc/round9 \
-    --prune_checkpoints
+# 12. Round nine: the pair with 16 BN-stage epochs on PneumoniaMNIST (seed 0 in the round; seeds
+#     1 and 2 as final-table runs), and the same on RetinaMNIST (round eight's runs step for step:
+#     300 minimum steps > 16 x 16).
+lever_round round9
 python -m jaxbn.sweep --name=bn_only --seeds=1,2 --datasets=pneumoniamnist --workdir=/tmp/acc/final7 \
-    --train_config=configs/bn_only.py:tta=hflip+shift,finetune.lr=1e-3,data.rotate_deg=10.0,data.shift=0.0625,finetune.epochs=16
+    --train_config="$PAIR,finetune.epochs=16"
 python -m jaxbn.sweep --name=bn_only --seeds=0,1,2 --datasets=retinamnist --workdir=/tmp/acc/final7 \
-    --train_config=configs/bn_only.py:tta=hflip+shift,finetune.lr=1e-3,data.rotate_deg=10.0,data.shift=0.0625,finetune.epochs=16
-P=pneumoniamnist__efficientnet_lite0__bn_only__seed
-PYTHONPATH=. python docs/accuracy/levers_extract.py --name=round9 /tmp/acc/round9 \
-    lr1e-3_rot_shift_e16=/tmp/acc/final7/runs/${P}1 lr1e-3_rot_shift_e16=/tmp/acc/final7/runs/${P}2
+    --train_config="$PAIR,finetune.epochs=16"
+extract round9 lr1e-3_rot_shift_e16=/tmp/acc/final7/runs/${P}1 \
+    lr1e-3_rot_shift_e16=/tmp/acc/final7/runs/${P}2
