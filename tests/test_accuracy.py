@@ -251,10 +251,12 @@ def test_accuracy_presets_expand_to_valid_runs_that_pin_what_they_measured(monke
   # A later recipe in configs/bn_only.py (another lr, rotations on) must not change what the
   # earlier rounds ran: each pins the recipe it measured, and a strategy changes what it names.
   with open(os.path.join(REPO, "configs", "bn_only.py")) as f:
-    later = f.read().replace("lr=3e-3", "lr=2e-2").replace(
+    later = f.read().replace(
         "  return apply_overrides",
-        "  c.data.rotate_deg, c.ema_decay = 5.0, 0.9\n  return apply_overrides")
-  assert "lr=2e-2" in later and "rotate_deg, c.ema_decay" in later
+        "  c.finetune.epochs, c.finetune.lr = 32, 2e-2\n"
+        "  c.data.rotate_deg, c.data.shift, c.ema_decay = 5.0, 0.2, 0.9\n"
+        "  return apply_overrides")
+  assert "lr = 32, 2e-2" in later and "shift, c.ema_decay" in later
   (tmp_path / "configs").mkdir()
   (tmp_path / "configs" / "bn_only.py").write_text(later)
   monkeypatch.chdir(tmp_path)  # presets name their base config relative to the working dir
@@ -273,14 +275,15 @@ def test_accuracy_presets_expand_to_valid_runs_that_pin_what_they_measured(monke
       assert not cfg.eval_test  # lever rounds never read the test split
       by_name[preset, r.strategy, r.dataset, r.seed] = cfg
   recipe = by_name["round5", "patience8", "retinamnist", 0]
-  assert (recipe.finetune.lr, recipe.data.rotate_deg, recipe.ema_decay,
-          recipe.model.truncate_at) == (3e-3, 0.0, 0.0, "stage-1")
+  assert (recipe.finetune.epochs, recipe.finetune.lr, recipe.data.rotate_deg, recipe.data.shift,
+          recipe.ema_decay, recipe.model.truncate_at) == (8, 3e-3, 0.0, 0.0, 0.0, "stage-1")
   lr_only = by_name["round6", "lr1e-3", "retinamnist", 0]
   assert (lr_only.finetune.lr, lr_only.data.rotate_deg) == (1e-3, 0.0)
   rot = by_name["round7", "rot_shift", "retinamnist", 1]
   assert (rot.finetune.lr, rot.data.rotate_deg, rot.data.shift) == (3e-3, 10.0, 0.0625)
   e16 = by_name["round9", "lr1e-3_rot_shift_e16", "pneumoniamnist", 0]
-  assert (e16.finetune.epochs, e16.finetune.lr, e16.data.rotate_deg) == (16, 1e-3, 10.0)
+  assert (e16.finetune.epochs, e16.finetune.lr, e16.data.rotate_deg, e16.data.shift,
+          e16.ema_decay) == (16, 1e-3, 10.0, 0.0625, 0.0)
   assert by_name["round4", "cut_stage6", "retinamnist", 0].model.truncate_at == "stage6"
   whole = by_name["round3", "recipe", "retinamnist", 1]
   assert (whole.model.truncate_at, whole.finetune.lr, whole.data.rotate_deg) == (None, 3e-3, 0.0)

@@ -93,6 +93,15 @@ LONG_RUNNING = {
     "python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift,"
     "finetune.strategy=full,finetune.lr=1e-4 --name=full --seeds=0,1,2 --datasets=retinamnist "
     "--workdir=/tmp/acc/final4": _TRAINS,
+    # docs/accuracy/final_round9/report.md: the final sweeps of round nine's recipe.
+    **{f"python -m jaxbn.sweep --name=bn_only --seeds={seeds} --datasets={data} "
+       "--workdir=/tmp/acc/final7 --train_config=configs/bn_only.py:tta=hflip+shift,"
+       "finetune.lr=1e-3,data.rotate_deg=10.0,data.shift=0.0625,finetune.epochs=16": _TRAINS
+       for seeds, data in (("1,2", "pneumoniamnist"), ("0,1,2", "retinamnist"),
+                           ("0,", "pneumoniamnist"))},
+    "python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift,"
+    "finetune.strategy=full,finetune.lr=1e-4 --name=full --seeds=0,1,2 --datasets=retinamnist "
+    "--workdir=/tmp/acc/final7": _TRAINS,
     # docs/accuracy/final_early_stop/report.md: the RetinaMNIST rows again, with early stopping.
     "python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift --name=bn_only "
     "--seeds=0,1,2 --datasets=retinamnist --workdir=/tmp/acc/final3 --prune_checkpoints": _TRAINS,

@@ -169,6 +169,21 @@ def test_pngs_are_valid_and_written_atomically(synthetic_sweep, tmp_path):
       ["report.md", "summary.json", "summary.csv", *report.PNGS])
 
 
+def test_final_extract_writes_finished_runs_in_name_order(synthetic_sweep, tmp_path):
+  # docs/accuracy/final_extract.py: the per-seed file behind each final table of accuracy.md.
+  spec = importlib.util.spec_from_file_location(
+      "final_extract", REPO / "docs" / "accuracy" / "final_extract.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  out = module.main(str(synthetic_sweep), str(tmp_path))
+  assert [o["run"] for o in out] == ["ds__net__a__seed0", "ds__net__a__seed1", "ds__net__b__seed0"]
+  assert json.loads((tmp_path / "runs.json").read_text()) == out
+  a0 = out[0]
+  assert list(a0) == sorted(a0) and (a0["seed"], a0["test_auc"], a0["best_step"]) == (0, 0.9, 20)
+  assert list(a0["val_auc_by_step"].items()) == [("10", 0.7), ("20", 0.8), ("30", 0.85),
+                                                 ("40", 0.84)]
+
+
 def test_report_with_no_finished_runs(tmp_path):
   empty = tmp_path / "empty"
   empty.mkdir()

@@ -3,6 +3,8 @@
 # RetinaMNIST is read from $MEDMNIST_DIR (JAXBN_DATA_DIR) or downloaded; PneumoniaMNIST is shipped.
 set -euo pipefail
 export JAXBN_OFFLINE=1 JAXBN_DATA_DIR=${MEDMNIST_DIR:?set MEDMNIST_DIR to the folder holding retinamnist.npz}
+# A section that names configs/bn_only.py ran it as it was then (git log -- configs/bn_only.py);
+# the lever rounds' presets pin the recipe they measured.
 
 # 1. Levers, VALIDATION only (eval_test=False: the test split is never evaluated).
 #    The base recipe (the pre-issue-17 bn_only defaults) ran as a plain run; its test
@@ -84,6 +86,8 @@ python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift,finetune
     --name=full --seeds=0,1,2 --datasets=retinamnist --workdir=/tmp/acc/final4
 python -m jaxbn.report /tmp/acc/final4 --out=docs/accuracy/final_truncated \
     --title="Issue 17: configs/bn_only.py cut after stage 6 (TruncatedTL), EfficientNet-Lite0, 28 px data at 96 px"
+#    Its per-seed figures (runs.json; this script regenerates the file byte for byte):
+PYTHONPATH=. python docs/accuracy/final_extract.py /tmp/acc/final4 docs/accuracy/final_truncated
 #    After the adoption: the same cut on Lite1 and Lite2 (RetinaMNIST seed 0, validation only);
 #    round4.{json,csv} hold every round-four run.
 nice -n 5 python -m jaxbn.sweep --config=configs/sweeps/accuracy.py:round4 --workdir=/tmp/acc/round4_archs \
@@ -138,3 +142,15 @@ python -m jaxbn.sweep --name=bn_only --seeds=0,1,2 --datasets=retinamnist --work
     --train_config="$PAIR,finetune.epochs=16"
 extract round9 lr1e-3_rot_shift_e16=/tmp/acc/final7/runs/${P}1 \
     lr1e-3_rot_shift_e16=/tmp/acc/final7/runs/${P}2
+
+# 13. The final table of round nine's recipe, now configs/bn_only.py (lr 1e-3, rotations + shifts,
+#     16 BN-stage epochs): §12's five runs, PneumoniaMNIST seed 0 with the test split on, and full
+#     fine-tuning of the same cut network with the same data and budget. The test split is read
+#     here only.
+python -m jaxbn.sweep --name=bn_only --seeds=0, --datasets=pneumoniamnist --workdir=/tmp/acc/final7 \
+    --train_config="$PAIR,finetune.epochs=16"
+python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift,finetune.strategy=full,finetune.lr=1e-4 \
+    --name=full --seeds=0,1,2 --datasets=retinamnist --workdir=/tmp/acc/final7
+python -m jaxbn.report /tmp/acc/final7 --out=docs/accuracy/final_round9 \
+    --title="Issue 17: round nine's recipe (configs/bn_only.py), EfficientNet-Lite0 cut after stage 6, 28 px data at 96 px"
+PYTHONPATH=. python docs/accuracy/final_extract.py /tmp/acc/final7 docs/accuracy/final_round9
