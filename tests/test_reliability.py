@@ -152,7 +152,7 @@ def test_changed_config_is_refused_on_the_command_line(tmp_path):
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
   assert "model.arch: 'efficientnet_lite0' → 'resnet18'" in lines[0]
-  assert "finetune.lr: 0.003 → 0.0003" in lines[0]
+  assert f"finetune.lr: {config.finetune.lr!r} → 0.0003" in lines[0]
   assert sorted(os.listdir(tmp_path)) == ["config.json"]
 
 
