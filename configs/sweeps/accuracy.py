@@ -44,8 +44,8 @@ BASE = ("warmup.strategy=head,warmup.epochs=1,warmup.lr=1e-3,"
         "finetune.strategy=bn+head,finetune.epochs=4,finetune.lr=1e-3,finetune.schedule=cosine,"
         "data.image_size=64,data.augment=True," + VALIDATION_ONLY)
 # Rounds five to nine pin the cut recipe they measured (BN stage 8 epochs at lr 3e-3, no
-# rotations, shifts or EMA), and rounds three and four also the whole network (before round four's cut), so
-# their run configs stay what they measured when configs/bn_only.py changes.
+# rotations, shifts or EMA), and rounds three and four also the whole network (before round
+# four's cut), so their run configs stay what they measured when configs/bn_only.py changes.
 CUT_RECIPE = (VALIDATION_ONLY + ",finetune.epochs=8,finetune.lr=3e-3,"
               "data.rotate_deg=0.0,data.shift=0.0,ema_decay=0.0")
 WHOLE_NETWORK = CUT_RECIPE + ",model.truncate_at=None"
