@@ -1,6 +1,5 @@
 """Issue 17's recipe parts: budget sizing, augmentation, EMA, TTA, seed sweeps, spread marks."""
 
-import importlib.util
 import json
 import os
 
@@ -14,6 +13,7 @@ import tensorflow as tf
 
 from jaxbn import budget, config as config_lib, ema, report, sweep, train, tta
 from jaxbn.data import augment, medmnist, pipeline
+from load_file import load_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
@@ -263,9 +263,7 @@ def test_accuracy_presets_expand_to_valid_runs_that_pin_what_they_measured(monke
 
   path = os.path.join(REPO, "configs", "sweeps", "accuracy.py")
   assert sweep.load_config_file(path).name == "accuracy_levers"  # the default preset
-  spec = importlib.util.spec_from_file_location("accuracy_sweep", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = load_module(path)
   assert {"levers", "round3", "round9"} <= set(module.PRESETS)
   by_name = {}
   for preset in module.PRESETS:  # every round, including ones added later

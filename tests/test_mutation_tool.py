@@ -1,19 +1,16 @@
 """tools/mutation.py's own logic (the mutation runs themselves are not in CI: slow)."""
 
-import importlib.util
 import pathlib
 
 import pytest
+from load_file import load_module
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def tool():
-  spec = importlib.util.spec_from_file_location("mutation_tool", REPO / "tools" / "mutation.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_module(REPO / "tools" / "mutation.py")
 
 
 def test_wilson_interval_known_values(tool):

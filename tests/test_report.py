@@ -1,6 +1,5 @@
 """Sweeps and reports: synthetic run directories, the paper's sweep config, a tiny real sweep."""
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -10,6 +9,7 @@ import ml_collections
 import pytest
 
 from jaxbn import report, sweep
+from load_file import load_module
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -17,10 +17,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 def load_sweep_config(arg=None, name="partial_transfusion"):
   path = REPO / "configs" / "sweeps" / f"{name}.py"
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return load_module(path).get_config(arg)
 
 
 # --------------------------------------------------------------------------- #
@@ -171,10 +168,7 @@ def test_pngs_are_valid_and_written_atomically(synthetic_sweep, tmp_path):
 
 def test_final_extract_writes_finished_runs_in_name_order(synthetic_sweep, tmp_path):
   # docs/accuracy/final_extract.py: the per-seed file behind each final table of accuracy.md.
-  spec = importlib.util.spec_from_file_location(
-      "final_extract", REPO / "docs" / "accuracy" / "final_extract.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = load_module(REPO / "docs" / "accuracy" / "final_extract.py")
   out = module.main(str(synthetic_sweep), str(tmp_path))
   assert [o["run"] for o in out] == ["ds__net__a__seed0", "ds__net__a__seed1", "ds__net__b__seed0"]
   assert json.loads((tmp_path / "runs.json").read_text()) == out

@@ -1,6 +1,5 @@
 """AC-Corr transferability ranking: candidates, scores, the ranked table, the validation."""
 
-import importlib.util
 import json
 import pathlib
 
@@ -15,15 +14,13 @@ from jaxbn.models import acnorm, create_model
 from jaxbn.models.registry import init_shapes
 from jaxbn.ops import acnorm_affine
 from jaxbn.weights import store
+from load_file import load_module
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(arg=None):
-  spec = importlib.util.spec_from_file_location("tconf", REPO / "configs" / "transferability.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return load_module(REPO / "configs" / "transferability.py").get_config(arg)
 
 
 def test_config_task_and_candidates():

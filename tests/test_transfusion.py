@@ -11,6 +11,7 @@ import pytest
 from jaxbn import config as config_lib
 from jaxbn.models import create_model, init_shapes
 from jaxbn.weights import init
+from load_file import load_module
 
 FLOAT_LEAVES = jax.tree_util.tree_leaves_with_path
 NARROW = (16, 32, 64, 128)
@@ -214,7 +215,6 @@ def test_trainer_dispatch(monkeypatch):
 
 
 def test_configs_load():
-  import importlib.util
   import pathlib
 
   from jaxbn import setup
@@ -222,10 +222,7 @@ def test_configs_load():
   root = pathlib.Path(__file__).resolve().parents[1] / "configs"
   got = {}
   for name in ("random", "mean_var", "transfer", "slim"):
-    spec = importlib.util.spec_from_file_location(name, root / f"transfusion_{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    got[name] = module.get_config()
+    got[name] = load_module(root / f"transfusion_{name}.py").get_config()
   assert got["random"].model.init == "random"
   assert got["mean_var"].model.init == "mean_var"
   assert got["transfer"].model.transfer_up_to == "all"

@@ -27,7 +27,7 @@ def records(sweep_dir: str) -> list[dict]:
         **{k: res.get(k) for k in KEYS},
         "run": r.name, "seed": r.seed,
         "truncate_at": (res.get("model") or {}).get("truncate_at"),
-        "val_auc_by_step": {str(h["step"]): round(h["val_auc"], 4) for h in res["history"]},
+        "val_auc_by_step": {str(h["step"]): round(h["val_auc"], 4) for h in r.history},
     }
     out.append(dict(sorted(record.items())))  # steps stay in training order
   return out
