@@ -11,7 +11,9 @@ A sweep config (``configs/sweeps/*.py``, ``get_config(arg)``) holds:
   entries fill ``{placeholders}`` in the strategy strings, e.g. epoch counts);
 * ``strategies.<name>``: the overrides that make one fine-tuning mode;
 * ``grid.strategies``, ``grid.archs``, ``grid.datasets``, ``grid.seeds``:
-  comma-separated names (the order is the run and report order).
+  comma-separated names (the order is the run and report order);
+* ``grid.folds`` (optional, 0 = off): K >= 2 runs every cell as a K-fold
+  cross-validation of train+val (``data.folds=K,data.fold=k``), one run per seed and fold.
 
 A run's config is ``base_config()`` (or, when the sweep config has ``base``, that
 config file's ``get_config``, e.g. ``configs/bn_only.py:finetune.lr=3e-4``) + common +
@@ -21,8 +23,13 @@ Seeds of one config, with no sweep file (:func:`seeds_sweep`)::
 
   python -m jaxbn.sweep --train_config=configs/bn_only.py --seeds=3 --workdir=/tmp/s
   python -m jaxbn.sweep --train_config=configs/bn_only.py:finetune.strategy=full \
-      --seeds=0,1,2 --datasets=pneumoniamnist,retinamnist --name=full --workdir=/tmp/s Each run trains in ``WORKDIR/runs/<run name>``
-(``sweep_run.json`` there records what it is). Runs go seed-major, then
+      --seeds=0,1,2 --datasets=pneumoniamnist,retinamnist --name=full --workdir=/tmp/s
+  # choosing a recipe on 5-fold cross-validation of train+val (validation only):
+  python -m jaxbn.sweep --train_config=configs/bn_only.py:eval_test=False --seeds=0, \
+      --folds=5 --datasets=retinamnist --workdir=/tmp/cv
+
+Each run trains in ``WORKDIR/runs/<run name>``
+(``sweep_run.json`` there records what it is). Runs go seed-major, then fold,
 architecture, strategy, dataset: every cell gets its first seed before any gets
 a second, and the first strategies are done on every dataset first, so a sweep
 cut short still gives whole comparisons.
@@ -46,6 +53,7 @@ if __name__ == "__main__":
   extras.require("train", "python -m jaxbn.sweep")
 
 import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -80,15 +88,18 @@ class Run:
   seed: int
   overrides: tuple[str, ...]  # applied in order over jaxbn.config.base_config()
   base: str = ""  # config file[:arg] to start from instead of base_config()
+  fold: int | None = None  # cross-validation fold (data.fold), None without grid.folds
 
   @property
   def name(self) -> str:
-    return f"{self.dataset}__{self.arch}__{self.strategy}__seed{self.seed}"
+    fold = "" if self.fold is None else f"__fold{self.fold}"
+    return f"{self.dataset}__{self.arch}__{self.strategy}__seed{self.seed}{fold}"
 
   def to_json(self) -> dict:
     return {"name": self.name, "strategy": self.strategy, "arch": self.arch,
             "dataset": self.dataset, "seed": self.seed, "overrides": list(self.overrides),
-            "dir": os.path.join("runs", self.name), **({"base": self.base} if self.base else {})}
+            "dir": os.path.join("runs", self.name), **({"base": self.base} if self.base else {}),
+            **({"fold": self.fold} if self.fold is not None else {})}
 
 
 def _names(value: Any) -> list[str]:
@@ -98,10 +109,19 @@ def _names(value: Any) -> list[str]:
 
 
 def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
-  """The grid of ``sweep`` as runs, in run order: seed, arch, strategy, dataset."""
+  """The grid of ``sweep`` as runs, in run order: seed, fold, arch, strategy, dataset.
+
+  ``grid.folds=K`` (optional; 0 = off) runs every cell as a K-fold cross-validation
+  (``data.folds=K``, ``data.fold=0 .. K-1``; :mod:`jaxbn.data.pipeline`), so the
+  report's mean ± sd is over seeds × folds.
+  """
   strategies = _names(sweep.grid.strategies)
   archs, datasets = _names(sweep.grid.archs), _names(sweep.grid.datasets)
   seeds = [int(s) for s in _names(sweep.grid.seeds)]
+  num_folds = int(sweep.grid.get("folds", 0) or 0)
+  if num_folds == 1 or num_folds < 0:
+    raise ValueError(f"grid.folds={num_folds}: use 0 (no cross-validation) or K >= 2 folds.")
+  folds = list(range(num_folds)) or [None]
   for kind, chosen, known in (("strategies", strategies, sweep.strategies),
                               ("datasets", datasets, sweep.datasets)):
     unknown = [n for n in chosen if n not in known]
@@ -111,20 +131,19 @@ def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
   if not (strategies and archs and datasets and seeds):
     raise ValueError("Empty grid: grid.strategies, archs, datasets and seeds need one entry each.")
   runs = []
-  for seed in seeds:
-    for arch in archs:
-      for strategy in strategies:
-        for dataset in datasets:
-          ds = sweep.datasets[dataset]
-          budget = dict(ds.get("budget", {}) or {})
-          try:
-            strat = sweep.strategies[strategy].format(**budget)
-          except KeyError as e:
-            raise ValueError(f"Strategy {strategy!r} uses placeholder {e} that dataset "
-                             f"{dataset!r} has no budget entry for.") from None
-          overrides = tuple(o for o in (sweep.get("common", ""), ds.get("overrides", ""),
-                                        f"model.arch={arch}", strat, f"seed={seed}") if o)
-          runs.append(Run(strategy, arch, dataset, seed, overrides, sweep.get("base", "") or ""))
+  for seed, fold, arch, strategy, dataset in itertools.product(seeds, folds, archs, strategies,
+                                                               datasets):
+    ds = sweep.datasets[dataset]
+    budget = dict(ds.get("budget", {}) or {})
+    try:
+      strat = sweep.strategies[strategy].format(**budget)
+    except KeyError as e:
+      raise ValueError(f"Strategy {strategy!r} uses placeholder {e} that dataset "
+                       f"{dataset!r} has no budget entry for.") from None
+    cv = "" if fold is None else f"data.folds={num_folds},data.fold={fold}"
+    overrides = tuple(o for o in (sweep.get("common", ""), ds.get("overrides", ""),
+                                  f"model.arch={arch}", strat, f"seed={seed}", cv) if o)
+    runs.append(Run(strategy, arch, dataset, seed, overrides, sweep.get("base", "") or "", fold))
   return runs
 
 
@@ -161,8 +180,9 @@ def parse_seeds(text: str | Sequence[str]) -> list[int]:
 
 
 def seeds_sweep(train_config: str, seeds: Sequence[int], datasets: Sequence[str] = (),
-                name: str | None = None) -> ml_collections.ConfigDict:
-  """A sweep running ``seeds`` of one config file (on ``datasets``, default its own)."""
+                name: str | None = None, folds: int = 0) -> ml_collections.ConfigDict:
+  """A sweep running ``seeds`` of one config file (on ``datasets``, default its own),
+  each as a ``folds``-fold cross-validation when ``folds`` >= 2."""
   config = load_config_file(train_config)
   label = name or os.path.splitext(os.path.basename(train_config.partition(":")[0]))[0]
   datasets = list(datasets) or [config.data.name]
@@ -175,7 +195,7 @@ def seeds_sweep(train_config: str, seeds: Sequence[int], datasets: Sequence[str]
   c.strategies = ml_collections.ConfigDict({label: ""})
   c.grid = ml_collections.ConfigDict(dict(
       strategies=label, archs=config.model.arch, datasets=",".join(_key(d) for d in datasets),
-      seeds=",".join(str(s) for s in seeds)))
+      seeds=",".join(str(s) for s in seeds), folds=folds))
   return c
 
 
@@ -438,7 +458,7 @@ def main(argv: list[str]) -> None:
   if FLAGS.train_config is not None:
     try:
       sweep = seeds_sweep(FLAGS.train_config, parse_seeds(FLAGS.seeds), FLAGS.datasets or (),
-                          FLAGS.name)
+                          FLAGS.name, FLAGS.folds)
     except ValueError as e:
       raise SystemExit(f"error: {e}") from None
   else:
@@ -479,6 +499,8 @@ def _define_flags() -> None:
   flags.DEFINE_string("seeds", "3", "With --train_config: a count (3 = seeds 0,1,2) or a list.")
   flags.DEFINE_list("datasets", None, "With --train_config: data sets (default: the config's).")
   flags.DEFINE_string("name", None, "With --train_config: the row label (default: file name).")
+  flags.DEFINE_integer("folds", 0, "With --train_config: run each seed as a K-fold "
+                       "cross-validation of train+val (data.folds=K; 0 = off).")
   flags.mark_flags_as_required(["workdir"])
 
 

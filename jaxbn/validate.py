@@ -357,6 +357,9 @@ def field_checks(tasks: Iterable[str] = ("train",)) -> dict[str, tuple[Check, st
       "data.rotate_deg": num_in(0.0, 180.0),
       "data.shift": num_in(0.0, 0.5),
       "data.vflip": boolean(),
+      "data.folds": ((lambda v: _is_int(v) and (v == 0 or v >= 2)),
+                     "0 (the data set's own val split) or an integer >= 2"),
+      "data.fold": int_in(0),
       "batch_size": int_in(1),
       "eval_batch_size": int_in(1),
       "optimizer": one_of(*OPTIMIZERS),
@@ -405,6 +408,10 @@ def _check_cross_fields(config: ml_collections.ConfigDict) -> None:
   if stages and all(config[s].epochs == 0 for s in stages):
     raise ConfigError("config.warmup.epochs and config.finetune.epochs are both 0: nothing to "
                       "train; give at least one stage epochs > 0.")
+  folds, fold = _current_value(config, "data.folds"), _current_value(config, "data.fold")
+  if folds and fold is not None and fold >= folds:
+    raise ConfigError(f"config.data.fold={fold} is not a fold of data.folds={folds}: use "
+                      f"--config.data.fold=0 .. {folds - 1}.")
   arch, cut = _current_value(config, "model.arch"), _current_value(config, "model.truncate_at")
   if cut is not None and arch is not None:
     from jaxbn.models import cut_points, get_cut

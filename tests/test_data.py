@@ -514,3 +514,76 @@ def test_image_folder_errors(tmp_path):
 
   with pytest.raises(FileNotFoundError, match="does not exist"):
     image_folder.scan(str(tmp_path / "nowhere"))
+
+
+# --------------------------------------------------------- cross-validation --
+
+
+def test_assign_folds_is_stratified_balanced_and_deterministic():
+  labels = np.repeat([0, 1, 2], [23, 11, 7])
+  fold_of = pipeline.assign_folds(labels, 5)
+  np.testing.assert_array_equal(fold_of, pipeline.assign_folds(labels, 5))
+  assert not np.array_equal(fold_of, pipeline.assign_folds(labels, 5, seed=1))
+  sizes = np.bincount(fold_of, minlength=5)
+  assert sizes.sum() == len(labels) and sizes.max() - sizes.min() <= 1
+  for c in range(3):  # every class split as evenly as its count allows
+    per_fold = np.bincount(fold_of[labels == c], minlength=5)
+    assert per_fold.max() - per_fold.min() <= 1, (c, per_fold)
+  multi = np.random.default_rng(0).integers(0, 2, (12, 4))
+  assert sorted(np.bincount(pipeline.assign_folds(multi, 3))) == [4, 4, 4]
+  for folds in (1, 42):
+    with pytest.raises(ValueError, match=f"into {folds} folds"):
+      pipeline.assign_folds(labels, folds)
+
+
+def _raw_rows(config, split, image_size=28):
+  """Every real example of ``split`` as (label, image bytes) rows, via the eval iterator."""
+  batches = pipeline.eval_iterator(config, split, batch_size=16, image_size=image_size,
+                                   mean=0.0, std=1.0)
+  rows = []
+  for b in batches:
+    for image, label, real in zip(b["image"], b["label"], b["mask"]):
+      if real:
+        rows.append((int(label), np.round(image * 255).astype(np.uint8).tobytes()))
+  return rows
+
+
+def test_folds_pool_train_and_val_and_hold_out_each_example_once(tmp_path, monkeypatch):
+  path = tmp_path / "retinamnist.npz"
+  _write_synthetic_npz(path, 5, multi_label=False, rgb=True, sizes=(40, 20, 9))
+  _trust_md5(monkeypatch, "retinamnist", str(path))
+  plain = ml_collections.ConfigDict(dict(
+      name="retinamnist", data_dir=str(tmp_path), download=False,
+      cache_dir=str(tmp_path / "tfds"), augment=False))
+  pooled = sorted(_raw_rows(plain, "train") + _raw_rows(plain, "val"))
+  test = _raw_rows(plain, "test")
+  held_out = []
+  for fold in range(3):
+    config = ml_collections.ConfigDict({**plain.to_dict(), "folds": 3, "fold": fold})
+    info = pipeline.get_dataset_info(config)
+    assert info.num_examples["train"] + info.num_examples["val"] == 60
+    assert info.num_examples["val"] == 20 and info.num_examples["test"] == 9
+    val = _raw_rows(config, "val")
+    held_out += val
+    assert _raw_rows(config, "test") == test  # the test split is never pooled
+    # One training epoch (a batch of the whole split, no augmentation) is the rest.
+    n = info.num_examples["train"]
+    batch = next(pipeline.train_iterator(config, batch_size=n, image_size=28, mean=0.0,
+                                         std=1.0, seed=0))
+    train = [(int(l), np.round(x * 255).astype(np.uint8).tobytes())
+             for x, l in zip(batch["image"], batch["label"])]
+    assert sorted(train + val) == pooled
+  assert sorted(held_out) == pooled  # every labelled example is validation once
+
+
+def test_folds_work_on_image_folders(tmp_path):
+  root = str(tmp_path / "xray")
+  _make_split_folder(root)
+  config = ml_collections.ConfigDict(dict(name=f"folder:{root}", folds=2, fold=1))
+  info = pipeline.get_dataset_info(config)
+  assert info.num_examples == {"train": 6, "val": 6, "test": 4}
+  val_labels = _real(_eval_all(config, "val", image_size=16), "label")
+  np.testing.assert_array_equal(np.sort(val_labels), [0, 0, 0, 1, 1, 1])  # stratified
+  with pytest.raises(ValueError, match="data.fold=2 is not a fold of data.folds=2"):
+    pipeline.get_dataset_info(ml_collections.ConfigDict(dict(name=f"folder:{root}", folds=2,
+                                                             fold=2)))

@@ -54,6 +54,10 @@ LONG_RUNNING = {
     "python -m jaxbn.report /tmp/acc/final --out=/tmp/acc/final/report": "needs the sweep's runs",
     "python -m jaxbn.sweep --config=configs/sweeps/accuracy.py --workdir=/tmp/levers": _TRAINS,
     "python -m jaxbn.report /tmp/levers": "needs the sweep's runs",
+    # data.md: a 5-fold cross-validation.
+    "python -m jaxbn.sweep --train_config=configs/bn_only.py:eval_test=False --seeds=0, "
+    "--folds=5 --datasets=retinamnist --workdir=runs/cv": _TRAINS,
+    "python -m jaxbn.report runs/cv --out=runs/cv/report": "needs the sweep's runs",
     # distributed.md (tests/test_launch.py runs the launch scripts against stand-in tools).
     "python launch/tpu_vm.py all --name jaxbn-v4 --zone us-central2-b --accelerator-type v4-8 "
     "--version tpu-ubuntu2204-base --config configs/bn_only.py -- --config.model.arch=resnet50 "

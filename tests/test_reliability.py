@@ -75,6 +75,9 @@ CONFIG_ERRORS = [
     ([BN_ONLY, "--config.model.dtype=float16"], "config.model.dtype='float16'", "bfloat16"),
     ([BN_ONLY, "--config.data.name=mnist"], "config.data.name='mnist'", "tfds:<name>"),
     ([BN_ONLY, "--config.model.truncate_at=stage9"], "truncate_at='stage9'", "one of"),
+    ([BN_ONLY, "--config.data.folds=1"], "config.data.folds=1", "an integer >= 2"),
+    ([BN_ONLY, "--config.data.folds=5", "--config.data.fold=5"], "config.data.fold=5",
+     "--config.data.fold=0 .. 4"),
     ([BN_ONLY], "--workdir is required", "--workdir="),
 ]
 

@@ -284,6 +284,28 @@ def test_grid_errors_are_clear():
     sweep.run_sweep(c, "/nonexistent/never/created", out=lambda s: None)
 
 
+def test_grid_folds_run_every_cell_as_a_cross_validation():
+  c = _tiny_sweep()
+  c.grid.seeds = "0,1"
+  c.grid.folds = 3
+  runs = sweep.expand(c)
+  assert [(r.seed, r.fold, r.strategy) for r in runs[:4]] == [
+      (0, 0, "bn_and_fc"), (0, 0, "fc"), (0, 1, "bn_and_fc"), (0, 1, "fc")]
+  assert len(runs) == 2 * 3 * 2 and len({r.name for r in runs}) == len(runs)
+  assert runs[2].name == "pneumoniamnist__cbr_small__bn_and_fc__seed0__fold1"
+  config = sweep.run_config(runs[2])
+  assert (config.data.folds, config.data.fold, config.seed) == (3, 1, 0)
+  assert runs[2].to_json()["fold"] == 1
+  c.grid.folds = 0  # off: the plain grid, names and plan records as before
+  assert [r.name for r in sweep.expand(c)][0] == "pneumoniamnist__cbr_small__bn_and_fc__seed0"
+  assert "fold" not in sweep.expand(c)[0].to_json()
+  c.grid.folds = 1
+  with pytest.raises(ValueError, match="grid.folds=1"):
+    sweep.expand(c)
+  seeds = sweep.seeds_sweep(str(REPO / "configs" / "bn_only.py"), [0], folds=5)
+  assert [r.fold for r in sweep.expand(seeds)] == [0, 1, 2, 3, 4]
+
+
 def test_failed_run_does_not_stop_the_sweep_and_resumes(tmp_path):
   c = _tiny_sweep()
   c.grid.seeds = "0,1"

@@ -227,8 +227,3 @@ def _shard_bounds(num_examples: int, process_index: int, process_count: int
   bounds = np.linspace(0, num_examples, process_count + 1).round().astype(int)
   return int(bounds[process_index]), int(bounds[process_index + 1])
 
-
-def shard_size(num_examples: int, process_index: int, process_count: int) -> int:
-  """Examples of process ``process_index`` out of ``process_count``."""
-  lo, hi = _shard_bounds(num_examples, process_index, process_count)
-  return hi - lo
