@@ -80,6 +80,7 @@ class RunInfo:
   seed: int | None
   dir: str
   status: str  # done | partial | missing | broken
+  fold: int | None = None  # cross-validation fold (jaxbn.sweep grid.folds), else None
   results: dict | None = None
   history: list = dataclasses.field(default_factory=list)
   step_time_s: float | None = None
@@ -207,6 +208,7 @@ def _read_run(run_dir: str, planned: dict | None = None) -> RunInfo:
       seed=src.get("seed"),
       dir=run_dir,
       status="missing",
+      fold=src.get("fold"),
   )
   if not os.path.isdir(run_dir):
     info.note = "not started"
@@ -580,7 +582,8 @@ def render_markdown(runs: list[RunInfo], rows: list[dict], plans: list[dict],
   notes = list(input_notes)
   for r in runs:
     if r.status != "done":
-      notes.append(f"`{r.name}` ({r.dataset} / {r.arch} / {r.strategy}, seed {r.seed}): "
+      fold = "" if r.fold is None else f", fold {r.fold}"
+      notes.append(f"`{r.name}` ({r.dataset} / {r.arch} / {r.strategy}, seed {r.seed}{fold}): "
                    f"**{r.status}** — {r.note or 'no results.json'}.")
     elif r.note:
       notes.append(f"`{r.name}`: {r.note}.")

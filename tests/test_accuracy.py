@@ -272,6 +272,8 @@ def test_accuracy_presets_expand_to_valid_runs_that_pin_what_they_measured(monke
       validate.check(cfg, tasks=TASKS)
       assert not cfg.eval_test  # lever rounds never read the test split
       by_name[preset, r.strategy, r.dataset, r.seed] = cfg
+      if r.fold is not None:
+        by_name[preset, r.strategy, r.dataset, r.seed, r.fold] = cfg
   recipe = by_name["round5", "patience8", "retinamnist", 0]
   assert (recipe.finetune.epochs, recipe.finetune.lr, recipe.data.rotate_deg, recipe.data.shift,
           recipe.ema_decay, recipe.model.truncate_at) == (8, 3e-3, 0.0, 0.0, 0.0, "stage-1")
@@ -283,6 +285,15 @@ def test_accuracy_presets_expand_to_valid_runs_that_pin_what_they_measured(monke
   assert (e16.finetune.epochs, e16.finetune.lr, e16.data.rotate_deg, e16.data.shift,
           e16.ema_decay) == (16, 1e-3, 10.0, 0.0625, 0.0)
   assert by_name["round4", "cut_stage6", "retinamnist", 0].model.truncate_at == "stage6"
+  acnorm = by_name["round10", "acnorm_batch", "retinamnist", 2]
+  assert (acnorm.model.norm, acnorm.bn_stats, acnorm.finetune.epochs, acnorm.finetune.lr,
+          acnorm.data.rotate_deg, acnorm.ema_decay) == ("acnorm", "batch", 16, 1e-3, 10.0, 0.0)
+  cv = by_name["round11", "recipe", "retinamnist", 0, 3]
+  assert (cv.data.folds, cv.data.fold, cv.finetune.epochs, cv.finetune.lr, cv.data.shift,
+          cv.bn_stats) == (5, 3, 16, 1e-3, 0.0625, "frozen")
+  cut_cv = by_name["round11", "cut_recipe", "retinamnist", 0, 0]
+  assert (cut_cv.data.fold, cut_cv.finetune.epochs, cut_cv.finetune.lr,
+          cut_cv.data.rotate_deg) == (0, 8, 3e-3, 0.0)
   whole = by_name["round3", "recipe", "retinamnist", 1]
   assert (whole.model.truncate_at, whole.finetune.lr, whole.data.rotate_deg) == (None, 3e-3, 0.0)
   with pytest.raises(ValueError, match="Unknown preset"):

@@ -38,6 +38,7 @@ def main(args):
     best = max(r.history, key=lambda h: h["val_auc"]) if r.history else {}
     out.append({
         "run": r.name, "lever": r.strategy, "arch": r.arch, "dataset": r.dataset, "seed": r.seed,
+        **({"fold": r.fold} if r.fold is not None else {}),
         "status": r.status, "note": r.note,
         "best_val_auc": res.get("best_val_auc", best.get("val_auc")),
         "best_step": res.get("best_step", best.get("step")),
@@ -49,13 +50,15 @@ def main(args):
     json.dump(out, f, indent=2)
     f.write("\n")
   steps = sorted({s for o in out for s in o["val_auc_by_step"]})
+  folds = any("fold" in o for o in out)  # a cross-validation: a fold column after the seed
   with open(os.path.join(here, f"{stem}.csv"), "w", newline="") as f:
     w = csv.writer(f, lineterminator="\n")
-    w.writerow(["lever", "arch", "dataset", "seed", "status", "best_val_auc", "tta_val_auc"]
-               + [f"val_auc@{s}" for s in steps])
+    w.writerow(["lever", "arch", "dataset", "seed"] + ["fold"] * folds
+               + ["status", "best_val_auc", "tta_val_auc"] + [f"val_auc@{s}" for s in steps])
     for o in out:
-      w.writerow([o["lever"], o["arch"], o["dataset"], o["seed"], o["status"], o["best_val_auc"],
-                  o["tta_val_auc"] if o["tta_val_auc"] is not None else ""]
+      w.writerow([o["lever"], o["arch"], o["dataset"], o["seed"]] + [o.get("fold")] * folds
+                 + [o["status"], o["best_val_auc"],
+                    o["tta_val_auc"] if o["tta_val_auc"] is not None else ""]
                  + [o["val_auc_by_step"].get(s, "") for s in steps])
   return out
 
