@@ -74,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.weight_decay = 0.0
   c.grad_clip_norm = 0.0  # 0 = off
   c.label_smoothing = 0.0
+  c.mixup_alpha = 0.0  # mixup's Beta(α, α) when > 0 (jaxbn.step.mixup); 0 = off
 
   # BN statistics while training: "frozen" = inference mode (running stats
   # used and never updated; the paper's default), "batch" = batch statistics

@@ -115,6 +115,7 @@ def make_train_step(
     bn_stats: str,
     multi_label: bool,
     label_smoothing: float = 0.0,
+    mixup_alpha: float = 0.0,
     axis_name: str | None = None,
     grad_wrt: str = "trainable",
 ) -> Callable:
@@ -128,6 +129,11 @@ def make_train_step(
       ``"batch"`` (batch statistics; running averages updated).
     multi_label: sigmoid BCE instead of softmax cross-entropy.
     label_smoothing: label smoothing factor.
+    mixup_alpha: mixup (Zhang et al. 2018, arXiv 1710.09412) when > 0: each step trains
+      on ``λ x + (1 - λ) x[perm]`` with the loss ``λ L(y) + (1 - λ) L(y[perm])``, one
+      ``λ ~ Beta(α, α)`` per step and ``perm`` a random permutation of the batch (of
+      each device's rows under pmap). 0 = off (the step is then unchanged, dropout
+      draws included).
     axis_name: pmap axis to average over; ``None`` under jit.
     grad_wrt: ``"trainable"`` (differentiate the trainable leaves only, frozen ones
       are constants) or ``"all"`` (every leaf; frozen leaves get zero updates —
@@ -137,6 +143,8 @@ def make_train_step(
     raise ValueError(f"bn_stats must be 'frozen' or 'batch', got {bn_stats!r}.")
   if grad_wrt not in ("trainable", "all"):
     raise ValueError(f"grad_wrt must be 'trainable' or 'all', got {grad_wrt!r}.")
+  if mixup_alpha < 0:
+    raise ValueError(f"mixup_alpha must be >= 0, got {mixup_alpha}.")
   trainable = masks.trainable_mask(labels)
 
   def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, lr_scale):
@@ -149,22 +157,27 @@ def make_train_step(
     else:  # every leaf is differentiated
       train, frozen, merge = split_trainable(state.params, True)
 
+    images, targets = batch["image"], [(1.0, batch["label"])]
+    if mixup_alpha > 0:
+      images, targets = mixup(images, batch["label"], jax.random.fold_in(rng, MIXUP_STREAM),
+                              mixup_alpha)
+
     def loss_fn(train_leaves):
       params = merge(train_leaves, frozen)
       variables = {**state.constants, "params": params, "batch_stats": state.batch_stats}
       if bn_stats == "batch":
         logits, updated = model.apply(
-            variables, batch["image"], train=True, mutable=["batch_stats"], rngs={"dropout": rng}
+            variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": rng}
         )
         new_stats = updated["batch_stats"]
       else:
         logits = model.apply(
-            variables, batch["image"], train=True, use_running_average=True, rngs={"dropout": rng}
+            variables, images, train=True, use_running_average=True, rngs={"dropout": rng}
         )
         new_stats = state.batch_stats
-      loss = loss_per_example(
-          logits, batch["label"], multi_label=multi_label, label_smoothing=label_smoothing
-      ).mean()
+      loss = sum(weight * loss_per_example(
+          logits, label, multi_label=multi_label, label_smoothing=label_smoothing
+      ) for weight, label in targets).mean()
       return loss, new_stats
 
     (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(train)
@@ -199,6 +212,28 @@ def make_train_step(
     return new_state, {"loss": loss}
 
   return train_step
+
+
+MIXUP_STREAM = 0x6D6978  # folded into the step's key for mixup's draws ("mix")
+
+
+def mixup(images: jax.Array, labels: jax.Array, rng: jax.Array, alpha: float
+          ) -> tuple[jax.Array, list[tuple[jax.Array, jax.Array]]]:
+  """Mixup of one batch: the mixed images and the ``[(λ, labels), (1 - λ, labels[perm])]``
+  whose weighted per-example losses sum to the mixed-target loss (cross-entropy and
+  BCE are linear in the target).
+
+  >>> x, y = jnp.arange(4.0).reshape(4, 1), jnp.arange(4)
+  >>> mixed, targets = mixup(x, y, jax.random.key(0), alpha=0.2)
+  >>> (lam, a), (rest, b) = targets
+  >>> bool(jnp.allclose(mixed[:, 0], lam * a + rest * b))
+  True
+  """
+  lam_rng, perm_rng = jax.random.split(rng)
+  lam = jax.random.beta(lam_rng, alpha, alpha).astype(images.dtype)
+  perm = jax.random.permutation(perm_rng, images.shape[0])
+  mixed = lam * images + (1 - lam) * images[perm]
+  return mixed, [(lam, labels), (1 - lam, labels[perm])]
 
 
 def make_eval_step(model: nn.Module, *, multi_label: bool) -> Callable:

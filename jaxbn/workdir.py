@@ -6,6 +6,11 @@ stops with one line listing the differing fields (old → new) and how to go on:
 a new ``--workdir``, or ``--allow_config_change`` to resume anyway (the record
 is then replaced by the new config).
 
+A field the record lacks counts as a difference unless the new config holds
+jaxbn's default for it (:func:`jaxbn.config.base_config`): a field that a later
+jaxbn added, left at its default, computes what the recorded run computed, so
+runs started before an upgrade still resume.
+
 Fields in :data:`FREE_FIELDS` may differ: they change how a run is logged,
 checkpointed, evaluated in batches or where its inputs are read from, not what
 it computes. ``eval_every_steps`` is *not* free: the best-by-validation
@@ -46,14 +51,20 @@ def _flat(record: dict) -> dict[str, Any]:
 
 
 def differences(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
-  """``(field, old, new)`` for every experiment field that differs (missing = ``<absent>``)."""
+  """``(field, old, new)`` for every experiment field that differs (missing = ``<absent>``;
+  a field ``old`` lacks and ``new`` holds at jaxbn's default is no difference)."""
+  from jaxbn.config import base_config
+
   a, b = _flat(old), _flat(new)
+  defaults = _flat(config_record(base_config()))
   absent = "<absent>"
   out = []
   for key in sorted(set(a) | set(b)):
     if key in FREE_FIELDS:
       continue
     x, y = a.get(key, absent), b.get(key, absent)
+    if x == absent and key in defaults and y == defaults[key]:
+      continue  # added to jaxbn after the record was written, at its default
     if x != y:
       out.append((key, x, y))
   return out

@@ -148,6 +148,17 @@ def test_workdir_refuses_another_experiment(tmp_path):
   assert json.loads((tmp_path / "config.json").read_text())["finetune"]["lr"] == 3e-4
 
 
+def test_a_field_added_later_at_its_default_still_resumes(tmp_path):
+  # A record written before jaxbn had data.folds and mixup_alpha: the same run resumes...
+  record = workdir_lib.config_record(tiny_config())
+  del record["data"]["folds"], record["mixup_alpha"]
+  (tmp_path / "config.json").write_text(json.dumps(record))
+  workdir_lib.check_and_record(tiny_config(), str(tmp_path), is_chief=True)
+  # ...but the new field away from its default is another experiment.
+  with pytest.raises(workdir_lib.WorkdirMismatch, match=r"mixup_alpha: '<absent>' → 0.2"):
+    workdir_lib.check_and_record(tiny_config(mixup_alpha=0.2), str(tmp_path), is_chief=True)
+
+
 def test_changed_config_is_refused_on_the_command_line(tmp_path):
   config = validate.load_config_file("configs/bn_only.py")
   workdir_lib.check_and_record(config, str(tmp_path), is_chief=True)

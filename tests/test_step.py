@@ -155,6 +155,33 @@ def test_label_smoothing_changes_the_step_loss_and_update_only(setup):
   _assert_frozen_untouched(smooth, setup)
 
 
+def test_mixup_trains_on_the_mixed_batch_with_the_mixed_loss(setup):
+  variables, batch, labels = setup
+  tx = setup_lib.build_optimizer(_config(), config_lib.stage(STRATEGY, 1, LR), 1, labels)
+  step = jax.jit(step_lib.make_train_step(_model(), tx, labels, bn_stats="frozen",
+                                          multi_label=False, mixup_alpha=0.4))
+  state = step_lib.TrainState.create(variables, tx)
+  key = jax.random.key(3)
+  _, metrics = step(state, batch, key, jnp.float32(1.0))
+  # The step's draws: its key folded with the step number, then with MIXUP_STREAM.
+  draw = jax.random.fold_in(jax.random.fold_in(key, 0), step_lib.MIXUP_STREAM)
+  images, targets = step_lib.mixup(jnp.asarray(batch["image"]), jnp.asarray(batch["label"]),
+                                   draw, 0.4)
+  (lam, y), (rest, y_perm) = targets
+  assert 0 < float(lam) < 1 and float(lam + rest) == pytest.approx(1.0)
+  assert not np.array_equal(np.asarray(y_perm), np.asarray(y))  # another order
+  logits = _model().apply(variables, images, train=True, use_running_average=True)
+  expected = np.mean(
+      float(lam) * optax.softmax_cross_entropy_with_integer_labels(logits, y)
+      + float(rest) * optax.softmax_cross_entropy_with_integer_labels(logits, y_perm))
+  assert float(metrics["loss"]) == pytest.approx(float(expected), rel=1e-5)
+  _, plain_loss = run(setup)
+  assert abs(float(metrics["loss"]) - plain_loss) > 1e-3
+  with pytest.raises(ValueError, match="mixup_alpha"):
+    step_lib.make_train_step(_model(), tx, labels, bn_stats="frozen", multi_label=False,
+                             mixup_alpha=-1.0)
+
+
 # --------------------------------------------------------------------------- #
 # Optimizer options: lr scale, gradient clipping, weight decay.
 # --------------------------------------------------------------------------- #
