@@ -291,6 +291,8 @@ def test_accuracy_presets_expand_to_valid_runs_that_pin_what_they_measured(monke
   cv = by_name["round11", "recipe", "retinamnist", 0, 3]
   assert (cv.data.folds, cv.data.fold, cv.finetune.epochs, cv.finetune.lr, cv.data.shift,
           cv.bn_stats) == (5, 3, 16, 1e-3, 0.0625, "frozen")
+  mix = by_name["round12", "mixup", "retinamnist", 0, 4]
+  assert (mix.mixup_alpha, mix.data.fold, mix.data.rotate_deg) == (0.2, 4, 10.0)
   cut_cv = by_name["round11", "cut_recipe", "retinamnist", 0, 0]
   assert (cut_cv.data.fold, cut_cv.finetune.epochs, cut_cv.finetune.lr,
           cut_cv.data.rotate_deg) == (0, 8, 3e-3, 0.0)

@@ -28,7 +28,8 @@ Presets (text after ``:``), one per round of docs/accuracy.md:
 * ``round8``: round seven's two gains combined;
 * ``round9``: round eight's pair with twice the epochs, on PneumoniaMNIST (adopted);
 * ``round10``: BN statistics re-estimated on the target data, and AC-Norm, 3 seeds;
-* ``round11``: round nine's recipe against the cut recipe on 5-fold cross-validation.
+* ``round11``: round nine's recipe against the cut recipe on 5-fold cross-validation;
+* ``round12``: mixup and stronger rotations + shifts on the same folds.
 
 Each round over ``configs/bn_only.py`` pins the recipe it measured (``CUT_RECIPE``,
 ``WHOLE_NETWORK``, ``ROUND9_RECIPE``), so later changes to that file do not change what it ran.
@@ -55,7 +56,7 @@ WHOLE_NETWORK = CUT_RECIPE + ",model.truncate_at=None"
 # epochs at lr 1e-3, rotations and shifts, frozen BN statistics, BN layers).
 ROUND9_RECIPE = (VALIDATION_ONLY + ",finetune.epochs=16,finetune.lr=1e-3,"
                  "data.rotate_deg=10.0,data.shift=0.0625,ema_decay=0.0,"
-                 "bn_stats=frozen,model.norm=bn")
+                 "bn_stats=frozen,model.norm=bn,mixup_alpha=0.0")
 
 LEVERS = {  # in order of expected effect (the queue runs in this order)
     "base": "",
@@ -153,6 +154,14 @@ ROUND11 = {
     "cut_recipe": "finetune.epochs=8,finetune.lr=3e-3,data.rotate_deg=0.0,data.shift=0.0",
 }
 
+# Round twelve: two regularisers for a 1,000-image training set, on round eleven's folds
+# (compared fold by fold with round eleven's recipe runs): mixup, and round nine's
+# rotations and shifts at twice the strength.
+ROUND12 = {
+    "mixup": "mixup_alpha=0.2",
+    "aug_x2": "data.rotate_deg=20.0,data.shift=0.125",
+}
+
 
 def _over_bn_only(strategies, common, dataset="retinamnist", seeds="0,1,2", folds=0):
   """A round over configs/bn_only.py, with ``common`` pinning the recipe it measured."""
@@ -175,6 +184,7 @@ PRESETS = {
     "round9": _over_bn_only(ROUND9, CUT_RECIPE, dataset="pneumoniamnist", seeds="0"),
     "round10": _over_bn_only(ROUND10, ROUND9_RECIPE),
     "round11": _over_bn_only(ROUND11, ROUND9_RECIPE, seeds="0", folds=5),
+    "round12": _over_bn_only(ROUND12, ROUND9_RECIPE, seeds="0", folds=5),
 }
 
 
