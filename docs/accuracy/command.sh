@@ -154,3 +154,7 @@ python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift,finetune
 python -m jaxbn.report /tmp/acc/final7 --out=docs/accuracy/final_round9 \
     --title="Issue 17: round nine's recipe (configs/bn_only.py), EfficientNet-Lite0 cut after stage 6, 28 px data at 96 px"
 PYTHONPATH=. python docs/accuracy/final_extract.py /tmp/acc/final7 docs/accuracy/final_round9
+
+# 14. Round ten: BN batch statistics and AC-Norm over round nine's recipe, RetinaMNIST, 3 seeds
+#     (not adopted).
+lever_round round10 && extract round10
