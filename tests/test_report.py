@@ -178,6 +178,30 @@ def test_final_extract_writes_finished_runs_in_name_order(synthetic_sweep, tmp_p
                                                  ("40", 0.84)]
 
 
+def test_paired_comparison_pairs_runs_by_seed_and_fold(tmp_path):
+  # docs/accuracy/paired.py: a cross-validation's levers compared fold by fold.
+  module = load_module(REPO / "docs" / "accuracy" / "paired.py")
+  run = lambda lever, fold, auc, status="done": {"lever": lever, "dataset": "d", "seed": 0,
+                                                  "fold": fold, "status": status,
+                                                  "best_val_auc": auc}
+  runs = [run("base", f, a) for f, a in enumerate([0.80, 0.70, 0.90])]
+  runs += [run("new", 2, 0.93), run("new", 0, 0.81), run("new", 1, 0.69),
+           run("new", 3, 0.99), run("bad", 0, 0.5, status="partial")]
+  base, new = module.compare(runs, "base")
+  assert new["lever"] == "new" and new["keys"][0] == ("d", 0, 0)
+  assert new["gains"] == pytest.approx([0.01, -0.01, 0.03])  # fold 3 has no baseline run
+  assert new["n_gained"] == 2 and new["mean_gain"] == pytest.approx(0.01)
+  assert new["se_gain"] == pytest.approx(0.02 / 3 ** 0.5)
+  assert base["gains"] == [] and base["mean"] == pytest.approx(0.8)
+  path = tmp_path / "levers.json"
+  path.write_text(json.dumps(runs))
+  lines = module.main(["--baseline=base", str(path)])
+  assert lines[2].startswith("| base | 0.8000, 0.7000, 0.9000 | 0.8000 ± 0.1000 | — |")
+  assert "+0.0100 ± 0.0115" in lines[3] and "2 of 3" in lines[3]
+  with pytest.raises(SystemExit, match="error: No finished runs of the baseline 'nope'"):
+    module.main(["--baseline=nope", str(path)])
+
+
 def test_report_with_no_finished_runs(tmp_path):
   empty = tmp_path / "empty"
   empty.mkdir()
