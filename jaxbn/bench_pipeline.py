@@ -27,21 +27,14 @@ import time
 
 from absl import flags
 
+from jaxbn import config as config_lib
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("pipeline_config", "configs/bn_only.py", "Config file of the run to measure.")
 flags.DEFINE_string("pipeline_overrides", "", "key=value,... overrides (jaxbn.config syntax).")
 flags.DEFINE_integer("pipeline_batches", 20, "Batches (and steps) per round.")
 flags.DEFINE_integer("pipeline_rounds", 3, "Alternating pipeline / step rounds.")
 flags.DEFINE_bool("pipeline_run", True, "Also run the whole training run for the eval share.")
-
-
-def load_config(path: str, overrides: str):
-  import importlib.util
-
-  spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(overrides or None)
 
 
 def _pipeline_rate(it, n: int, batch_size: int) -> float:
@@ -135,7 +128,9 @@ def eval_share(config) -> dict:
 def main(out: str | None) -> None:
   import json
 
-  config = load_config(FLAGS.pipeline_config, FLAGS.pipeline_overrides)
+  config = config_lib.load_config_file(
+      f"{FLAGS.pipeline_config}:{FLAGS.pipeline_overrides}" if FLAGS.pipeline_overrides
+      else FLAGS.pipeline_config)
   row = {"config": FLAGS.pipeline_config, "overrides": FLAGS.pipeline_overrides,
          **throughput(config, FLAGS.pipeline_batches, FLAGS.pipeline_rounds)}
   print(f"input pipeline {row['pipeline_images_per_s']} images/s, train step "

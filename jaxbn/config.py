@@ -14,6 +14,8 @@ Training runs in up to two stages, ``warmup`` then ``finetune`` (a stage with
 from __future__ import annotations
 
 import ast
+import importlib.util
+import os
 
 import ml_collections
 from ml_collections.config_dict import placeholder
@@ -110,6 +112,24 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_steps = 0  # 0 = no cap (tests use small caps)
   c.eval_max_batches = 0  # 0 = full validation / test sets
   return c
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """``path/to/config.py[:arg]`` → its ``get_config(arg)``, as ``--config=`` gives it.
+
+  The one loader behind ``jaxbn.sweep`` (base configs, ``--train_config``),
+  ``jaxbn.validate``'s error messages and ``jaxbn.bench_pipeline``.
+  """
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise ValueError(f"Config file {path!r} not found (from {spec!r}).")
+  module_spec = importlib.util.spec_from_file_location(
+      f"jaxbn_config_{abs(hash(os.path.abspath(path)))}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"Config file {path!r} has no get_config().")
+  return module.get_config(arg) if arg else module.get_config()
 
 
 def apply_overrides(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:

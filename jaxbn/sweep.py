@@ -66,6 +66,7 @@ from typing import Any, Callable, Sequence
 import ml_collections
 
 from jaxbn import cli, config as config_lib, preemption
+from jaxbn.config import load_config_file
 from jaxbn.io import write_json_atomic
 
 PLAN_FILE = "sweep.json"
@@ -145,22 +146,6 @@ def expand(sweep: ml_collections.ConfigDict) -> list[Run]:
                                   f"model.arch={arch}", strat, f"seed={seed}", cv) if o)
     runs.append(Run(strategy, arch, dataset, seed, overrides, sweep.get("base", "") or "", fold))
   return runs
-
-
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-  """``path/to/config.py[:arg]`` → its ``get_config(arg)`` (as ``--config=`` would)."""
-  import importlib.util
-
-  path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise ValueError(f"Config file {path!r} not found (from {spec!r}).")
-  module_spec = importlib.util.spec_from_file_location(
-      f"jaxbn_sweep_base_{abs(hash(os.path.abspath(path)))}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise ValueError(f"Config file {path!r} has no get_config().")
-  return module.get_config(arg or None)
 
 
 def parse_seeds(text: str | Sequence[str]) -> list[int]:

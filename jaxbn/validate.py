@@ -18,7 +18,6 @@ is touched:
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import math
 import os
 import re
@@ -27,6 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import ml_collections
 
+from jaxbn.config import load_config_file
 from jaxbn.models.registry import DTYPES
 
 USAGE_EXIT = 2  # status of every config error (as absl's usage errors)
@@ -79,15 +79,6 @@ def _override_of(argv: Sequence[str], key: str) -> str:
     if a.startswith(f"--config.{key}=") or a == f"--config.{key}":
       return a
   return f"--config.{key}"
-
-
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-  """``path[:arg]`` → the file's ``get_config(arg)`` (for error messages only)."""
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("_jaxbn_config_for_errors", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
 
 
 def unknown_key_message(config: ml_collections.ConfigDict | None, key: str, where: str) -> str:
