@@ -158,3 +158,8 @@ PYTHONPATH=. python docs/accuracy/final_extract.py /tmp/acc/final7 docs/accuracy
 # 14. Round ten: BN batch statistics and AC-Norm over round nine's recipe, RetinaMNIST, 3 seeds
 #     (not adopted).
 lever_round round10 && extract round10
+
+# 15. Round eleven: round nine's recipe and the cut recipe on 5-fold cross-validation of RetinaMNIST
+#     train+val (seed 0), and the fold-by-fold comparison.
+lever_round round11 && extract round11
+python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json
