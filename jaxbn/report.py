@@ -356,6 +356,8 @@ def summarize(runs: list[RunInfo], plans: list[dict] | None = None) -> list[dict
             wall_time_s=_mean_sd([x.get("wall_time_s") for x in res])[0],
             total_steps=_mean_sd([x.get("total_steps") for x in res])[0],
             **_spread_fields(res),
+            per_run={(r.seed, r.fold): {k: r.results.get(k) for k in SPREAD_METRICS}
+                     for r in done},
             notes=[f"{r.name}: {r.status}" + (f" ({r.note})" if r.note else "")
                    for r in group if r.status != "done"],
         ))
@@ -387,9 +389,32 @@ def within_spread(mean_a: float, sd_a: float | None, mean_b: float, sd_b: float 
   return abs(mean_a - mean_b) < max(sds)
 
 
+def paired_difference(a: dict, b: dict) -> tuple[float, float, int, int] | None:
+  """``a - b`` over the runs both have (same seed and fold): (mean, standard error,
+  pairs, pairs where ``a`` is higher); None with fewer than 2 pairs.
+
+  Paired by seed and fold, two rows' difference is free of what the runs of one
+  seed or fold share (its data order, its validation fold), which on a
+  cross-validation is most of the spread.
+
+  >>> mean, se, n, higher = paired_difference({0: 0.80, 1: 0.70, 2: 0.90},
+  ...                                         {0: 0.79, 1: 0.71, 2: 0.87})
+  >>> f"{mean:+.4f} ± {se:.4f}", n, higher
+  ('+0.0100 ± 0.0115', 3, 2)
+  """
+  keys = [k for k in a if k in b and a[k] is not None and b[k] is not None]
+  if len(keys) < 2:
+    return None
+  gains = [a[k] - b[k] for k in keys]
+  se = statistics.stdev(gains) / len(gains) ** 0.5
+  return statistics.fmean(gains), se, len(gains), sum(g > 0 for g in gains)
+
+
 def spread_markdown(rows: list[dict]) -> list[str]:
   """Per dataset × architecture and metric: each row's mean ± sd and its difference to the
-  best row, marked ``≈`` when smaller than the seed spread (not a real difference)."""
+  best row, marked ``≈`` when smaller than the seed spread (not a real difference), and
+  the same difference paired run by run (:func:`paired_difference`) where the rows share
+  seeds (and folds)."""
   lines = []
   groups = list(dict.fromkeys((r["dataset"], r["arch"]) for r in rows))
   for key, label in SPREAD_METRICS.items():
@@ -400,8 +425,10 @@ def spread_markdown(rows: list[dict]) -> list[str]:
       if not group:
         continue
       best = max(group, key=lambda r: r[f"m_{key}"])
+      values = lambda r: {k: v[key] for k, v in r.get("per_run", {}).items()}
       for r in group:
         mean, sd = r[f"m_{key}"], r[f"sd_{key}"]
+        paired = None if r is best else paired_difference(values(r), values(best))
         if r is best:
           mark = "best"
         else:
@@ -409,15 +436,21 @@ def spread_markdown(rows: list[dict]) -> list[str]:
           close = within_spread(mean, sd, best[f"m_{key}"], best[f"sd_{key}"])
           mark = f"{delta:+.4f}" + {True: " ≈ (within spread)", False: "",
                                     None: " (spread unknown: 1 seed)"}[close]
+        pair = "—" if paired is None else (
+            f"{paired[0]:+.4f} ± {paired[1]:.4f} (higher in {paired[3]} of {paired[2]})")
         table.append(f"| {ds} | {arch} | {r['strategy']} | {r['n_done']} | {_pm(mean, sd)} | "
-                     f"{mark} |")
+                     f"{mark} | {pair} |")
     if table:
-      lines += [f"### {label}", "", "| dataset | arch | strategy | seeds | "
-                f"{label} (mean ± sd) | Δ to the best |", "|---|---|---|---|---|---|"] + table + [""]
+      lines += [f"### {label}", "", "| dataset | arch | strategy | runs | "
+                f"{label} (mean ± sd) | Δ to the best | paired Δ ± SE |",
+                "|---|---|---|---|---|---|---|"] + table + [""]
   if lines:
     lines = ["## Differences and seed spread", "",
              "Δ: difference of the mean to the best row's; ≈ marks a difference smaller than "
-             "the larger seed sd of the two rows (not distinguishable with these seeds).",
+             "the larger seed sd of the two rows (not distinguishable with these seeds). "
+             "Paired Δ: the same difference over the runs both rows have with the same seed "
+             "(and cross-validation fold), ± its standard error; what varies between seeds "
+             "or folds cancels in it.",
              ""] + lines
   return lines
 

@@ -337,6 +337,8 @@ def test_report_mean_sd_and_spread_marks(tmp_path):
   line = {s: next(l for l in text.splitlines() if f"| {s} |" in l) for s in "ABC"}
   assert "0.9800 ± 0.0100 | best" in line["A"]
   assert "-0.0050 ≈" in line["B"]
+  # B is 0.005 below A on every seed: within the seed spread, but paired a steady difference.
+  assert "-0.0050 ± 0.0000 (higher in 0 of 3)" in line["B"] and line["A"].endswith("| best | — |")
   assert "-0.0700 |" in line["C"] and "≈" not in line["C"]
   report.write_rows(list(rows.values()), str(tmp_path / "summary"))
   table = json.loads((tmp_path / "summary.json").read_text())

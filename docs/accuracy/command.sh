@@ -162,4 +162,4 @@ lever_round round10 && extract round10
 # 15. Round eleven: round nine's recipe and the cut recipe on 5-fold cross-validation of RetinaMNIST
 #     train+val (seed 0), and the fold-by-fold comparison.
 lever_round round11 && extract round11
-python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json
+PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json

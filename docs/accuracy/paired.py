@@ -1,20 +1,22 @@
 """Paired comparison of lever runs against a baseline, run by run (same seed and fold).
 
-  python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json [more.json ...]
+  PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json [more.json ...]
 
 Reads the files ``levers_extract.py`` writes (validation figures only) and prints a markdown
 table: per lever, best validation AUC per (seed, fold), mean ± sd, and the gains over the
 baseline run with the same seed and fold, with their mean, standard error (sd / √n) and the
-number of pairs that gained. On a cross-validation the folds differ in difficulty far more
-than the levers do, so the pairing is what makes a small gain visible.
+number of pairs that gained (``jaxbn.report.paired_difference``, as the report pages give it
+against their best row). On a cross-validation the folds differ in difficulty far more than
+the levers do, so the pairing is what makes a small gain visible.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import sys
+
+from jaxbn.report import paired_difference
 
 
 def _key(run: dict) -> tuple:
@@ -36,14 +38,14 @@ def compare(runs: list[dict], baseline: str) -> list[dict]:
     values = by_lever[lever]
     keys = sorted(values, key=lambda k: (k[0], k[1], -1 if k[2] is None else k[2]))
     gains = [values[k] - base[k] for k in keys if k in base] if lever != baseline else []
-    n = len(gains)
+    paired = paired_difference(values, base) if lever != baseline else None
     rows.append({
         "lever": lever, "keys": keys, "values": [values[k] for k in keys],
         "mean": statistics.mean(values[k] for k in keys),
         "sd": statistics.stdev([values[k] for k in keys]) if len(keys) > 1 else None,
         "gains": gains,
-        "mean_gain": statistics.mean(gains) if gains else None,
-        "se_gain": statistics.stdev(gains) / math.sqrt(n) if n > 1 else None,
+        "mean_gain": paired[0] if paired else (gains[0] if gains else None),
+        "se_gain": paired[1] if paired else None,
         "n_gained": sum(g > 0 for g in gains),
     })
   return rows
