@@ -1,6 +1,6 @@
 """Paired comparison of lever runs against a baseline, run by run (same seed and fold).
 
-  PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json [more.json ...]
+  PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json
 
 Reads the files ``levers_extract.py`` writes (validation figures only) and prints a markdown
 table: per lever, best validation AUC per (seed, fold), mean ± sd, and the gains over the
