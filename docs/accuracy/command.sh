@@ -163,3 +163,12 @@ lever_round round10 && extract round10
 #     train+val (seed 0), and the fold-by-fold comparison.
 lever_round round11 && extract round11
 PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json
+
+# 16. Round twelve: mixup and rotations + shifts at twice the strength on round eleven's folds
+#     (seed 0), paired with round eleven's recipe runs (not adopted). Then round eleven's seed 1
+#     (the preset now holds seeds 0 and 1; the same command skips the finished seed-0 runs).
+lever_round round12 && extract round12
+PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json \
+    docs/accuracy/round12.json
+lever_round round11 && extract round11
+PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json
