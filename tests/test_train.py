@@ -55,13 +55,13 @@ def setup():
 
 
 def run_steps(model, variables, batch, strategy, bn_stats, par, n=3, opt=None,
-              grad_wrt="trainable"):
+              grad_wrt="trainable", mixup_alpha=0.0):
   labels = masks.make_labels(variables["params"], strategy, batch_stats=variables["batch_stats"])
   tx = masks.make_optimizer(opt or optax.adam(1e-2), labels)
   state = step_lib.TrainState.create(variables, tx)
   step = par.compile_train(step_lib.make_train_step(
       model, tx, labels, bn_stats=bn_stats, multi_label=False, axis_name=par.axis_name,
-      grad_wrt=grad_wrt))
+      grad_wrt=grad_wrt, mixup_alpha=mixup_alpha))
   state = par.put_state(state)
   for _ in range(n):
     state, _ = step(state, par.put_batch(batch), jax.random.key(1), 1.0)
@@ -116,6 +116,21 @@ def test_eight_device_mesh_equals_one_device(setup, bn_stats):
                      DataParallel("jit", jax.devices()[:1]), opt=sgd)
   eight, _ = run_steps(model, variables, batch, "full", bn_stats, DataParallel("jit"), opt=sgd)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), one, eight)
+
+
+def test_mixup_on_an_eight_device_mesh_equals_one_device(setup):
+  # Under jit the batch is one global array: mixup's permutation pairs rows across devices,
+  # exactly as on one device.
+  model, variables, batch = setup
+  sgd = optax.sgd(0.1)
+  one, _ = run_steps(model, variables, batch, "bn+head", "frozen",
+                     DataParallel("jit", jax.devices()[:1]), opt=sgd, mixup_alpha=0.4)
+  eight, _ = run_steps(model, variables, batch, "bn+head", "frozen", DataParallel("jit"),
+                       opt=sgd, mixup_alpha=0.4)
+  plain, _ = run_steps(model, variables, batch, "bn+head", "frozen",
+                       DataParallel("jit", jax.devices()[:1]), opt=sgd)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), one, eight)
+  assert not all(jax.tree.leaves(jax.tree.map(np.allclose, one.params, plain.params)))
 
 
 def test_acnorm_eight_device_mesh_equals_one_device(setup):
