@@ -29,7 +29,8 @@ Presets (text after ``:``), one per round of docs/accuracy.md:
 * ``round9``: round eight's pair with twice the epochs, on PneumoniaMNIST (adopted);
 * ``round10``: BN statistics re-estimated on the target data, and AC-Norm, 3 seeds;
 * ``round11``: round nine's recipe against the cut recipe on 5-fold cross-validation;
-* ``round12``: mixup and stronger rotations + shifts on the same folds.
+* ``round12``: mixup and stronger rotations + shifts on the same folds;
+* ``round13``: twice the early-stopping patience on the same folds.
 
 Each round over ``configs/bn_only.py`` pins the recipe it measured (``CUT_RECIPE``,
 ``WHOLE_NETWORK``, ``ROUND9_RECIPE``), so later changes to that file do not change what it ran.
@@ -56,7 +57,8 @@ WHOLE_NETWORK = CUT_RECIPE + ",model.truncate_at=None"
 # epochs at lr 1e-3, rotations and shifts, frozen BN statistics, BN layers).
 ROUND9_RECIPE = (VALIDATION_ONLY + ",finetune.epochs=16,finetune.lr=1e-3,"
                  "data.rotate_deg=10.0,data.shift=0.0625,ema_decay=0.0,"
-                 "bn_stats=frozen,model.norm=bn,mixup_alpha=0.0")
+                 "bn_stats=frozen,model.norm=bn,mixup_alpha=0.0,"
+                 "finetune.early_stopping_patience=4")
 
 LEVERS = {  # in order of expected effect (the queue runs in this order)
     "base": "",
@@ -163,6 +165,13 @@ ROUND12 = {
     "aug_x2": "data.rotate_deg=20.0,data.shift=0.125",
 }
 
+# Round thirteen: on the folds, early stopping (4 passes, 60 steps) ended the recipe's BN stage
+# halfway through its 300 steps on two folds of five, while the cosine lr was still half its
+# peak; twice the patience lets such a stage reach its low-lr end.
+ROUND13 = {
+    "patience8": "finetune.early_stopping_patience=8",
+}
+
 
 def _over_bn_only(strategies, common, dataset="retinamnist", seeds="0,1,2", folds=0):
   """A round over configs/bn_only.py, with ``common`` pinning the recipe it measured."""
@@ -186,6 +195,7 @@ PRESETS = {
     "round10": _over_bn_only(ROUND10, ROUND9_RECIPE),
     "round11": _over_bn_only(ROUND11, ROUND9_RECIPE, seeds="0,1", folds=5),
     "round12": _over_bn_only(ROUND12, ROUND9_RECIPE, seeds="0", folds=5),
+    "round13": _over_bn_only(ROUND13, ROUND9_RECIPE, seeds="0", folds=5),
 }
 
 
