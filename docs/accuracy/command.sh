@@ -172,3 +172,9 @@ PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/roun
     docs/accuracy/round12.json
 lever_round round11 && extract round11
 PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json
+
+# 17. Round thirteen: twice the early-stopping patience on the folds (seed 0), paired with round
+#     eleven's recipe runs (not adopted).
+lever_round round13 && extract round13
+PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json \
+    docs/accuracy/round13.json
