@@ -148,7 +148,7 @@ ROUND10 = {
     "acnorm_batch": "model.norm=acnorm,bn_stats=batch",
 }
 # Round eleven: 5-fold cross-validation of RetinaMNIST train+val (1,200 images, 240 per
-# validation fold, instead of the official 120), seed 0: round nine's recipe against the cut
+# validation fold, instead of the official 120): round nine's recipe against the cut
 # recipe it replaced, to see how much of round nine's validation gain survives once the choice
 # does not rest on the 120 images every earlier round chose on. Seed 0 ran first (round
 # twelve pairs with it); seed 1 after round twelve, for 10 pairs.
