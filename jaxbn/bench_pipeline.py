@@ -27,8 +27,6 @@ import time
 
 from absl import flags
 
-from jaxbn import config as config_lib
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string("pipeline_config", "configs/bn_only.py", "Config file of the run to measure.")
 flags.DEFINE_string("pipeline_overrides", "", "key=value,... overrides (jaxbn.config syntax).")
@@ -127,6 +125,8 @@ def eval_share(config) -> dict:
 
 def main(out: str | None) -> None:
   import json
+
+  from jaxbn import config as config_lib  # ml_collections: the 'train' extra, imported on use
 
   config = config_lib.load_config_file(
       f"{FLAGS.pipeline_config}:{FLAGS.pipeline_overrides}" if FLAGS.pipeline_overrides
