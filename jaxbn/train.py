@@ -339,7 +339,7 @@ def _run_stage(run: Run, loop: LoopState, stage_idx: int, state: TrainState, ema
   train_step = run.par.compile_train(step_lib.make_train_step(
       run.model, run.optimizers[stage_idx], run.labels[stage_idx], bn_stats=config.bn_stats,
       multi_label=run.info.multi_label, label_smoothing=config.label_smoothing,
-      mixup_alpha=config.get("mixup_alpha", 0.0),
+      mixup_alpha=config.mixup_alpha,
       axis_name=run.par.axis_name,
   ))
   batches = _train_batches(config, run.spec, stage_idx, loop.stage_step)

@@ -403,16 +403,17 @@ def _folded_source(source: _Source, folds: int, fold: int) -> _Source:
   """
   if not 0 <= fold < folds:
     raise ValueError(f"data.fold={fold} is not a fold of data.folds={folds}: use 0 .. {folds - 1}.")
-  labels = _concat(source.table("train", False), source.table("val", False)).columns["label"]
-  fold_of = assign_folds(labels.numpy(), folds)
+
+  @functools.lru_cache(maxsize=2)
+  def pooled(decoded):
+    return _concat(source.table("train", decoded), source.table("val", decoded))
+
+  fold_of = assign_folds(pooled(False).columns["label"].numpy(), folds)
   indices = {"train": np.flatnonzero(fold_of != fold), "val": np.flatnonzero(fold_of == fold)}
 
   @functools.lru_cache(maxsize=4)
   def table(split, decoded):
-    if split == "test":
-      return source.table(split, decoded)
-    pooled = _concat(source.table("train", decoded), source.table("val", decoded))
-    return pooled.rows(indices[split])
+    return source.table(split, decoded) if split == "test" else pooled(decoded).rows(indices[split])
 
   def read(split):
     return source.read(split) if split == "test" else table(split, False).dataset()
