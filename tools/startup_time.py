@@ -8,7 +8,9 @@ and to the end, and where the time went: the seconds at which the imports were d
 (JAX's device line), the model, weights and data were ready (the ``Model ...`` line) and
 the first train step's loss was written. The cache can only shorten what comes after the
 second mark (compilation), so ``warm / cold`` has a floor set by the time before it and by
-tracing and running the steps. Usage::
+tracing and running the steps. Before the first pair the data set is prepared once (on a
+fresh machine TFDS builds PneumoniaMNIST's records on the first run, which would otherwise
+count as compilation in the first cold run). Usage::
 
     python tools/startup_time.py --pairs=3 --out=docs/benchmarks/startup_idle.json
 """
@@ -16,6 +18,7 @@ tracing and running the steps. Usage::
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -34,20 +37,42 @@ MARKS = {
 }
 
 
+# Builds (first time: prepares) the default config's data set, outside the timed runs.
+PREPARE = ("from jaxbn.config import load_config_file; from jaxbn import data; "
+           "data.get_dataset_info(load_config_file('configs/bn_only.py').data)")
+
+
+def environment() -> dict:
+  """The device and versions the figures hold for (called after the runs: on a GPU, a JAX
+  client in this process would take the memory the timed commands need)."""
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  env = {"device": jax.devices()[0].device_kind, "platform": jax.devices()[0].platform,
+         "cpus": os.cpu_count(), "python": sys.version.split()[0]}
+  for name in ("jax", "jaxlib", "flax", "tensorflow-cpu"):
+    try:
+      env[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  return env
+
+
 def one_run(cache_dir: str, workdir: str) -> dict:
   cmd = [sys.executable, "-m", "jaxbn.main", "--config=configs/bn_only.py", f"--workdir={workdir}",
          "--config.max_steps=1", "--config.eval_every_steps=1", "--config.eval_max_batches=1",
          f"--compilation_cache_dir={cache_dir}"]
   t0 = time.perf_counter()
   proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-  seen = {}
+  seen, last_lines = {}, collections.deque(maxlen=20)
   for line in proc.stderr:
+    last_lines.append(line)
     for key, marker in MARKS.items():
       if key not in seen and marker in line:
         seen[key] = round(time.perf_counter() - t0, 2)
   proc.wait()
   if proc.returncode != 0 or "first_step_s" not in seen:
-    raise SystemExit(f"error: the run failed (exit {proc.returncode})")
+    sys.stderr.writelines(last_lines)
+    raise SystemExit(f"error: the run failed (exit {proc.returncode}); its last log lines are above")
   return {**seen, "done_s": round(time.perf_counter() - t0, 2)}
 
 
@@ -56,6 +81,8 @@ def main() -> None:
   parser.add_argument("--pairs", type=int, default=3)
   parser.add_argument("--out", default=None)
   args = parser.parse_args()
+  subprocess.run([sys.executable, "-c", PREPARE], check=True, stdout=subprocess.DEVNULL,
+                 stderr=subprocess.DEVNULL)
   runs = {"cold": [], "warm": []}
   with tempfile.TemporaryDirectory() as tmp:
     for i in range(args.pairs):
@@ -68,12 +95,14 @@ def main() -> None:
   phases = {kind: {key: round(statistics.median(r[key] for r in v if key in r), 2)
                    for key in [*MARKS, "done_s"] if any(key in r for r in v)}
             for kind, v in runs.items()}
+  env = environment()
+  print(json.dumps(env))
   print(json.dumps(summary))
   print(json.dumps({"median_phases_s": phases}))
   if args.out:
     with open(args.out, "w") as f:
-      json.dump({"runs": runs, "median_first_step_s": summary, "median_phases_s": phases}, f,
-                indent=1)
+      json.dump({"environment": env, "runs": runs, "median_first_step_s": summary,
+                 "median_phases_s": phases}, f, indent=1)
 
 
 if __name__ == "__main__":
