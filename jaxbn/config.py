@@ -58,6 +58,9 @@ def base_config() -> ml_collections.ConfigDict:
   # TruncatedTL: keep the backbone up to this cut (jaxbn.models.cut_points), then
   # global average pooling + a new head; None = the full network.
   c.model.truncate_at = placeholder(str)
+  # A multi-scale head: cuts (names as for truncate_at, e.g. "stage-2") whose outputs the
+  # head also reads, pooled and concatenated with the last features; () = the last only.
+  c.model.head_taps = ()
   # Transfusion (jaxbn.weights.init): copy the pretrained weights (model.init) up to
   # this cut, random init for the rest: none | conv1 | stage1 .. stage{S-1} | all
   # (ResNet: conv1|stage1|stage2|stage3|all). None = the whole init as usual.
@@ -133,7 +136,11 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
 
 
 def apply_overrides(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-  """Applies ``"a.b=1,c=x"`` overrides; unknown keys are an error."""
+  """Applies ``"a.b=1,c=x"`` overrides; unknown keys are an error.
+
+  Values are Python literals, else strings; a tuple field also takes ``x`` or ``x+y``
+  (``model.head_taps=stage-2``), as commas separate the overrides.
+  """
   if not arg:
     return config
   for item in arg.split(","):
@@ -156,5 +163,7 @@ def apply_overrides(config: ml_collections.ConfigDict, arg: str | None) -> ml_co
       value = raw
     if isinstance(node[leaf], float) and isinstance(value, int):
       value = float(value)
+    if isinstance(node[leaf], tuple) and isinstance(value, str):  # "a" or "a+b" for a tuple field
+      value = tuple(value.split("+"))
     node[leaf] = value
   return config

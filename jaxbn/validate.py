@@ -282,6 +282,13 @@ def _stage_widths() -> tuple[Check, str]:
   return ok, "None or 4 positive integers, e.g. (64, 128, 128, 256)"
 
 
+def _head_taps() -> tuple[Check, str]:
+  def ok(v):
+    return isinstance(v, (tuple, list)) and all(isinstance(t, str) and t for t in v)
+
+  return ok, "a tuple of cut names, e.g. ('stage-2',), or () for the last features only"
+
+
 def _strategy() -> tuple[Check, str]:
   from jaxbn import masks
 
@@ -334,6 +341,7 @@ def field_checks(tasks: Iterable[str] = ("train",)) -> dict[str, tuple[Check, st
       "model.norm": _norm(),
       "model.dropout_rate": num_in(0.0, 1.0, hi_open=True),
       "model.truncate_at": optional_str(),
+      "model.head_taps": _head_taps(),
       "model.transfer_up_to": optional_str(),
       "model.stage_widths": _stage_widths(),
       "data.name": _data_name(),
@@ -418,6 +426,15 @@ def _check_cross_fields(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config.model.truncate_at={cut!r} is not a cut point of {arch}: use "
                         f"None, stage-K (every stage but the last K) or one of "
                         f"{', '.join(cuts)}.") from None
+  taps = _current_value(config, "model.head_taps")
+  if taps and arch is not None:
+    from jaxbn.models import create_model
+
+    try:
+      create_model(arch, truncate_at=cut, head_taps=tuple(taps))  # resolves and orders the taps
+    except ValueError as e:
+      raise ConfigError(f"config.model.head_taps={tuple(taps)!r}: {str(e).rstrip('.')}; give cuts "
+                        f"that end before model.truncate_at={cut!r}, or ().") from None
 
 
 def check_devices(config: ml_collections.ConfigDict, num_devices: int,

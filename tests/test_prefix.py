@@ -98,3 +98,45 @@ def jax_leaves(tree):
   import jax
 
   return jax.tree_util.tree_leaves(tree)
+
+
+def _pooled(arch, truncate_at, variables, x, **kwargs):
+  """Pooled features of ``arch`` cut at ``truncate_at``, with the matching subset of ``variables``."""
+  import jax
+
+  model = create_model(arch, num_classes=0, truncate_at=truncate_at, **kwargs)
+  wanted = init_shapes(model, input_size=x.shape[1])
+  subset = {col: {k: variables[col][k] for k in tree} for col, tree in wanted.items()}
+  return jax.device_get(jax.jit(model.apply)(subset, x))
+
+
+@pytest.mark.parametrize("arch,cut,taps", [
+    ("resnet18", "layer3", ("layer1", "stage-2")),   # stage-2 of ResNet = layer2
+    ("efficientnet_lite0", "stage-1", ("stage-2",)),  # Lite0: stage 5 beside stage 6
+])
+def test_head_taps_concatenate_the_pooled_features_of_earlier_cuts(arch, cut, taps):
+  import jax
+  import numpy as np
+
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  model = create_model(arch, num_classes=0, truncate_at=cut, head_taps=taps)
+  variables = init.initial_variables(model, jax.random.key(0), arch=arch, init="random")
+  got = np.asarray(jax.jit(model.apply)(variables, x))
+  parts = [_pooled(arch, get_cut(arch, t).name, variables, x) for t in taps]
+  parts.append(_pooled(arch, cut, variables, x))
+  np.testing.assert_allclose(got, np.concatenate(parts, axis=-1), rtol=1e-5, atol=1e-6)
+  head = get_spec(arch).head
+  with_head = init_shapes(create_model(arch, num_classes=3, truncate_at=cut, head_taps=taps), 32)
+  assert with_head["params"][head]["kernel"].shape == (got.shape[-1], 3)
+
+
+def test_a_head_tap_must_end_before_the_cut():
+  # DenseNet-121, whole: transition2 (256 channels) beside norm5 (1024).
+  shapes = init_shapes(create_model("densenet121", 3, head_taps=("transition2",)), 32)
+  assert shapes["params"]["classifier"]["kernel"].shape == (256 + 1024, 3)
+  with pytest.raises(prefix.PrefixError, match="'layer3' is not before the cut 'layer3'"):
+    create_model("resnet18", 2, truncate_at="layer3", head_taps=("layer3",))
+  with pytest.raises(prefix.PrefixError, match="not before the cut 'stage5'"):
+    create_model("efficientnet_lite0", 2, truncate_at="stage5", head_taps=("stage6",))
+  with pytest.raises(prefix.PrefixError, match="Unknown truncate_at='layer9'"):
+    create_model("resnet18", 2, head_taps=("layer9",))

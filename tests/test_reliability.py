@@ -116,6 +116,18 @@ def test_truncate_at_takes_prefix_names_counted_from_the_end():
     validate.check(config)
 
 
+def test_head_taps_are_checked_against_the_cut_up_front():
+  config = validate.load_config_file("configs/bn_only.py")
+  config.model.head_taps = ("stage-2",)  # Lite0's stage 5, before the recipe's cut at stage 6
+  validate.check(config)
+  config.model.head_taps = ("stage-1",)
+  with pytest.raises(validate.ConfigError, match=r"head_taps=\('stage-1',\).*not before the cut"):
+    validate.check(config)
+  config.model.head_taps = ("",)
+  with pytest.raises(validate.ConfigError, match="a tuple of cut names"):
+    validate.check(config)
+
+
 def test_every_base_config_field_is_checked_and_defaults_pass():
   config = config_lib.base_config()
   validate.check(config)

@@ -30,7 +30,8 @@ Presets (text after ``:``), one per round of docs/accuracy.md:
 * ``round10``: BN statistics re-estimated on the target data, and AC-Norm, 3 seeds;
 * ``round11``: round nine's recipe against the cut recipe on 5-fold cross-validation;
 * ``round12``: mixup and stronger rotations + shifts on the same folds;
-* ``round13``: twice the early-stopping patience on the same folds.
+* ``round13``: twice the early-stopping patience on the same folds;
+* ``round14``: a multi-scale head (``model.head_taps``) on the same folds.
 
 Each round over ``configs/bn_only.py`` pins the recipe it measured (``CUT_RECIPE``,
 ``WHOLE_NETWORK``, ``ROUND9_RECIPE``), so later changes to that file do not change what it ran.
@@ -58,7 +59,7 @@ WHOLE_NETWORK = CUT_RECIPE + ",model.truncate_at=None"
 ROUND9_RECIPE = (VALIDATION_ONLY + ",finetune.epochs=16,finetune.lr=1e-3,"
                  "data.rotate_deg=10.0,data.shift=0.0625,ema_decay=0.0,"
                  "bn_stats=frozen,model.norm=bn,mixup_alpha=0.0,"
-                 "finetune.early_stopping_patience=4")
+                 "finetune.early_stopping_patience=4,model.head_taps=()")
 
 LEVERS = {  # in order of expected effect (the queue runs in this order)
     "base": "",
@@ -172,6 +173,15 @@ ROUND13 = {
     "patience8": "finetune.early_stopping_patience=8",
 }
 
+# Round fourteen: a multi-scale head on the folds. The cut (round four) gained by giving the head
+# mid-level features; here the head reads the stage before the cut too (Lite0's stage 5, 112
+# channels, beside stage 6's 192: 560 more head weights on 5 classes), and in the second
+# variant also the one before that (stage 4, 80 channels).
+ROUND14 = {
+    "taps_s5": "model.head_taps=stage-2",
+    "taps_s4_s5": "model.head_taps=stage-3+stage-2",
+}
+
 
 def _over_bn_only(strategies, common, dataset="retinamnist", seeds="0,1,2", folds=0):
   """A round over configs/bn_only.py, with ``common`` pinning the recipe it measured."""
@@ -196,6 +206,7 @@ PRESETS = {
     "round11": _over_bn_only(ROUND11, ROUND9_RECIPE, seeds="0,1", folds=5),
     "round12": _over_bn_only(ROUND12, ROUND9_RECIPE, seeds="0", folds=5),
     "round13": _over_bn_only(ROUND13, ROUND9_RECIPE, seeds="0", folds=5),
+    "round14": _over_bn_only(ROUND14, ROUND9_RECIPE, seeds="0", folds=5),
 }
 
 

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from jaxbn.models import norm as norm_lib
 from jaxbn.models.layers import classifier_tail, conv_and_norm
-from jaxbn.models.prefix import CutPoint, find_cut
+from jaxbn.models.prefix import CutPoint, find_cut, find_taps
 from jaxbn.models.spec import ModelSpec
 
 ModuleDef = Any
@@ -161,6 +161,8 @@ class DenseNet(nn.Module):
       jaxbn's trainer sets it under ``parallel='pmap'``); None under jit.
     truncate_at: TruncatedTL cut ``transition{k}`` (:func:`cut_points`); None
       builds the full network.
+    head_taps: cut names whose outputs the head also reads, pooled and concatenated
+      (a multi-scale head); each must end before ``truncate_at``.
   """
 
   block_config: Sequence[int] = BLOCK_CONFIGS["densenet121"]
@@ -175,6 +177,7 @@ class DenseNet(nn.Module):
   bn_momentum: float = norm_lib.TORCH_BN_MOMENTUM
   bn_axis_name: str | None = None
   truncate_at: str | None = None
+  head_taps: Sequence[str] = ()
 
   @nn.compact
   def __call__(self, x, train: bool = False, use_running_average: bool | None = None):
@@ -182,7 +185,9 @@ class DenseNet(nn.Module):
 
     ``train`` and ``use_running_average`` behave as in :class:`jaxbn.models.resnet.ResNet`.
     """
-    cut = find_cut(cut_points(len(self.block_config)), self.truncate_at, "DenseNet")
+    cuts = cut_points(len(self.block_config))
+    cut = find_cut(cuts, self.truncate_at, "DenseNet")
+    tap_after = find_taps(cuts, self.head_taps, cut, "DenseNet")
     conv, norm = conv_and_norm(self, train, use_running_average, epsilon=BN_EPSILON, kernel_init=conv_init)
     features = block_features(self.block_config, self.growth_rate, self.num_init_features)
 
@@ -191,6 +196,7 @@ class DenseNet(nn.Module):
     x = nn.relu(norm(name="norm0")(x))
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
+    taps = []
     for i, num_layers in enumerate(self.block_config, 1):
       x = DenseBlock(
           num_layers=num_layers, growth_rate=self.growth_rate, bn_size=self.bn_size,
@@ -199,6 +205,8 @@ class DenseNet(nn.Module):
       )(x)
       if i < len(self.block_config):
         x = Transition(features=features[i], conv=conv, norm=norm, name=f"transition{i}")(x)
+        if f"transition{i}" in tap_after:
+          taps.append(x)
       if cut is not None and cut.last == f"transition{i}":
         break  # blocks, transitions and norm5 after the cut are never created
 
@@ -206,7 +214,7 @@ class DenseNet(nn.Module):
       x = nn.relu(norm(name="norm5")(x))
     return classifier_tail(
         x, num_classes=self.num_classes, dropout_rate=self.dropout_rate, train=train,
-        dtype=self.dtype, name="classifier", kernel_init=dense_init,
+        dtype=self.dtype, name="classifier", kernel_init=dense_init, taps=taps,
     )
 
 

@@ -50,7 +50,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxbn.models.layers import DepthwiseConv, classifier_tail, conv_and_norm
-from jaxbn.models.prefix import CutPoint, find_cut
+from jaxbn.models.prefix import CutPoint, find_cut, find_taps
 from jaxbn.models.spec import ModelSpec
 
 ModuleDef = Any
@@ -286,6 +286,8 @@ class EfficientNetLite(nn.Module):
     depthwise_impl: see :class:`jaxbn.models.layers.DepthwiseConv` ("auto" is
       right everywhere; "conv"/"shifts" force one lowering).
     truncate_at: TruncatedTL cut (:func:`cut_points`); None builds the full network.
+    head_taps: cut names whose outputs the head also reads, pooled and concatenated
+      (a multi-scale head); each must end before ``truncate_at``.
   """
 
   width_multiplier: float = 1.0
@@ -298,6 +300,7 @@ class EfficientNetLite(nn.Module):
   bn_axis_name: str | None = None
   depthwise_impl: str = "auto"
   truncate_at: str | None = None
+  head_taps: Sequence[str] = ()
 
   @nn.compact
   def __call__(self, x, train: bool = False, use_running_average: bool | None = None):
@@ -310,7 +313,9 @@ class EfficientNetLite(nn.Module):
       use_running_average: overrides the BN mode chosen by ``train`` (e.g.
         ``train=True, use_running_average=True`` fine-tunes with frozen statistics).
     """
-    cut = find_cut(cut_points(self.depth_multiplier), self.truncate_at, "EfficientNet-Lite")
+    cuts = cut_points(self.depth_multiplier)
+    cut = find_cut(cuts, self.truncate_at, "EfficientNet-Lite")
+    tap_after = find_taps(cuts, self.head_taps, cut, "EfficientNet-Lite")
     conv, norm = conv_and_norm(self, train, use_running_average, epsilon=BN_EPSILON)
 
     x = jnp.asarray(x, self.dtype)
@@ -320,11 +325,14 @@ class EfficientNetLite(nn.Module):
     )(x)
     x = nn.relu6(norm(name="bn0")(x))
 
+    taps = []
     for index, config in enumerate(block_configs(self.width_multiplier, self.depth_multiplier)):
       x = MBConvBlock(
           config=config, conv=conv, norm=norm, dtype=self.dtype,
           depthwise_impl=self.depthwise_impl, name=block_name(index),
       )(x)
+      if block_name(index) in tap_after:
+        taps.append(x)
       if cut is not None and cut.last == block_name(index):
         break  # later blocks and conv_head/bn1 are never created
 
@@ -334,7 +342,7 @@ class EfficientNetLite(nn.Module):
 
     return classifier_tail(
         x, num_classes=self.num_classes, dropout_rate=self.dropout_rate, train=train,
-        dtype=self.dtype, name="fc", kernel_init=dense_init,
+        dtype=self.dtype, name="fc", kernel_init=dense_init, taps=taps,
     )
 
 

@@ -106,6 +106,7 @@ def classifier_tail(
     dtype: Any,
     name: str,
     kernel_init: Callable[..., Any] = nn.linear.default_kernel_init,
+    taps: Sequence[jax.Array] = (),
 ) -> jax.Array:
   """Global average pooling → dropout → a new ``Dense`` head, every family's tail.
 
@@ -113,8 +114,11 @@ def classifier_tail(
   (called ``name``, the spec's ``head``) become submodules of the calling
   model. Pooling and logits are float32 whatever the compute ``dtype``;
   ``num_classes == 0`` returns the pooled (N, C) features, without a head.
+  ``taps``: earlier feature maps (``head_taps``), each pooled the same way and
+  concatenated before ``x``'s features (a multi-scale head).
   """
-  x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # adaptive_avg_pool2d(1) + flatten
+  pooled = [jnp.mean(t.astype(jnp.float32), axis=(1, 2)) for t in (*taps, x)]  # avg pool + flatten
+  x = pooled[0] if len(pooled) == 1 else jnp.concatenate(pooled, axis=-1)
   if num_classes == 0:
     return x
   x = nn.Dropout(dropout_rate, deterministic=not train)(x)

@@ -120,6 +120,23 @@ def find_cut(cuts: Iterable[CutPoint], truncate_at: str | None, what: str) -> Cu
   )
 
 
+def find_taps(cuts: Iterable[CutPoint], names: Sequence[str], cut: CutPoint | None,
+              what: str) -> frozenset[str]:
+  """The modules after which a multi-scale head reads features (``head_taps``).
+
+  Each of ``names`` is a cut name of ``cuts``; its output is taken after the module
+  ``CutPoint.last``, so it must lie strictly inside the model that ``cut`` keeps
+  (None: the whole network). Raises :class:`PrefixError` otherwise.
+  """
+  cuts = tuple(cuts)
+  taps = [find_cut(cuts, name, what) for name in names]
+  for tap in taps:
+    if cut is not None and not set(tap.kept) < set(cut.kept):
+      raise PrefixError(f"head tap {tap.name!r} is not before the cut {cut.name!r} of {what}: "
+                        "a tap must end inside the kept network.")
+  return frozenset(tap.last for tap in taps)
+
+
 def canonical(name: str) -> str:
   """``name`` with old spellings replaced (``conv1`` → ``stem``)."""
   return ALIASES.get(name, name)

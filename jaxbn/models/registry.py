@@ -20,7 +20,7 @@ Calling convention shared by all models (NHWC input, float32 logits out)::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -105,6 +105,7 @@ def create_model(
     norm: str = "bn",
     dropout_rate: float = 0.0,
     truncate_at: str | None = None,
+    head_taps: Sequence[str] = (),
     **kwargs: Any,
 ) -> nn.Module:
   """Builds a Flax Linen backbone by name (for Flax NNX: :func:`jaxbn.nnx.create_model`).
@@ -118,11 +119,18 @@ def create_model(
     truncate_at: TruncatedTL cut (:func:`cut_points`, or a ``stageK`` / ``stage-K``
       prefix, :mod:`jaxbn.models.prefix`): keep the network up to this point, then
       global average pooling + the head. None: full model.
+    head_taps: cuts (names as for ``truncate_at``) whose outputs the head also reads,
+      each globally average-pooled and concatenated with the last features: a
+      multi-scale head with a few more head weights. Each must end before the cut.
     **kwargs: forwarded to the family's module (advanced options).
   """
   spec = get_spec(name)
   if truncate_at is not None:
     kwargs["truncate_at"] = get_cut(name, truncate_at).name  # fails early, listing the cuts
+  if head_taps:
+    kwargs["head_taps"] = tuple(get_cut(name, tap).name for tap in head_taps)
+    cut = get_cut(name, truncate_at) if truncate_at is not None else None
+    prefix.find_taps(_cuts(name), kwargs["head_taps"], cut, name)  # before the cut, or raises
   return spec.build(
       num_classes=num_classes, dtype=dtype, norm=norm, dropout_rate=dropout_rate, **kwargs
   )

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 
 from jaxbn.models import norm as norm_lib
 from jaxbn.models.layers import classifier_tail, conv_and_norm
-from jaxbn.models.prefix import CutPoint, find_cut
+from jaxbn.models.prefix import CutPoint, find_cut, find_taps
 from jaxbn.models.spec import ModelSpec
 
 ModuleDef = Any
@@ -183,6 +183,8 @@ class ResNet(nn.Module):
     bn_axis_name: pmap axis to average BN batch statistics over (cross-replica BN;
       jaxbn's trainer sets it under ``parallel='pmap'``); None under jit.
     truncate_at: TruncatedTL cut (:func:`cut_points`); None builds the full network.
+    head_taps: cut names whose outputs the head also reads, pooled and concatenated
+      (a multi-scale head); each must end before ``truncate_at``.
     stage_widths: width of the 3x3 convs of layer1..layer4 (a block outputs
       ``width * expansion`` channels); None = torchvision's :data:`STAGE_WIDTHS`
       ``(64, 128, 256, 512)``. Other widths change the parameter shapes of
@@ -200,6 +202,7 @@ class ResNet(nn.Module):
   bn_momentum: float = norm_lib.TORCH_BN_MOMENTUM
   bn_axis_name: str | None = None
   truncate_at: str | None = None
+  head_taps: Sequence[str] = ()
   stage_widths: Sequence[int] | None = None
 
   @nn.compact
@@ -213,7 +216,9 @@ class ResNet(nn.Module):
       use_running_average: overrides the BN mode chosen by ``train`` (e.g.
         ``train=True, use_running_average=True`` fine-tunes with frozen statistics).
     """
-    cut = find_cut(cut_points(tuple(self.stage_sizes)), self.truncate_at, "ResNet")
+    cuts = cut_points(tuple(self.stage_sizes))
+    cut = find_cut(cuts, self.truncate_at, "ResNet")
+    tap_after = find_taps(cuts, self.head_taps, cut, "ResNet")
     conv, norm = conv_and_norm(self, train, use_running_average, epsilon=BN_EPSILON, kernel_init=conv_init)
     block_cls: Callable[..., nn.Module] = BottleneckBlock if self.bottleneck else BasicBlock
     expansion = block_expansion(self.bottleneck)
@@ -233,6 +238,7 @@ class ResNet(nn.Module):
     ]
     if cut is not None:  # keep the blocks up to the cut; the rest are never created
       blocks = [b for b in blocks if block_name(b[0], b[1]) in cut.kept]
+    taps = []
     for stage, index, width in blocks:
       strides = 2 if stage > 1 and index == 0 else 1
       project = index == 0 and (strides != 1 or in_features != width * expansion)
@@ -241,10 +247,12 @@ class ResNet(nn.Module):
           name=block_name(stage, index),
       )(x)
       in_features = width * expansion
+      if block_name(stage, index) in tap_after:
+        taps.append(x)
 
     return classifier_tail(
         x, num_classes=self.num_classes, dropout_rate=self.dropout_rate, train=train,
-        dtype=self.dtype, name="fc", kernel_init=dense_init,
+        dtype=self.dtype, name="fc", kernel_init=dense_init, taps=taps,
     )
 
 
