@@ -470,8 +470,11 @@ def _num(x: float | None, fmt: str = "{:,.0f}") -> str:
   return "—" if x is None else fmt.format(x)
 
 
-def table_markdown(rows: list[dict]) -> list[str]:
-  lines = ["| dataset | arch | strategy | seeds | test AUC | test ACC | trainable params | "
+def table_markdown(rows: list[dict], over: str = "seeds") -> list[str]:
+  """The "All results" table; ``over``: what a row's runs are ("seeds", or "runs (seeds ×
+  folds)" for a cross-validation)."""
+  unit = over.split()[0]
+  lines = [f"| dataset | arch | strategy | {unit} | test AUC | test ACC | trainable params | "
            "trainable % | steps to best val AUC | wall to best (s) | to target val AUC (steps / s) | "
            "train step (ms) | run wall (s) |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -489,7 +492,7 @@ def table_markdown(rows: list[dict]) -> list[str]:
     else:
       target = f"{r['steps_to_target']:,.0f} / {r['wall_to_target_s']:,.0f}"
       if r["n_reached"] < r["n_done"]:
-        target += f" ({r['n_reached']} of {r['n_done']} seeds)"
+        target += f" ({r['n_reached']} of {r['n_done']} {unit})"
     lines.append(
         f"| {r['dataset']} | {r['arch']} | {r['strategy']} | {seeds} | "
         f"{_pm(r['test_auc'], r['test_auc_sd'])} | {_pm(r['test_acc'], r['test_acc_sd'])} | "
@@ -587,22 +590,24 @@ def render_markdown(runs: list[RunInfo], rows: list[dict], plans: list[dict],
            f"evaluation included)"
            + (f"; the sweep took {span:.0f} min from its first start to its last finish." if span
               else "."), ""]
+  over = "runs (seeds × folds)" if any(r.fold is not None for r in runs) else "seeds"
   if rows:
-    lines += ["## Headline: test AUC / ACC (mean ± sd over seeds)", ""]
+    lines += [f"## Headline: test AUC / ACC (mean ± sd over {over})", ""]
     lines += headline_markdown(rows)
     lines += ["", "MedMNIST v2 rows: Yang et al., Scientific Data 2023 (trained from scratch, "
               "28 px or upsampled to 224 px); the runs above use the official splits and test set.",
               ""]
     lines += spread_markdown(rows)
     lines += ["## All results", ""]
-    lines += table_markdown(rows)
+    lines += table_markdown(rows, over)
     lines += ["", "Trainable params: the last stage's trainable parameters (e.g. everything for "
               "`fc_then_full`); %: of the whole model. Steps / wall to best: when the best "
               "validation AUC was reached (its checkpoint gives the test numbers). Train step: "
               "median over the last stage from the trainer's steps_per_sec"
               + (" († = wall time / steps, compilation and evaluation included)"
                  if any(not r["step_time_exact"] for r in rows if r["step_time_s"]) else "")
-              + ". Seeds: finished / present (⚠ = some unfinished or missing). To target: first "
+              + f". {over.capitalize()}: finished / present (⚠ = some unfinished or missing). "
+              "To target: first "
               "evaluation with validation AUC ≥ the target ("
               + ", ".join(f"{d} {t}" for d, t in dict.fromkeys(
                   (r["dataset"], r["target_auc"]) for r in rows if r["target_auc"]))

@@ -202,6 +202,20 @@ def test_paired_comparison_pairs_runs_by_seed_and_fold(tmp_path):
     module.main(["--baseline=nope", str(path)])
 
 
+def test_a_cross_validation_report_counts_runs_not_seeds(tmp_path):
+  root = tmp_path / "cv"
+  runs = [{"name": f"ds__net__a__seed0__fold{k}", "strategy": "a", "arch": "net", "dataset": "ds",
+           "seed": 0, "fold": k, "dir": f"runs/ds__net__a__seed0__fold{k}"} for k in range(3)]
+  _write(root / "sweep.json", {"name": "cv", "runs": runs})
+  for k, run in enumerate(runs):
+    _write(root / run["dir"] / "results.json", _results(0.8 + 0.01 * k, 0.7, trainable=48))
+  report.write_report([str(root)], str(tmp_path / "out"))
+  md = (tmp_path / "out" / "report.md").read_text()
+  assert "## Headline: test AUC / ACC (mean ± sd over runs (seeds × folds))" in md
+  assert "| dataset | arch | strategy | runs | test AUC |" in md and "| 3/3 | 0.8100 ± 0.0100 |" in md
+  assert "Runs (seeds × folds): finished / present" in md and "over seeds" not in md
+
+
 def test_report_with_no_finished_runs(tmp_path):
   empty = tmp_path / "empty"
   empty.mkdir()
