@@ -101,7 +101,8 @@ def jax_leaves(tree):
 
 
 def _pooled(arch, truncate_at, variables, x, **kwargs):
-  """Pooled features of ``arch`` cut at ``truncate_at``, with the matching subset of ``variables``."""
+  """Pooled features of ``arch`` cut at ``truncate_at``, from the matching subset of
+  ``variables``."""
   import jax
 
   model = create_model(arch, num_classes=0, truncate_at=truncate_at, **kwargs)

@@ -72,7 +72,8 @@ def one_run(cache_dir: str, workdir: str) -> dict:
   proc.wait()
   if proc.returncode != 0 or "first_step_s" not in seen:
     sys.stderr.writelines(last_lines)
-    raise SystemExit(f"error: the run failed (exit {proc.returncode}); its last log lines are above")
+    raise SystemExit(f"error: the run failed (exit {proc.returncode}); its last log lines are "
+                     "above")
   return {**seen, "done_s": round(time.perf_counter() - t0, 2)}
 
 
