@@ -178,3 +178,9 @@ PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/roun
 lever_round round13 && extract round13
 PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json \
     docs/accuracy/round13.json
+
+# 18. Round fourteen: a multi-scale head (model.head_taps: Lite0's stage 5, and stages 4 + 5,
+#     beside the cut's stage 6) on the folds (seed 0), paired with round eleven's recipe runs.
+lever_round round14 && extract round14
+PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json \
+    docs/accuracy/round14.json
