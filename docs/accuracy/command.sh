@@ -184,3 +184,9 @@ PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/roun
 lever_round round14 && extract round14
 PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json \
     docs/accuracy/round14.json
+
+# 19. Round fifteen: round fourteen's stage-5 tap with seed 1 on the same folds, paired with round
+#     eleven's seed-1 recipe runs (did not replicate; not adopted).
+lever_round round15 && extract round15
+PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json \
+    docs/accuracy/round14.json docs/accuracy/round15.json
