@@ -126,6 +126,11 @@ def test_head_taps_are_checked_against_the_cut_up_front():
   config.model.head_taps = ("",)
   with pytest.raises(validate.ConfigError, match="a tuple of cut names"):
     validate.check(config)
+  # In an override string, where commas separate the overrides, a tuple field takes a or a+b.
+  one = validate.load_config_file("configs/bn_only.py:model.head_taps=stage-2,seed=3")
+  two = validate.load_config_file("configs/bn_only.py:model.head_taps=stage-3+stage-2")
+  assert (one.model.head_taps, one.seed, two.model.head_taps) == (
+      ("stage-2",), 3, ("stage-3", "stage-2"))
 
 
 def test_every_base_config_field_is_checked_and_defaults_pass():
