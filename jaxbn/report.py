@@ -470,10 +470,9 @@ def _num(x: float | None, fmt: str = "{:,.0f}") -> str:
   return "—" if x is None else fmt.format(x)
 
 
-def table_markdown(rows: list[dict], over: str = "seeds") -> list[str]:
-  """The "All results" table; ``over``: what a row's runs are ("seeds", or "runs (seeds ×
-  folds)" for a cross-validation)."""
-  unit = over.split()[0]
+def table_markdown(rows: list[dict], unit: str = "seeds") -> list[str]:
+  """The "All results" table; ``unit``: what a row's runs are called ("seeds", or "runs"
+  for a cross-validation's seeds × folds)."""
   lines = [f"| dataset | arch | strategy | {unit} | test AUC | test ACC | trainable params | "
            "trainable % | steps to best val AUC | wall to best (s) | to target val AUC (steps / s) | "
            "train step (ms) | run wall (s) |",
@@ -590,7 +589,8 @@ def render_markdown(runs: list[RunInfo], rows: list[dict], plans: list[dict],
            f"evaluation included)"
            + (f"; the sweep took {span:.0f} min from its first start to its last finish." if span
               else "."), ""]
-  over = "runs (seeds × folds)" if any(r.fold is not None for r in runs) else "seeds"
+  cv = any(r.fold is not None for r in runs)  # a row's runs are seeds × folds, not seeds
+  unit, over = ("runs", "runs (seeds × folds)") if cv else ("seeds", "seeds")
   if rows:
     lines += [f"## Headline: test AUC / ACC (mean ± sd over {over})", ""]
     lines += headline_markdown(rows)
@@ -599,7 +599,7 @@ def render_markdown(runs: list[RunInfo], rows: list[dict], plans: list[dict],
               ""]
     lines += spread_markdown(rows)
     lines += ["## All results", ""]
-    lines += table_markdown(rows, over)
+    lines += table_markdown(rows, unit)
     lines += ["", "Trainable params: the last stage's trainable parameters (e.g. everything for "
               "`fc_then_full`); %: of the whole model. Steps / wall to best: when the best "
               "validation AUC was reached (its checkpoint gives the test numbers). Train step: "

@@ -125,11 +125,12 @@ def create_model(
     **kwargs: forwarded to the family's module (advanced options).
   """
   spec = get_spec(name)
-  if truncate_at is not None:
-    kwargs["truncate_at"] = get_cut(name, truncate_at).name  # fails early, listing the cuts
+  # Fails early, listing the valid cuts.
+  cut = get_cut(name, truncate_at) if truncate_at is not None else None
+  if cut is not None:
+    kwargs["truncate_at"] = cut.name
   if head_taps:
     kwargs["head_taps"] = tuple(get_cut(name, tap).name for tap in head_taps)
-    cut = get_cut(name, truncate_at) if truncate_at is not None else None
     prefix.find_taps(_cuts(name), kwargs["head_taps"], cut, name)  # before the cut, or raises
   return spec.build(
       num_classes=num_classes, dtype=dtype, norm=norm, dropout_rate=dropout_rate, **kwargs
