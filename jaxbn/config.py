@@ -80,6 +80,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.grad_clip_norm = 0.0  # 0 = off
   c.label_smoothing = 0.0
   c.mixup_alpha = 0.0  # mixup's Beta(α, α) when > 0 (jaxbn.step.mixup); 0 = off
+  # "balanced": each example's loss × N / (K n_its_class) over the training split, so every
+  # class weighs the same (jaxbn.step.balanced_class_weights); single-label data only
+  # (multi-label data train unweighted). "none": unweighted.
+  c.class_weights = "none"
 
   # BN statistics while training: "frozen" = inference mode (running stats
   # used and never updated; the paper's default), "batch" = batch statistics

@@ -21,6 +21,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxbn import masks
@@ -74,6 +75,23 @@ def loss_per_example(
   return optax.softmax_cross_entropy(logits, onehot)
 
 
+def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """Per-class loss weights ``N / (K n_c)`` for single-label ``labels`` (int [N]).
+
+  Every class then carries the same total weight, and the weights average 1 over the
+  training examples (scikit-learn's ``class_weight="balanced"``), so the loss keeps its
+  scale. A class with no training example gets 0.
+
+  >>> balanced_class_weights(np.array([0, 0, 0, 1]), 2).tolist()
+  [0.6666666666666666, 2.0]
+  """
+  counts = np.bincount(np.asarray(labels).reshape(-1), minlength=num_classes)[:num_classes]
+  weights = np.zeros(num_classes)
+  seen = counts > 0
+  weights[seen] = counts.sum() / (num_classes * counts[seen])
+  return weights
+
+
 def probabilities(logits: jax.Array, multi_label: bool) -> jax.Array:
   logits = logits.astype(jnp.float32)
   return jax.nn.sigmoid(logits) if multi_label else jax.nn.softmax(logits, axis=-1)
@@ -116,6 +134,7 @@ def make_train_step(
     multi_label: bool,
     label_smoothing: float = 0.0,
     mixup_alpha: float = 0.0,
+    class_weights: Any = None,
     axis_name: str | None = None,
     grad_wrt: str = "trainable",
 ) -> Callable:
@@ -134,6 +153,9 @@ def make_train_step(
       ``λ ~ Beta(α, α)`` per step and ``perm`` a random permutation of the batch (of
       each device's rows under pmap). 0 = off (the step is then unchanged, dropout
       draws included).
+    class_weights: single-label only: a weight per class ([num_classes], e.g.
+      :func:`balanced_class_weights`) that scales each example's loss by its class's
+      (under mixup, each of the two targets' by its own); ``None`` = unweighted.
     axis_name: pmap axis to average over; ``None`` under jit.
     grad_wrt: ``"trainable"`` (differentiate the trainable leaves only, frozen ones
       are constants) or ``"all"`` (every leaf; frozen leaves get zero updates —
@@ -145,7 +167,14 @@ def make_train_step(
     raise ValueError(f"grad_wrt must be 'trainable' or 'all', got {grad_wrt!r}.")
   if mixup_alpha < 0:
     raise ValueError(f"mixup_alpha must be >= 0, got {mixup_alpha}.")
+  if class_weights is not None and multi_label:
+    raise ValueError("class_weights weigh the classes of single-label data; "
+                     "this data set is multi-label.")
   trainable = masks.trainable_mask(labels)
+  class_weights = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
+
+  def weighted(loss: jax.Array, label: jax.Array) -> jax.Array:
+    return loss if class_weights is None else loss * class_weights[label]
 
   def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array, lr_scale):
     rng = jax.random.fold_in(rng, state.step)
@@ -175,9 +204,9 @@ def make_train_step(
             variables, images, train=True, use_running_average=True, rngs={"dropout": rng}
         )
         new_stats = state.batch_stats
-      loss = sum(weight * loss_per_example(
+      loss = sum(weight * weighted(loss_per_example(
           logits, label, multi_label=multi_label, label_smoothing=label_smoothing
-      ) for weight, label in targets).mean()
+      ), label) for weight, label in targets).mean()
       return loss, new_stats
 
     (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(train)

@@ -103,6 +103,7 @@ class Run:
   stage_steps: list[int]
   labels: list  # per stage: the mask labels of params
   optimizers: list  # per stage
+  class_weights: Any  # [num_classes] loss weights (config.class_weights), or None
   eval_every: int
   eval_step: Callable
   tta_step: Callable | None
@@ -221,7 +222,7 @@ def _setup(config, workdir: str, preempt) -> tuple[Run, dict]:
   writer = _metric_writer(workdir)
   run = Run(
       config=config, workdir=workdir, info=info, model=model, par=par, stages=stages,
-      stage_steps=stage_steps, labels=labels,
+      stage_steps=stage_steps, labels=labels, class_weights=_class_weights(config, info),
       optimizers=[setup.build_optimizer(config, s, n, lab)
                   for (_, s), n, lab in zip(stages, stage_steps, labels)],
       eval_every=eval_every, eval_step=eval_step, tta_step=tta_step,
@@ -236,6 +237,20 @@ def _setup(config, workdir: str, preempt) -> tuple[Run, dict]:
                config.model.arch, config.model.init, f"{run.total_params:,}", info.name,
                info.num_examples, info.num_classes, " (multi-label)" if info.multi_label else "")
   return run, variables
+
+
+def _class_weights(config, info: pipeline.DatasetInfo):
+  """``config.class_weights`` as a weight per class from the training labels, or None."""
+  if config.get("class_weights", "none") == "none":
+    return None
+  if info.multi_label:
+    logging.info("class_weights=%s: %s is multi-label, so it trains unweighted.",
+                 config.class_weights, info.name)
+    return None
+  weights = step_lib.balanced_class_weights(pipeline.train_labels(config.data), info.num_classes)
+  logging.info("Class weights (%s): %s.", config.class_weights,
+               ", ".join(f"{n} {w:.3g}" for n, w in zip(info.class_names, weights)))
+  return weights
 
 
 def _metric_writer(workdir: str) -> metric_writers.MetricWriter:
@@ -339,7 +354,7 @@ def _run_stage(run: Run, loop: LoopState, stage_idx: int, state: TrainState, ema
   train_step = run.par.compile_train(step_lib.make_train_step(
       run.model, run.optimizers[stage_idx], run.labels[stage_idx], bn_stats=config.bn_stats,
       multi_label=run.info.multi_label, label_smoothing=config.label_smoothing,
-      mixup_alpha=config.mixup_alpha,
+      mixup_alpha=config.mixup_alpha, class_weights=run.class_weights,
       axis_name=run.par.axis_name,
   ))
   batches = _train_batches(config, run.spec, stage_idx, loop.stage_step)

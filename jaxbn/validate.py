@@ -366,6 +366,7 @@ def field_checks(tasks: Iterable[str] = ("train",)) -> dict[str, tuple[Check, st
       "grad_clip_norm": num_in(0.0),
       "label_smoothing": num_in(0.0, 1.0, hi_open=True),
       "mixup_alpha": num_in(0.0),
+      "class_weights": one_of("none", "balanced"),
       "bn_stats": one_of("frozen", "batch"),
       "bn_momentum": num_in(0.0, 1.0, hi_open=True),
       "plateau_factor": num_in(0.0, 1.0, lo_open=True),

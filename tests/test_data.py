@@ -573,6 +573,8 @@ def test_folds_pool_train_and_val_and_hold_out_each_example_once(tmp_path, monke
     train = [(int(l), np.round(x * 255).astype(np.uint8).tobytes())
              for x, l in zip(batch["image"], batch["label"])]
     assert sorted(train + val) == pooled
+    np.testing.assert_array_equal(np.sort(pipeline.train_labels(config)),
+                                  sorted(l for l, _ in train))
   assert sorted(held_out) == pooled  # every labelled example is validation once
 
 
@@ -584,6 +586,7 @@ def test_folds_work_on_image_folders(tmp_path):
   assert info.num_examples == {"train": 6, "val": 6, "test": 4}
   val_labels = _real(_eval_all(config, "val", image_size=16), "label")
   np.testing.assert_array_equal(np.sort(val_labels), [0, 0, 0, 1, 1, 1])  # stratified
+  np.testing.assert_array_equal(np.sort(pipeline.train_labels(config)), [0, 0, 0, 1, 1, 1])
   with pytest.raises(ValueError, match="data.fold=2 is not a fold of data.folds=2"):
     pipeline.get_dataset_info(ml_collections.ConfigDict(dict(name=f"folder:{root}", folds=2,
                                                              fold=2)))

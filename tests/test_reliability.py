@@ -70,6 +70,8 @@ CONFIG_ERRORS = [
     ([BN_ONLY, "--config.finetune.schedule=linear"], "config.finetune.schedule='linear'",
      "constant | cosine | plateau"),
     ([BN_ONLY, "--config.bn_stats=running"], "config.bn_stats='running'", "frozen | batch"),
+    ([BN_ONLY, "--config.class_weights=inverse"], "config.class_weights='inverse'",
+     "none | balanced"),
     ([BN_ONLY, "--config.parallel=pmapp"], "config.parallel='pmapp'", "jit | pmap"),
     ([BN_ONLY, "--config.model.arch=resnet5"], "config.model.arch='resnet5'", "resnet50"),
     ([BN_ONLY, "--config.model.dtype=float16"], "config.model.dtype='float16'", "bfloat16"),

@@ -182,6 +182,37 @@ def test_mixup_trains_on_the_mixed_batch_with_the_mixed_loss(setup):
                              mixup_alpha=-1.0)
 
 
+def test_balanced_class_weights_make_every_class_weigh_the_same():
+  labels = np.array([0, 0, 0, 0, 1, 1, 2, 0])
+  w = step_lib.balanced_class_weights(labels, 4)  # class 3 has no example
+  counts = np.bincount(labels, minlength=4)
+  np.testing.assert_allclose(w[:3] * counts[:3], [8 / 4] * 3)  # N / K per class
+  assert w[3] == 0.0
+  assert np.mean(w[labels]) == pytest.approx(3 / 4)  # 3 of the 4 classes are present
+  np.testing.assert_allclose(step_lib.balanced_class_weights(np.arange(6) % 3, 3), [1.0] * 3)
+
+
+def test_class_weights_scale_each_examples_loss_by_its_class(setup):
+  variables, batch, labels = setup
+  tx = setup_lib.build_optimizer(_config(), config_lib.stage(STRATEGY, 1, LR), 1, labels)
+  weights = np.array([0.5, 1.0, 3.0])
+  step = jax.jit(step_lib.make_train_step(_model(), tx, labels, bn_stats="frozen",
+                                          multi_label=False, class_weights=weights))
+  state, metrics = step(step_lib.TrainState.create(variables, tx), batch, jax.random.key(0),
+                        jnp.float32(1.0))
+  per_example = optax.softmax_cross_entropy_with_integer_labels(_logits(setup), batch["label"])
+  expected = np.mean(weights[batch["label"]] * np.asarray(per_example))
+  assert float(metrics["loss"]) == pytest.approx(float(expected), rel=1e-5)
+  plain, plain_loss = run(setup)
+  assert abs(float(metrics["loss"]) - plain_loss) > 1e-3
+  moved, _ = _deltas(jax.tree.map(np.asarray, state), setup)
+  moved_plain, _ = _deltas(plain, setup)
+  assert any(not np.allclose(moved[k], moved_plain[k]) for k in moved)
+  with pytest.raises(ValueError, match="multi-label"):
+    step_lib.make_train_step(_model(), tx, labels, bn_stats="frozen", multi_label=True,
+                             class_weights=weights)
+
+
 # --------------------------------------------------------------------------- #
 # Optimizer options: lr scale, gradient clipping, weight decay.
 # --------------------------------------------------------------------------- #

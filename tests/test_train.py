@@ -16,6 +16,7 @@ import pytest
 
 from jaxbn import config as config_lib, masks, preemption, report, step as step_lib, train
 from jaxbn.checkpoint import RunCheckpoints
+from jaxbn.data import pipeline
 from jaxbn.models import create_model, init_variables
 from jaxbn.parallel import DataParallel
 
@@ -216,6 +217,21 @@ def test_end_to_end_results(tmp_path, caplog):
   firsts = [m for m in messages if "first train step done in" in m]
   assert [m.split("'")[1] for m in firsts] == list(dict.fromkeys(h["stage"] for h in results["history"]))
   assert [s for s, _ in report.read_events_scalars(str(tmp_path), "val_auc")] == [4, 8]
+
+
+def test_balanced_class_weights_come_from_the_training_labels(tmp_path, caplog):
+  config = tiny_config(class_weights="balanced", max_steps=2, eval_every_steps=2)
+  with caplog.at_level(logging.INFO):
+    weighted = train.train_and_evaluate(config, str(tmp_path / "balanced"))
+  counts = np.bincount(pipeline.train_labels(config.data))
+  expected = counts.sum() / (2 * counts)
+  assert expected[0] > 1 > expected[1]  # PneumoniaMNIST: fewer normal than pneumonia images
+  line, = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Class weights")]
+  assert line == (f"Class weights (balanced): normal {expected[0]:.3g}, "
+                  f"pneumonia {expected[1]:.3g}.")
+  plain = train.train_and_evaluate(tiny_config(max_steps=2, eval_every_steps=2),
+                                   str(tmp_path / "plain"))
+  assert weighted["history"][0]["val_loss"] != pytest.approx(plain["history"][0]["val_loss"])
 
 
 def test_trainer_pmap_equals_jit_with_batch_statistics(tmp_path):

@@ -24,6 +24,7 @@ _PIPELINE_EXPORTS = (
     "eval_iterator",
     "get_dataset_info",
     "train_iterator",
+    "train_labels",
 )
 
 __all__ = list(_PIPELINE_EXPORTS)

@@ -464,6 +464,11 @@ def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   return _source(config).info
 
 
+def train_labels(config: ml_collections.ConfigDict) -> np.ndarray:
+  """The training split's labels in stored order: int [N], or 0/1 [N, L] if multi-label."""
+  return _source(config).table("train", False).columns["label"].numpy()
+
+
 # ---------------------------------------------------------------- transforms --
 
 
