@@ -190,3 +190,21 @@ PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/roun
 lever_round round15 && extract round15
 PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json \
     docs/accuracy/round14.json docs/accuracy/round15.json
+
+# 20. Round sixteen: half the batch (batch_size=32) on the folds, seeds 0 and 1, paired with
+#     round eleven's recipe runs of both seeds.
+lever_round round16 && extract round16
+PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json \
+    docs/accuracy/round16.json
+
+# 21. Round seventeen: class-balanced cross-entropy (class_weights=balanced) on the folds, seeds
+#     0 and 1, paired with round eleven's recipe runs of both seeds.
+lever_round round17 && extract round17
+PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json \
+    docs/accuracy/round17.json
+
+# 22. Round eighteen: the stage-5 tap and batch 32 together on the folds, seeds 0 and 1, paired
+#     with round eleven's recipe runs of both seeds.
+lever_round round18 && extract round18
+PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json \
+    docs/accuracy/round18.json
