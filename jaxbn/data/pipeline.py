@@ -464,9 +464,6 @@ def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   return _source(config).info
 
 
-def train_labels(config: ml_collections.ConfigDict) -> np.ndarray:
-  """The training split's labels in stored order: int [N], or 0/1 [N, L] if multi-label."""
-  return _source(config).table("train", False).columns["label"].numpy()
 
 
 # ---------------------------------------------------------------- transforms --
@@ -601,6 +598,17 @@ def example_index(position: tf.Tensor, num_examples: int, seed: int) -> tf.Tenso
       tf.constant(num_examples - 1, tf.int64))
 
 
+def _train_table(config: ml_collections.ConfigDict, source: _Source) -> _Table:
+  """The training split as :func:`train_iterator` reads it (decoded when cached)."""
+  return source.table("train", _should_cache(_get(config, "cache"), source,
+                                             source.info.num_examples["train"]))
+
+
+def train_labels(config: ml_collections.ConfigDict) -> np.ndarray:
+  """The training split's labels in stored order: int [N], or 0/1 [N, L] if multi-label."""
+  return _train_table(config, _source(config)).columns["label"].numpy()
+
+
 def train_iterator(config: ml_collections.ConfigDict, *, batch_size: int,
                    image_size: int, mean, std, seed: int,
                    process_index: int = 0, process_count: int = 1,
@@ -624,12 +632,11 @@ def train_iterator(config: ml_collections.ConfigDict, *, batch_size: int,
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}.")
   source = _source(config)
-  num_examples = source.info.num_examples["train"]
   scale, offset = _normalizer(mean, std)
   augment = bool(_get(config, "augment"))
   hflip = _get(config, "hflip")
   hflip = augment and (source.hflip_ok if hflip is None else bool(hflip))
-  table = source.table("train", _should_cache(_get(config, "cache"), source, num_examples))
+  table = _train_table(config, source)
   aug_seed = tf.constant([seed, 0], tf.int64)
   global_batch = batch_size * process_count
 
