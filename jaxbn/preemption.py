@@ -21,8 +21,10 @@ once (the default action), as users expect from a second Ctrl-C.
 
 A signal during start-up (imports, data and weights loading, before the
 trainer's handlers are in place) is recorded by :func:`catch_early`, which
-``jaxbn.main`` calls first: the run then stops before its first step with the
-same exit status, so a requeue script sees one status for every preemption.
+``jaxbn.main`` and ``jaxbn.sweep`` call first: the run then stops before its first
+step with the same exit status, so a requeue script sees one status for every
+preemption. A signal after a run's last step (its final evaluation) lets that run
+finish and is carried the same way, so a sweep starts no further run.
 
 Test hook: ``JAXBN_SIGNAL_AT_STEP=STEP[:SIGNAL[:PROCESS]]`` makes process
 PROCESS (default 0) send itself SIGNAL (default SIGTERM) right after global
@@ -117,10 +119,16 @@ class Preemption:
       self._previous[sig] = signal.signal(sig, self._handle)
     return self
 
-  def __exit__(self, *exc) -> None:
+  def __exit__(self, exc_type, exc, tb) -> None:
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
     self._previous.clear()
+    if self.signal is not None and not isinstance(exc, Preempted):
+      # The signal came after the last step (during the final evaluation): this run's
+      # results are complete, but the machine is still going away, so the next run in this
+      # process (a sweep's) stops before its first step.
+      global _early_signal
+      _early_signal = self.signal
 
   def _handle(self, signum: int, frame: FrameType | None) -> None:
     del frame

@@ -455,6 +455,7 @@ def main(argv: list[str]) -> None:
       print(f"{i:3d} {run.name} [{status}]\n    " + (f"{run.base} + " if run.base else "")
             + ",".join(run.overrides))
     return
+  preemption.catch_early()  # a signal between two runs stops the sweep with status 75 too
   try:
     summary = run_sweep(sweep, FLAGS.workdir, only=FLAGS.only,
                         command=" ".join(["python -m jaxbn.sweep"] + sys.argv[1:]),

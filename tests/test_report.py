@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import signal
 import struct
 
 import ml_collections
@@ -399,6 +400,39 @@ def test_a_preempted_run_stops_the_sweep_and_the_same_command_resumes_it(tmp_pat
   summary = sweep.run_sweep(c, str(tmp_path), train_fn=preempted_once, out=lines.append)
   assert (summary["ran"], summary["failed"], summary["skipped"]) == (4, 0, 0)
   assert calls == [0, 0, 0, 1, 1]
+
+
+def test_a_signal_after_a_runs_last_step_lets_it_finish_and_starts_no_further_run(tmp_path):
+  # SIGTERM during a run's final evaluation (after its last step): that run's results are
+  # complete and kept, but the machine is going away, so the sweep stops before the next run.
+  from jaxbn import preemption
+
+  c = _tiny_sweep()
+  c.grid.seeds = "0,1"
+  calls, lines = [], []
+
+  def signalled_while_finishing(config, workdir):
+    calls.append(config.seed)
+    with preemption.Preemption():
+      if len(calls) == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+      res = _results(0.6, 0.5, trainable=10)
+      _write(pathlib.Path(workdir) / "results.json", res)
+    return res
+
+  previous = {sig: signal.getsignal(sig) for sig in preemption.SIGNALS}
+  try:
+    with pytest.raises(preemption.Preempted, match="before the first step"):
+      sweep.run_sweep(c, str(tmp_path), train_fn=signalled_while_finishing, out=lines.append)
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+  assert calls == [0, 0]  # the second run stopped on entry, before any step
+  assert any("run 1 of 4" in l and "done" in l for l in lines)
+  assert any("preempted during run 2 of 4" in l for l in lines)
+  summary = sweep.run_sweep(c, str(tmp_path), train_fn=signalled_while_finishing,
+                            out=lines.append)
+  assert (summary["ran"], summary["skipped"], summary["failed"]) == (3, 1, 0)
 
 
 def test_tiny_real_sweep_skips_finished_runs_and_reports(tmp_path):
