@@ -244,7 +244,7 @@ def _class_weights(config, info: pipeline.DatasetInfo):
   if config.get("class_weights", "none") == "none":
     return None
   if info.multi_label:
-    logging.info("class_weights=%s: %s is multi-label, so it trains unweighted.",
+    logging.warning("class_weights=%s: %s is multi-label, so it trains unweighted.",
                  config.class_weights, info.name)
     return None
   weights = step_lib.balanced_class_weights(pipeline.train_labels(config.data), info.num_classes)

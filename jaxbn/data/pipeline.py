@@ -464,8 +464,6 @@ def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   return _source(config).info
 
 
-
-
 # ---------------------------------------------------------------- transforms --
 
 
