@@ -208,3 +208,9 @@ PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/roun
 lever_round round18 && extract round18
 PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json \
     docs/accuracy/round18.json
+
+# 23. Round nineteen: head dropout 0.5 (model.dropout_rate=0.5) on the folds, seeds 0 and 1,
+#     paired with round eleven's recipe runs of both seeds.
+lever_round round19 && extract round19
+PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json \
+    docs/accuracy/round19.json
