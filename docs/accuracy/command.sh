@@ -214,3 +214,9 @@ PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/roun
 lever_round round19 && extract round19
 PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json \
     docs/accuracy/round19.json
+
+# 24. Round twenty: BN-stage lr 2e-3 (finetune.lr=2e-3) on the folds, seeds 0 and 1, paired with
+#     round eleven's recipe runs of both seeds.
+lever_round round20 && extract round20
+PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json \
+    docs/accuracy/round20.json
