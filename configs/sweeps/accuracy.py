@@ -214,7 +214,7 @@ ROUND19 = {"dropout05": "model.dropout_rate=0.5"}
 # Round twenty: BN-stage lr 2e-3, between round nine's 1e-3 and the cut recipe's 3e-3 (round
 # eleven: the cut recipe, lr 3e-3 over 8 epochs without rotations and shifts, was +0.0054 ±
 # 0.0040 over round nine's, on 7 of 10). Round sixteen's rule, fixed before the runs
-# (27 Nov, 17:09 UTC).
+# (27 Nov, 17:08 UTC).
 ROUND20 = {"lr2e-3": "finetune.lr=2e-3"}
 
 
