@@ -220,3 +220,9 @@ PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/roun
 lever_round round20 && extract round20
 PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json \
     docs/accuracy/round20.json
+
+# 25. Round twenty-one: seed 2 of the recipe and of lr 2e-3 on the same folds; the 15 pairs of
+#     rounds eleven, twenty and twenty-one together.
+lever_round round21 && extract round21
+PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json \
+    docs/accuracy/round20.json docs/accuracy/round21.json
