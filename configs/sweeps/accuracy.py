@@ -219,7 +219,7 @@ ROUND20 = {"lr2e-3": "finetune.lr=2e-3"}
 
 # Round twenty-one: round twenty's lr 2e-3 met half the rule (+0.0036 ± 0.0014, 2.6 SE) on 7 of
 # 10. Seed 2 on the same folds, for the recipe and the lever, adds 5 pairs. The rule, fixed after
-# round twenty and before these runs (27 Nov, 17:52 UTC), keeps round sixteen's proportion: over
+# round twenty and before these runs (27 Nov, 17:51 UTC), keeps round sixteen's proportion: over
 # the 15 pairs, a mean gain above twice its SE and at least 12 of 15 that gain (so all 5 new ones).
 ROUND21 = {"recipe": "", "lr2e-3": ROUND20["lr2e-3"]}
 
