@@ -104,6 +104,13 @@ lever_round() {
 extract() {
   PYTHONPATH=. python docs/accuracy/levers_extract.py --name="$1" /tmp/acc/"$1" "${@:2}"
 }
+# A fold round (round twelve on): run it, extract it, and pair its runs with round eleven's
+# recipe runs of the same seed and fold; further arguments are earlier rounds' data files that
+# the comparison includes.
+fold_round() {
+  lever_round "$1" && extract "$1" && PYTHONPATH=. python docs/accuracy/paired.py \
+      --baseline=recipe docs/accuracy/round11.json "${@:2}" docs/accuracy/"$1".json
+}
 # Round eight's pair (BN-stage lr 1e-3 + rotations + shifts) as final-table runs: test figures
 # computed, not read unless a round's rule adopts it.
 PAIR=configs/bn_only.py:tta=hflip+shift,finetune.lr=1e-3,data.rotate_deg=10.0,data.shift=0.0625
@@ -167,62 +174,43 @@ PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/roun
 # 16. Round twelve: mixup and rotations + shifts at twice the strength on round eleven's folds
 #     (seed 0), paired with round eleven's recipe runs (not adopted). Then round eleven's seed 1
 #     (the preset now holds seeds 0 and 1; the same command skips the finished seed-0 runs).
-lever_round round12 && extract round12
-PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json \
-    docs/accuracy/round12.json
+fold_round round12
 lever_round round11 && extract round11
 PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json
 
 # 17. Round thirteen: twice the early-stopping patience on the folds (seed 0), paired with round
 #     eleven's recipe runs (not adopted).
-lever_round round13 && extract round13
-PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json \
-    docs/accuracy/round13.json
+fold_round round13
 
 # 18. Round fourteen: a multi-scale head (model.head_taps: Lite0's stage 5, and stages 4 + 5,
 #     beside the cut's stage 6) on the folds (seed 0), paired with round eleven's recipe runs.
-lever_round round14 && extract round14
-PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json \
-    docs/accuracy/round14.json
+fold_round round14
 
 # 19. Round fifteen: round fourteen's stage-5 tap with seed 1 on the same folds, paired with round
 #     eleven's seed-1 recipe runs (did not replicate; not adopted).
-lever_round round15 && extract round15
-PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json \
-    docs/accuracy/round14.json docs/accuracy/round15.json
+fold_round round15 docs/accuracy/round14.json
 
 # 20. Round sixteen: half the batch (batch_size=32) on the folds, seeds 0 and 1, paired with
 #     round eleven's recipe runs of both seeds.
-lever_round round16 && extract round16
-PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json \
-    docs/accuracy/round16.json
+fold_round round16
 
 # 21. Round seventeen: class-balanced cross-entropy (class_weights=balanced) on the folds, seeds
-#     0 and 1, paired with round eleven's recipe runs of both seeds.
-lever_round round17 && extract round17
-PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json \
-    docs/accuracy/round17.json
+#     0 and 1, paired with round eleven's recipe runs of both seeds. Stopped (SIGTERM) after four
+#     runs, once 8 of 10 gains were out of reach; rounds eighteen, nineteen and twenty-one too.
+fold_round round17
 
 # 22. Round eighteen: the stage-5 tap and batch 32 together on the folds, seeds 0 and 1, paired
 #     with round eleven's recipe runs of both seeds.
-lever_round round18 && extract round18
-PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json \
-    docs/accuracy/round18.json
+fold_round round18
 
 # 23. Round nineteen: head dropout 0.5 (model.dropout_rate=0.5) on the folds, seeds 0 and 1,
 #     paired with round eleven's recipe runs of both seeds.
-lever_round round19 && extract round19
-PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json \
-    docs/accuracy/round19.json
+fold_round round19
 
 # 24. Round twenty: BN-stage lr 2e-3 (finetune.lr=2e-3) on the folds, seeds 0 and 1, paired with
 #     round eleven's recipe runs of both seeds.
-lever_round round20 && extract round20
-PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json \
-    docs/accuracy/round20.json
+fold_round round20
 
 # 25. Round twenty-one: seed 2 of the recipe and of lr 2e-3 on the same folds; the 15 pairs of
 #     rounds eleven, twenty and twenty-one together.
-lever_round round21 && extract round21
-PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json \
-    docs/accuracy/round20.json docs/accuracy/round21.json
+fold_round round21 docs/accuracy/round20.json
