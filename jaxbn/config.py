@@ -61,6 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
   # A multi-scale head: cuts (names as for truncate_at, e.g. "stage-2") whose outputs the
   # head also reads, pooled and concatenated with the last features; () = the last only.
   c.model.head_taps = ()
+  c.model.pool = "avg"  # the head's global pooling: avg | max | avgmax (both, concatenated)
   # Transfusion (jaxbn.weights.init): copy the pretrained weights (model.init) up to
   # this cut, random init for the rest: none | conv1 | stage1 .. stage{S-1} | all
   # (ResNet: conv1|stage1|stage2|stage3|all). None = the whole init as usual.

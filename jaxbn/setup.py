@@ -44,7 +44,7 @@ def build_model(config: ml_collections.ConfigDict, num_outputs: int,
   return create_model(
       m.arch, num_classes=num_outputs, dtype=compute_dtype(m.dtype), norm=m.norm,
       dropout_rate=m.dropout_rate, truncate_at=m.get("truncate_at"),
-      head_taps=tuple(m.get("head_taps") or ()),
+      head_taps=tuple(m.get("head_taps") or ()), pool=m.get("pool", "avg"),
       **{k: v for k, v in optional.items() if v is not None},
   )
 

@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Sequence
 import ml_collections
 
 from jaxbn.config import load_config_file
+from jaxbn.models.layers import POOLS
 from jaxbn.models.registry import DTYPES
 
 USAGE_EXIT = 2  # status of every config error (as absl's usage errors)
@@ -342,6 +343,7 @@ def field_checks(tasks: Iterable[str] = ("train",)) -> dict[str, tuple[Check, st
       "model.dropout_rate": num_in(0.0, 1.0, hi_open=True),
       "model.truncate_at": optional_str(),
       "model.head_taps": _head_taps(),
+      "model.pool": one_of(*POOLS),
       "model.transfer_up_to": optional_str(),
       "model.stage_widths": _stage_widths(),
       "data.name": _data_name(),

@@ -8,7 +8,7 @@ import functools
 import pytest
 
 from jaxbn import masks
-from jaxbn.models import create_model, get_cut, get_spec, init_shapes, prefix
+from jaxbn.models import create_model, get_cut, get_spec, init_shapes, layers, prefix
 from jaxbn.weights import init
 
 
@@ -129,6 +129,50 @@ def test_head_taps_concatenate_the_pooled_features_of_earlier_cuts(arch, cut, ta
   head = get_spec(arch).head
   with_head = init_shapes(create_model(arch, num_classes=3, truncate_at=cut, head_taps=taps), 32)
   assert with_head["params"][head]["kernel"].shape == (got.shape[-1], 3)
+
+
+def test_global_pool_averages_takes_the_max_or_both():
+  import numpy as np
+
+  x = np.arange(8, dtype=np.float32).reshape(1, 2, 2, 2)  # channel 0: 0 2 4 6; channel 1: 1 3 5 7
+  np.testing.assert_array_equal(layers.global_pool(x, "avg"), [[3.0, 4.0]])
+  np.testing.assert_array_equal(layers.global_pool(x, "max"), [[6.0, 7.0]])
+  np.testing.assert_array_equal(layers.global_pool(x, "avgmax"), [[3.0, 4.0, 6.0, 7.0]])
+  with pytest.raises(ValueError, match="avg | max | avgmax"):
+    layers.global_pool(x, "median")
+  with pytest.raises(ValueError, match="got 'median'"):
+    create_model("resnet18", 2, pool="median")
+
+
+@pytest.mark.parametrize("arch,cut,taps", [
+    ("resnet18", "layer3", ("layer2",)),
+    ("efficientnet_lite0", "stage-1", ()),
+    ("densenet121", "transition2", ()),
+    ("cbr_tiny", None, ()),
+])
+def test_avgmax_pool_concatenates_each_maps_average_and_max(arch, cut, taps):
+  import jax
+  import numpy as np
+
+  x = jax.random.normal(jax.random.key(1), (2, 64, 64, 3))  # Lite0's stage 6: a 2 x 2 map
+  variables = init.initial_variables(
+      create_model(arch, num_classes=0, truncate_at=cut, head_taps=taps), jax.random.key(0),
+      arch=arch, init="random")
+
+  def features(pool):
+    model = create_model(arch, num_classes=0, truncate_at=cut, head_taps=taps, pool=pool)
+    return np.asarray(jax.jit(model.apply)(variables, x))
+
+  avg, most, both = features("avg"), features("max"), features("avgmax")
+  assert not np.allclose(avg, most)
+  # Each map, taps first, gives its average then its max (ResNet-18's layer2 has 128 channels).
+  splits = [128] if taps else []
+  expected = [np.concatenate([a, m], axis=-1)
+              for a, m in zip(np.split(avg, splits, axis=-1), np.split(most, splits, axis=-1))]
+  np.testing.assert_allclose(both, np.concatenate(expected, axis=-1), rtol=1e-5, atol=1e-6)
+  head = get_spec(arch).head
+  shapes = init_shapes(create_model(arch, 3, truncate_at=cut, head_taps=taps, pool="avgmax"), 32)
+  assert shapes["params"][head]["kernel"].shape == (both.shape[-1], 3)
 
 
 def test_a_head_tap_must_end_before_the_cut():

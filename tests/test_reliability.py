@@ -73,6 +73,7 @@ CONFIG_ERRORS = [
     ([BN_ONLY, "--config.class_weights=inverse"], "config.class_weights='inverse'",
      "none | balanced"),
     ([BN_ONLY, "--config.parallel=pmapp"], "config.parallel='pmapp'", "jit | pmap"),
+    ([BN_ONLY, "--config.model.pool=median"], "config.model.pool='median'", "avg | max | avgmax"),
     ([BN_ONLY, "--config.model.arch=resnet5"], "config.model.arch='resnet5'", "resnet50"),
     ([BN_ONLY, "--config.model.dtype=float16"], "config.model.dtype='float16'", "bfloat16"),
     ([BN_ONLY, "--config.data.name=mnist"], "config.data.name='mnist'", "tfds:<name>"),

@@ -340,3 +340,17 @@ def test_the_trainer_builds_and_initialises_the_truncated_model(tmp_path):
   v = setup.initial_variables(config, model, jax.random.key(0))
   assert set(v["params"]) == {"conv1", "bn1", "layer1_0", "fc"}
   _assert_prefix_of(v, full, get_cut("resnet18", "layer1_0").kept, "fc")
+
+
+def test_the_trainer_builds_an_avgmax_head_over_pretrained_weights(tmp_path):
+  from jaxbn.weights import store
+
+  full = convert.convert_state_dict("resnet18", to_numpy(make_state_dict("resnet18", seed=4)))
+  store.save_variables(tmp_path / "r18", full, {"arch": "resnet18", "num_classes": 1000})
+  config = tiny_config(**{"model.arch": "resnet18", "model.truncate_at": "layer1_0",
+                          "model.pool": "avgmax", "model.init": str(tmp_path / "r18")})
+  model = setup.build_model(config, 2)
+  assert model.pool == "avgmax"
+  v = setup.initial_variables(config, model, jax.random.key(0))
+  assert v["params"]["fc"]["kernel"].shape == (2 * 64, 2)  # layer1's 64 channels, twice
+  _assert_prefix_of(v, full, get_cut("resnet18", "layer1_0").kept, "fc")

@@ -60,7 +60,8 @@ WHOLE_NETWORK = CUT_RECIPE + ",model.truncate_at=None"
 ROUND9_RECIPE = (VALIDATION_ONLY + ",finetune.epochs=16,finetune.lr=1e-3,"
                  "data.rotate_deg=10.0,data.shift=0.0625,ema_decay=0.0,"
                  "bn_stats=frozen,model.norm=bn,mixup_alpha=0.0,"
-                 "finetune.early_stopping_patience=4,model.head_taps=(),class_weights=none")
+                 "finetune.early_stopping_patience=4,model.head_taps=(),class_weights=none,"
+                 "model.pool=avg")
 
 LEVERS = {  # in order of expected effect (the queue runs in this order)
     "base": "",

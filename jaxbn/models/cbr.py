@@ -42,6 +42,8 @@ class CBR(nn.Module):
     pool_last: whether the last block is followed by a max-pool.
     num_classes, dtype, norm, dropout_rate, bn_momentum, bn_axis_name: as for every jaxbn
       model.
+    pool: the head's global pooling, ``avg`` (the checkpoints') | ``max`` | ``avgmax``
+      (both concatenated), :func:`jaxbn.models.layers.global_pool`.
     truncate_at: TruncatedTL cut ``stage{k}`` (:func:`cut_points`): blocks 1..k only (the
       last kept block keeps its max-pool); None builds every block.
   """
@@ -53,6 +55,7 @@ class CBR(nn.Module):
   dtype: Any = jnp.float32
   norm: str = "bn"
   dropout_rate: float = 0.0
+  pool: str = "avg"
   bn_momentum: float = norm_lib.TORCH_BN_MOMENTUM
   bn_axis_name: str | None = None
   truncate_at: str | None = None
@@ -72,7 +75,7 @@ class CBR(nn.Module):
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
     return classifier_tail(
         x, num_classes=self.num_classes, dropout_rate=self.dropout_rate, train=train,
-        dtype=self.dtype, name="fc",
+        dtype=self.dtype, name="fc", pool=self.pool,
     )
 
 

@@ -159,6 +159,8 @@ class DenseNet(nn.Module):
     bn_momentum: Flax BN momentum (torch's 0.1 is Flax's 0.9, the default).
     bn_axis_name: pmap axis to average BN batch statistics over (cross-replica BN;
       jaxbn's trainer sets it under ``parallel='pmap'``); None under jit.
+    pool: the head's global pooling, ``avg`` (the checkpoints') | ``max`` | ``avgmax``
+      (both concatenated), :func:`jaxbn.models.layers.global_pool`.
     truncate_at: TruncatedTL cut ``transition{k}`` (:func:`cut_points`); None
       builds the full network.
     head_taps: cut names whose outputs the head also reads, pooled and concatenated
@@ -173,6 +175,7 @@ class DenseNet(nn.Module):
   dtype: Any = jnp.float32
   norm: str = "bn"
   dropout_rate: float = 0.0
+  pool: str = "avg"
   memory_efficient: bool = False
   bn_momentum: float = norm_lib.TORCH_BN_MOMENTUM
   bn_axis_name: str | None = None
@@ -214,7 +217,7 @@ class DenseNet(nn.Module):
       x = nn.relu(norm(name="norm5")(x))
     return classifier_tail(
         x, num_classes=self.num_classes, dropout_rate=self.dropout_rate, train=train,
-        dtype=self.dtype, name="classifier", kernel_init=dense_init, taps=taps,
+        dtype=self.dtype, name="classifier", kernel_init=dense_init, taps=taps, pool=self.pool,
     )
 
 

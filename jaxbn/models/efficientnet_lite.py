@@ -285,6 +285,8 @@ class EfficientNetLite(nn.Module):
       jaxbn's trainer sets it under ``parallel='pmap'``); None under jit.
     depthwise_impl: see :class:`jaxbn.models.layers.DepthwiseConv` ("auto" is
       right everywhere; "conv"/"shifts" force one lowering).
+    pool: the head's global pooling, ``avg`` (the checkpoints') | ``max`` | ``avgmax``
+      (both concatenated), :func:`jaxbn.models.layers.global_pool`.
     truncate_at: TruncatedTL cut (:func:`cut_points`); None builds the full network.
     head_taps: cut names whose outputs the head also reads, pooled and concatenated
       (a multi-scale head); each must end before ``truncate_at``.
@@ -296,6 +298,7 @@ class EfficientNetLite(nn.Module):
   dtype: Any = jnp.float32
   norm: str = "bn"
   dropout_rate: float = 0.0
+  pool: str = "avg"
   bn_momentum: float = BN_MOMENTUM
   bn_axis_name: str | None = None
   depthwise_impl: str = "auto"
@@ -342,7 +345,7 @@ class EfficientNetLite(nn.Module):
 
     return classifier_tail(
         x, num_classes=self.num_classes, dropout_rate=self.dropout_rate, train=train,
-        dtype=self.dtype, name="fc", kernel_init=dense_init, taps=taps,
+        dtype=self.dtype, name="fc", kernel_init=dense_init, taps=taps, pool=self.pool,
     )
 
 

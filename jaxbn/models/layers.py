@@ -97,6 +97,23 @@ class DepthwiseConv(nn.Module):
     raise ValueError(f"DepthwiseConv impl must be auto | conv | shifts, got {impl!r}.")
 
 
+# Global pooling of the head: average (every checkpoint's own), max, or both concatenated
+# (twice the features, so twice the head's weights).
+POOLS = ("avg", "max", "avgmax")
+
+
+def global_pool(x: jax.Array, pool: str = "avg") -> jax.Array:
+  """(N, H, W, C) → float32 (N, C), or (N, 2C) for ``avgmax`` (average first, then max)."""
+  x = x.astype(jnp.float32)
+  if pool == "avg":
+    return jnp.mean(x, axis=(1, 2))
+  if pool == "max":
+    return jnp.max(x, axis=(1, 2))
+  if pool == "avgmax":
+    return jnp.concatenate([jnp.mean(x, axis=(1, 2)), jnp.max(x, axis=(1, 2))], axis=-1)
+  raise ValueError(f"pool must be one of {' | '.join(POOLS)}, got {pool!r}.")
+
+
 def classifier_tail(
     x: jax.Array,
     *,
@@ -107,17 +124,19 @@ def classifier_tail(
     name: str,
     kernel_init: Callable[..., Any] = nn.linear.default_kernel_init,
     taps: Sequence[jax.Array] = (),
+    pool: str = "avg",
 ) -> jax.Array:
-  """Global average pooling → dropout → a new ``Dense`` head, every family's tail.
+  """Global pooling → dropout → a new ``Dense`` head, every family's tail.
 
   Call it inside a ``@nn.compact`` method: the ``Dropout`` and the ``Dense``
   (called ``name``, the spec's ``head``) become submodules of the calling
   model. Pooling and logits are float32 whatever the compute ``dtype``;
   ``num_classes == 0`` returns the pooled (N, C) features, without a head.
   ``taps``: earlier feature maps (``head_taps``), each pooled the same way and
-  concatenated before ``x``'s features (a multi-scale head).
+  concatenated before ``x``'s features (a multi-scale head). ``pool``: one of
+  :data:`POOLS` (:func:`global_pool`).
   """
-  pooled = [jnp.mean(t.astype(jnp.float32), axis=(1, 2)) for t in (*taps, x)]  # avg pool + flatten
+  pooled = [global_pool(t, pool) for t in (*taps, x)]
   x = pooled[0] if len(pooled) == 1 else jnp.concatenate(pooled, axis=-1)
   if num_classes == 0:
     return x

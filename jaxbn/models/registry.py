@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbn.models import cbr, densenet, efficientnet_lite, resnet
-from jaxbn.models import prefix
+from jaxbn.models import layers, prefix
 from jaxbn.models.prefix import CutPoint, find_cut
 from jaxbn.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
@@ -106,6 +106,7 @@ def create_model(
     dropout_rate: float = 0.0,
     truncate_at: str | None = None,
     head_taps: Sequence[str] = (),
+    pool: str = "avg",
     **kwargs: Any,
 ) -> nn.Module:
   """Builds a Flax Linen backbone by name (for Flax NNX: :func:`jaxbn.nnx.create_model`).
@@ -122,9 +123,13 @@ def create_model(
     head_taps: cuts (names as for ``truncate_at``) whose outputs the head also reads,
       each globally average-pooled and concatenated with the last features: a
       multi-scale head with a few more head weights. Each must end before the cut.
+    pool: the head's global pooling: ``avg`` (the checkpoints'), ``max``, or ``avgmax``
+      (both concatenated, twice the head's weights).
     **kwargs: forwarded to the family's module (advanced options).
   """
   spec = get_spec(name)
+  if pool not in layers.POOLS:
+    raise ValueError(f"pool must be one of {' | '.join(layers.POOLS)}, got {pool!r}.")
   # Fails early, listing the valid cuts.
   cut = get_cut(name, truncate_at) if truncate_at is not None else None
   if cut is not None:
@@ -133,7 +138,8 @@ def create_model(
     kwargs["head_taps"] = tuple(get_cut(name, tap).name for tap in head_taps)
     prefix.find_taps(_cuts(name), kwargs["head_taps"], cut, name)  # before the cut, or raises
   return spec.build(
-      num_classes=num_classes, dtype=dtype, norm=norm, dropout_rate=dropout_rate, **kwargs
+      num_classes=num_classes, dtype=dtype, norm=norm, dropout_rate=dropout_rate, pool=pool,
+      **kwargs,
   )
 
 
