@@ -229,9 +229,10 @@ ROUND21 = {"recipe": "", "lr2e-3": ROUND20["lr2e-3"]}
 # (27 Nov, 18:42 UTC): over the 10 paired runs, a mean gain above twice its SE, on at least 8.
 ROUND22 = {"dropout0": "model.dropout_rate=0.0"}
 
-# Round twenty-three: the head reads each channel's average and its max (`model.pool=avgmax`, new:
-# 960 more head weights on RetinaMNIST: 36,133 trainable, 1.53 %), so a feature strong in a small part of the
-# fundus is not averaged away. Round sixteen's rule, fixed before the runs (27 Nov, 18:53 UTC).
+# Round twenty-three: the head reads each channel's average and its max (`model.pool=avgmax`,
+# new: 960 more head weights on RetinaMNIST, 36,133 trainable, 1.53 %), so a feature strong in a
+# small part of the fundus is not averaged away. Round sixteen's rule, fixed before the runs
+# (27 Nov, 18:53 UTC).
 ROUND23 = {"avgmax": "model.pool=avgmax"}
 
 
