@@ -214,3 +214,7 @@ fold_round round20
 # 25. Round twenty-one: seed 2 of the recipe and of lr 2e-3 on the same folds; the 15 pairs of
 #     rounds eleven, twenty and twenty-one together.
 fold_round round21 docs/accuracy/round20.json
+
+# 26. Round twenty-two: no head dropout (model.dropout_rate=0.0) on the folds, seeds 0 and 1,
+#     paired with round eleven's recipe runs of both seeds. Stopped after six runs.
+fold_round round22
