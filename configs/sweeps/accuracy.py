@@ -238,7 +238,7 @@ ROUND23 = {"avgmax": "model.pool=avgmax"}
 # Round twenty-four: BN-stage lr 3e-3 with round nine's rotations and shifts. On the folds, lr 2e-3
 # gained +0.0036 ± 0.0014 (round twenty) and the cut recipe, lr 3e-3 without them, +0.0054 ±
 # 0.0040 (round eleven), each on 7 of 10. Round sixteen's rule, fixed before the runs
-# (27 Nov, 19:48 UTC).
+# (27 Nov, 19:32 UTC).
 ROUND24 = {"lr3e-3": "finetune.lr=3e-3"}
 
 
