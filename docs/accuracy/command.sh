@@ -218,3 +218,7 @@ fold_round round21 docs/accuracy/round20.json
 # 26. Round twenty-two: no head dropout (model.dropout_rate=0.0) on the folds, seeds 0 and 1,
 #     paired with round eleven's recipe runs of both seeds. Stopped after six runs.
 fold_round round22
+
+# 27. Round twenty-three: average and max pooling (model.pool=avgmax) on the folds, seeds 0 and 1,
+#     paired with round eleven's recipe runs of both seeds. Stopped after six runs.
+fold_round round23
