@@ -222,3 +222,7 @@ fold_round round22
 # 27. Round twenty-three: average and max pooling (model.pool=avgmax) on the folds, seeds 0 and 1,
 #     paired with round eleven's recipe runs of both seeds. Stopped after six runs.
 fold_round round23
+
+# 28. Round twenty-four: BN-stage lr 3e-3 (finetune.lr=3e-3) on the folds, seeds 0 and 1, paired
+#     with round eleven's recipe runs of both seeds.
+fold_round round24
