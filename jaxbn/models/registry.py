@@ -119,9 +119,9 @@ def create_model(
     dropout_rate: dropout before the head (active only with ``train=True``).
     truncate_at: TruncatedTL cut (:func:`cut_points`, or a ``stageK`` / ``stage-K``
       prefix, :mod:`jaxbn.models.prefix`): keep the network up to this point, then
-      global average pooling + the head. None: full model.
+      global pooling (``pool``) + the head. None: full model.
     head_taps: cuts (names as for ``truncate_at``) whose outputs the head also reads,
-      each globally average-pooled and concatenated with the last features: a
+      each pooled as the last features are and concatenated with them: a
       multi-scale head with a few more head weights. Each must end before the cut.
     pool: the head's global pooling: ``avg`` (the checkpoints'), ``max``, or ``avgmax``
       (both concatenated, twice the head's weights).
