@@ -226,3 +226,8 @@ fold_round round23
 # 28. Round twenty-four: BN-stage lr 3e-3 (finetune.lr=3e-3) on the folds, seeds 0 and 1, paired
 #     with round eleven's recipe runs of both seeds.
 fold_round round24
+
+# 29. Round twenty-five: lr 3e-3 with a 50-step linear warm-up of the BN stage
+#     (finetune.lr=3e-3,finetune.warmup_steps=50) on the folds, seeds 0 and 1, paired with round
+#     eleven's recipe runs of both seeds (passed round sixteen's rule).
+fold_round round25
