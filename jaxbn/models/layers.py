@@ -102,6 +102,12 @@ class DepthwiseConv(nn.Module):
 POOLS = ("avg", "max", "avgmax")
 
 
+def check_pool(pool: str) -> None:
+  """Raises ``ValueError`` unless ``pool`` is one of :data:`POOLS`."""
+  if pool not in POOLS:
+    raise ValueError(f"pool must be one of {' | '.join(POOLS)}, got {pool!r}.")
+
+
 def global_pool(x: jax.Array, pool: str = "avg") -> jax.Array:
   """(N, H, W, C) → float32 (N, C), or (N, 2C) for ``avgmax`` (average first, then max)."""
   x = x.astype(jnp.float32)
@@ -109,9 +115,8 @@ def global_pool(x: jax.Array, pool: str = "avg") -> jax.Array:
     return jnp.mean(x, axis=(1, 2))
   if pool == "max":
     return jnp.max(x, axis=(1, 2))
-  if pool == "avgmax":
-    return jnp.concatenate([jnp.mean(x, axis=(1, 2)), jnp.max(x, axis=(1, 2))], axis=-1)
-  raise ValueError(f"pool must be one of {' | '.join(POOLS)}, got {pool!r}.")
+  check_pool(pool)
+  return jnp.concatenate([jnp.mean(x, axis=(1, 2)), jnp.max(x, axis=(1, 2))], axis=-1)
 
 
 def classifier_tail(

@@ -128,8 +128,7 @@ def create_model(
     **kwargs: forwarded to the family's module (advanced options).
   """
   spec = get_spec(name)
-  if pool not in layers.POOLS:
-    raise ValueError(f"pool must be one of {' | '.join(layers.POOLS)}, got {pool!r}.")
+  layers.check_pool(pool)  # fails before any tracing
   # Fails early, listing the valid cuts.
   cut = get_cut(name, truncate_at) if truncate_at is not None else None
   if cut is not None:
