@@ -93,6 +93,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Flax convention (running = m * running + (1 - m) * batch; PyTorch's 0.1 is
   # Flax's 0.9); used with "batch". 0 = the architecture's default.
   c.bn_momentum = 0.0
+  # AdaBN (jaxbn.target_stats): before the first stage, replace every BN layer's running
+  # statistics by their average over this many augmented training batches (the target
+  # data's, in place of the checkpoint's); 0 = keep the checkpoint's.
+  c.bn_target_batches = 0
 
   c.warmup = stage("head", 1, 1e-3)
   c.finetune = stage("bn+head", 10, 1e-3)

@@ -34,7 +34,7 @@ import_tensorflow()  # quietly, before clu's metric writers import it
 from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
 
 from jaxbn import budget, ema as ema_lib, masks, metrics as metrics_lib, preemption, setup
-from jaxbn import step as step_lib, tta as tta_lib
+from jaxbn import step as step_lib, target_stats, tta as tta_lib
 from jaxbn.checkpoint import RunCheckpoints, is_url, write_json
 from jaxbn.data import pipeline
 from jaxbn.models import count_params, get_spec
@@ -180,6 +180,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   with preemption.Preemption(jax.process_index(), jax.process_count()) as preempt:
     run, variables = _setup(config, workdir, preempt)
     loop, variables, resumed = _resume(run, variables)
+    if resumed is None and config.get("bn_target_batches", 0):  # a resumed run has them
+      variables = _target_statistics(run, variables)
     state, ema = None, None
     for stage_idx in range(loop.stage, len(run.stages)):
       if resumed is not None and resumed.stage == stage_idx:
@@ -323,6 +325,30 @@ def _resume(run: Run, variables: dict) -> tuple[LoopState, dict, _Resumed | None
   state = run.ckpts.restore_state(abstract, last)
   logging.info("Resuming from %s at step %d (stage %d).", run.workdir, last, loop.stage + 1)
   return loop, _to_host(state.variables), _Resumed(owner, state)
+
+
+def _target_statistics(run: Run, variables: dict) -> dict:
+  """AdaBN: every BN layer's running statistics from ``config.bn_target_batches`` augmented
+  training batches (:mod:`jaxbn.target_stats`), from a seed stream no stage reads."""
+  config, started = run.config, time.perf_counter()
+  # Outside pmap: a model whose BN has no cross-replica axis.
+  model = run.model if run.par.axis_name is None else setup.build_model(
+      config, run.info.num_classes)
+  reduce = None
+  if jax.process_count() > 1:  # each process averaged its rows: sum the sums and counts
+    from jax.experimental import multihost_utils
+
+    reduce = lambda tree: jax.tree.map(  # noqa: E731
+        lambda x: np.sum(x, axis=0), multihost_utils.process_allgather(tree))
+  out = target_stats.estimate(
+      model, variables, _train_batches(config, run.spec, _TARGET_STATS_STREAM, 0),
+      config.bn_target_batches, reduce=reduce)
+  logging.info("BN statistics re-estimated on %d training batches (AdaBN) in %.1f s.",
+               config.bn_target_batches, time.perf_counter() - started)
+  return out
+
+
+_TARGET_STATS_STREAM = 999  # _train_batches' stage index for AdaBN's batches (no stage's)
 
 
 def _to_host(tree: Any) -> Any:
@@ -523,6 +549,7 @@ def _results(run: Run, loop: LoopState, test: dict, tta: dict) -> dict:
       "multi_label": run.info.multi_label,
       "strategy": {name: stage.strategy for name, stage in run.stages},
       "bn_stats": config.bn_stats,
+      "bn_target_batches": config.get("bn_target_batches", 0),
       "test_auc": test["auc"],
       "test_acc": test["acc"],
       "test_loss": test["loss"],

@@ -371,6 +371,7 @@ def field_checks(tasks: Iterable[str] = ("train",)) -> dict[str, tuple[Check, st
       "class_weights": one_of("none", "balanced"),
       "bn_stats": one_of("frozen", "batch"),
       "bn_momentum": num_in(0.0, 1.0, hi_open=True),
+      "bn_target_batches": int_in(0),
       "plateau_factor": num_in(0.0, 1.0, lo_open=True),
       "plateau_patience": int_in(1),
       "min_lr": num_in(0.0),

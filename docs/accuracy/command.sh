@@ -231,3 +231,22 @@ fold_round round24
 #     (finetune.lr=3e-3,finetune.warmup_steps=50) on the folds, seeds 0 and 1, paired with round
 #     eleven's recipe runs of both seeds (passed round sixteen's rule).
 fold_round round25
+
+# 30. Round twenty-five's final table, the test split read once: its lever on both data sets
+#     (the PneumoniaMNIST runs were its validation check) and full fine-tuning of the same net on
+#     RetinaMNIST. Not adopted. Then round nine's recipe timed again (seed 0) on the same CPU.
+L25=configs/bn_only.py:tta=hflip+shift,finetune.lr=3e-3,finetune.warmup_steps=50
+python -m jaxbn.sweep --name=bn_only --seeds=0,1,2 --datasets=pneumoniamnist,retinamnist \
+    --workdir=/tmp/acc/final25 --train_config="$L25"
+python -m jaxbn.sweep --name=full --seeds=0,1,2 --datasets=retinamnist --workdir=/tmp/acc/final25 \
+    --train_config="$L25,finetune.strategy=full,finetune.lr=1e-4"
+python -m jaxbn.report /tmp/acc/final25 --out=docs/accuracy/final_round25 \
+    --title="Issue 17: round twenty-five's recipe (round nine's with BN-stage lr 3e-3 and a 50-step warm-up), EfficientNet-Lite0 cut after stage 6, 28 px data at 96 px"
+PYTHONPATH=. python docs/accuracy/final_extract.py /tmp/acc/final25 docs/accuracy/final_round25
+python -m jaxbn.sweep --name=recipe --seeds=0, --datasets=pneumoniamnist --workdir=/tmp/acc/time25 \
+    --train_config=configs/bn_only.py:tta=hflip+shift
+
+# 31. Round twenty-six: AdaBN (bn_target_batches=32: BN statistics re-estimated on 32 augmented
+#     training batches before the head stage) on the folds, seeds 0 and 1, paired with round
+#     eleven's recipe runs of both seeds.
+fold_round round26
