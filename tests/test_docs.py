@@ -106,6 +106,13 @@ LONG_RUNNING = {
     "python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift,"
     "finetune.strategy=full,finetune.lr=1e-4 --name=full --seeds=0,1,2 --datasets=retinamnist "
     "--workdir=/tmp/acc/final7": _TRAINS,
+    # docs/accuracy/final_round25/report.md: round twenty-five's final sweeps (not adopted).
+    **{f"python -m jaxbn.sweep --name={name} --seeds=0,1,2 --datasets={data} "
+       "--workdir=/tmp/acc/final25 --train_config=configs/bn_only.py:tta=hflip+shift,"
+       f"finetune.lr=3e-3,finetune.warmup_steps=50{extra}": _TRAINS
+       for name, data, extra in (("bn_only", "pneumoniamnist", ""), ("bn_only", "retinamnist", ""),
+                                 ("full", "retinamnist",
+                                  ",finetune.strategy=full,finetune.lr=1e-4"))},
     # docs/accuracy/final_early_stop/report.md: the RetinaMNIST rows again, with early stopping.
     "python -m jaxbn.sweep --train_config=configs/bn_only.py:tta=hflip+shift --name=bn_only "
     "--seeds=0,1,2 --datasets=retinamnist --workdir=/tmp/acc/final3 --prune_checkpoints": _TRAINS,

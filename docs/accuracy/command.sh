@@ -236,8 +236,10 @@ fold_round round25
 #     (the PneumoniaMNIST runs were its validation check) and full fine-tuning of the same net on
 #     RetinaMNIST. Not adopted. Then round nine's recipe timed again (seed 0) on the same CPU.
 L25=configs/bn_only.py:tta=hflip+shift,finetune.lr=3e-3,finetune.warmup_steps=50
-python -m jaxbn.sweep --name=bn_only --seeds=0,1,2 --datasets=pneumoniamnist,retinamnist \
-    --workdir=/tmp/acc/final25 --train_config="$L25"
+for data in pneumoniamnist retinamnist; do
+  python -m jaxbn.sweep --name=bn_only --seeds=0,1,2 --datasets=$data --workdir=/tmp/acc/final25 \
+      --train_config="$L25"
+done
 python -m jaxbn.sweep --name=full --seeds=0,1,2 --datasets=retinamnist --workdir=/tmp/acc/final25 \
     --train_config="$L25,finetune.strategy=full,finetune.lr=1e-4"
 python -m jaxbn.report /tmp/acc/final25 --out=docs/accuracy/final_round25 \
