@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-PROBE = 1024.0  # the second update's start: large, so m = (from_probe - from_zero) / PROBE is exact
+PROBE = 1024.0  # the second update's start: large, so (from_probe - from_zero) / PROBE = m to ~1e-7
 
 
 def batch_moments(model, variables: dict[str, Any], images: jax.Array,
@@ -80,9 +80,10 @@ def estimate(model, variables: dict[str, Any], batches: Iterable[dict[str, np.nd
   if not jax.tree.leaves(variables.get("batch_stats", {})):
     raise ValueError("The model has no batch_stats (no BN layer) to re-estimate.")
   moments_fn = moments_fn or make_moments_fn(model)
+  on_device = jax.device_put(variables)  # once, not with every batch
   total, count = None, 0
   for batch in batches:
-    moments = moments_fn(variables, jnp.asarray(batch["image"]))
+    moments = moments_fn(on_device, jnp.asarray(batch["image"]))
     total = moments if total is None else jax.tree.map(jnp.add, total, moments)
     count += 1
     if count == num_batches:

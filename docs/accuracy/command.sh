@@ -250,5 +250,5 @@ python -m jaxbn.sweep --name=recipe --seeds=0, --datasets=pneumoniamnist --workd
 
 # 31. Round twenty-six: AdaBN (bn_target_batches=32: BN statistics re-estimated on 32 augmented
 #     training batches before the head stage) on the folds, seeds 0 and 1, paired with round
-#     eleven's recipe runs of both seeds.
+#     eleven's recipe runs of both seeds. Stopped after four runs (all four lost).
 fold_round round26
