@@ -327,6 +327,9 @@ def _resume(run: Run, variables: dict) -> tuple[LoopState, dict, _Resumed | None
   return loop, _to_host(state.variables), _Resumed(owner, state)
 
 
+_TARGET_STATS_STREAM = 999  # _train_batches' stage index for AdaBN's batches (no stage's)
+
+
 def _target_statistics(run: Run, variables: dict) -> dict:
   """AdaBN: every BN layer's running statistics from ``config.bn_target_batches`` augmented
   training batches (:mod:`jaxbn.target_stats`), from a seed stream no stage reads."""
@@ -335,7 +338,7 @@ def _target_statistics(run: Run, variables: dict) -> dict:
   model = run.model if run.par.axis_name is None else setup.build_model(
       config, run.info.num_classes)
   reduce = None
-  if jax.process_count() > 1:  # each process averaged its rows: sum the sums and counts
+  if jax.process_count() > 1:  # each process summed its rows' statistics: add the sums, counts
     from jax.experimental import multihost_utils
 
     reduce = lambda tree: jax.tree.map(  # noqa: E731
@@ -346,9 +349,6 @@ def _target_statistics(run: Run, variables: dict) -> dict:
   logging.info("BN statistics re-estimated on %d training batches (AdaBN) in %.1f s.",
                config.bn_target_batches, time.perf_counter() - started)
   return out
-
-
-_TARGET_STATS_STREAM = 999  # _train_batches' stage index for AdaBN's batches (no stage's)
 
 
 def _to_host(tree: Any) -> Any:

@@ -74,12 +74,14 @@ def test_estimate_averages_the_batches_and_stops_at_num_batches(variables):
 
 
 def test_estimate_sums_through_reduce(variables):
-  # A two-process run: reduce sums (statistics, count) over processes; here, twice this one.
-  double = lambda tree: jax.tree.map(lambda x: 2 * x, tree)  # noqa: E731
-  batches = [{"image": _images(1)}]
-  plain = target_stats.estimate(Net(), variables, iter(batches), 1)
-  reduced = target_stats.estimate(Net(), variables, iter(batches), 1, reduce=double)
-  jax.tree.map(np.testing.assert_allclose, reduced["batch_stats"], plain["batch_stats"])
+  # Two processes: reduce adds the other's (sum, count), here one batch of other images.
+  mine, theirs = _images(1), _images(2)
+  other = jax.tree.map(np.asarray, _exact(variables, theirs))
+  reduce = lambda tree: jax.tree.map(np.add, tree, (other, np.asarray(1)))  # noqa: E731
+  out = target_stats.estimate(Net(), variables, iter([{"image": mine}]), 1, reduce=reduce)
+  expected = jax.tree.map(lambda a, b: (a + b) / 2, _exact(variables, mine), other)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               out["batch_stats"], expected)
 
 
 def test_a_jaxbn_model_gets_its_target_statistics():

@@ -14,8 +14,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxbn import config as config_lib, masks, preemption, report, setup as setup_lib, step as step_lib
-from jaxbn import target_stats, train
+from jaxbn import config as config_lib, masks, preemption, report, setup as setup_lib
+from jaxbn import step as step_lib, target_stats, train
 from jaxbn.checkpoint import RunCheckpoints
 from jaxbn.data import pipeline
 from jaxbn.models import create_model, get_spec, init_variables
@@ -235,16 +235,19 @@ def test_balanced_class_weights_come_from_the_training_labels(tmp_path, caplog):
   assert weighted["history"][0]["val_loss"] != pytest.approx(plain["history"][0]["val_loss"])
 
 
-def test_bn_target_batches_put_the_training_datas_statistics_in_the_model(tmp_path, caplog):
+@pytest.mark.parametrize("parallel", ["jit", "pmap"])
+def test_bn_target_batches_put_the_training_datas_statistics_in_the_model(tmp_path, caplog,
+                                                                          parallel):
   # AdaBN before the first stage (jaxbn.target_stats); frozen statistics then keep them, so
   # the best checkpoint holds exactly the average over the trainer's first 2 AdaBN batches.
-  config = tiny_config(bn_target_batches=2, max_steps=2, eval_every_steps=2)
+  # Under pmap too, whose model has a cross-replica BN axis that AdaBN's pass must not use.
+  config = tiny_config(bn_target_batches=2, max_steps=2, eval_every_steps=2, parallel=parallel)
   with caplog.at_level(logging.INFO):
     results = train.train_and_evaluate(config, str(tmp_path))
   assert results["bn_target_batches"] == 2
   assert [r.getMessage() for r in caplog.records
           if r.getMessage().startswith("BN statistics re-estimated on 2 training batches")]
-  model = setup_lib.build_model(config, 2)
+  model = setup_lib.build_model(config, 2)  # no pmap axis
   initial = setup_lib.initial_variables(config, model, jax.random.split(jax.random.key(0))[0])
   batches = train._train_batches(config, get_spec("cbr_small"), train._TARGET_STATS_STREAM, 0)
   expected = target_stats.estimate(model, initial, batches, 2)["batch_stats"]
