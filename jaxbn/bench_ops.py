@@ -9,8 +9,9 @@ plus the weight gradient for ``full``. This module times each of them alone —
 VJP, against ``torch.nn.functional.conv2d`` on ``channels_last`` tensors and
 its autograd — interleaved, same threads, and prints the ratio XLA / torch per
 op (median of the pairwise ratios, and the ratio of the fastest repetitions,
-which other processes on a shared machine disturb least). It separates "XLA's CPU convolution is slower" from "jaxbn's graph around
-the convolutions is slower".
+which other processes on a shared machine disturb least). It separates "XLA's
+CPU convolution is slower" from "jaxbn's graph around the convolutions is
+slower".
 """
 
 from __future__ import annotations
@@ -138,7 +139,8 @@ def measure(batch_size: int, image_size: int, reps: int) -> list[dict]:
 
 
 def markdown(rows: list[dict]) -> str:
-  lines = ["| op | pass | XLA ms | torch ms | × torch | XLA min ms | torch min ms | × torch (min) |",
+  lines = ["| op | pass | XLA ms | torch ms | × torch | XLA min ms | torch min ms | "
+           "× torch (min) |",
            "|---|---|---:|---:|---:|---:|---:|---:|"]
   for r in rows:
     lines.append(f"| {r['op']} | {r['pass']} | {r['xla_ms']:.2f} | {r['torch_ms']:.2f} | "

@@ -58,7 +58,8 @@ class RunCheckpoints:
            best_variables: Any = None) -> None:
     """Saves ``state``; with ``best`` also its variables (or ``best_variables``, e.g. an EMA)."""
     self.latest.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                      meta=ocp.args.JsonSave(meta))
     )
     if best:
       # Two async saves at once (one per manager) would enter orbax's multi-host

@@ -23,7 +23,8 @@ from ml_collections.config_dict import placeholder
 from jaxbn.data import fields as data_fields
 
 
-def stage(strategy: str, epochs: float, lr: float, schedule: str = "constant") -> ml_collections.ConfigDict:
+def stage(strategy: str, epochs: float, lr: float,
+          schedule: str = "constant") -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(
       dict(
           strategy=strategy,  # jaxbn.masks strategy for this stage
@@ -144,7 +145,8 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   return module.get_config(arg) if arg else module.get_config()
 
 
-def apply_overrides(config: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+def apply_overrides(config: ml_collections.ConfigDict,
+                    arg: str | None) -> ml_collections.ConfigDict:
   """Applies ``"a.b=1,c=x"`` overrides; unknown keys are an error.
 
   Values are Python literals, else strings; a tuple field also takes ``x`` or ``x+y``

@@ -87,7 +87,8 @@ def main(argv: list[str]) -> None:
     try:
       jax.distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
     except ValueError as e:  # nothing detected, e.g. SLURM_NTASKS > 1 outside srun
-      sys.exit(f"error: jax.distributed.initialize() failed: {str(e).rstrip('.')}. Give --coordinator=HOST:PORT "
+      sys.exit(f"error: jax.distributed.initialize() failed: {str(e).rstrip('.')}. "
+               "Give --coordinator=HOST:PORT "
                "--num_processes=N --process_id=I, run every process inside a TPU VM or a "
                "SLURM step (srun), or pass --nodistributed for a single process.")
   try:  # before TensorFlow is imported: its start-up lines would precede the error line

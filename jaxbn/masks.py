@@ -803,7 +803,8 @@ def summary(params: Any, labels: Any, *, depth: int = 1) -> str:
 
 
 def freeze_mask(labels: Any) -> Any:
-  """``True`` where a label is ``'frozen'``: the mask of ``optax.freeze`` / ``optax.selective_transform``.
+  """``True`` where a label is ``'frozen'``: the mask of ``optax.freeze`` /
+  ``optax.selective_transform``.
 
   ``optax.selective_transform(tx, freeze_mask=freeze_mask(labels))`` moves the
   same leaves as ``make_optimizer(tx, labels)`` (only its state names differ:

@@ -1,4 +1,5 @@
-"""Flax NNX: BN-only filters for ``nnx.Optimizer`` / ``nnx.grad``, and jaxbn's backbones as NNX modules.
+"""Flax NNX: BN-only filters for ``nnx.Optimizer`` / ``nnx.grad``, and jaxbn's backbones as NNX
+modules.
 
 **Filters.** :func:`jaxbn.masks.nnx_filter` (also ``jaxbn.nnx.nnx_filter``) resolves a
 :mod:`jaxbn.masks` strategy on an NNX model and returns an NNX filter (a
@@ -20,13 +21,13 @@ an ``nnx.LayerNorm`` is never taken for one. Every strategy works (``full``,
 ``bn``, ``bn_scale``, ``bn_bias``, ``head``, ``bn+head``, ``from_stage(k)``,
 ``regex:...``, :func:`jaxbn.masks.where` predicates, sums and differences).
 
-**Backbones.** :func:`create_model` returns a :class:`Backbone`: the registered Linen network wrapped
-by ``flax.nnx.bridge.ToNNX``, with the converted ImageNet weights (or a random
-init) loaded as ``nnx.Param`` / ``nnx.BatchStat`` variables under the Linen
-module paths (``bn0/scale``, ``blocks_3/bn1/mean``, ``fc/kernel``). It follows
-NNX's modes: ``model.train()`` (dropout on, batch statistics, running averages
-updated in place), ``model.eval()``, and BN-only fine-tuning with frozen
-statistics (Kanavati & Tsuneki 2021, arXiv:2102.05543)::
+**Backbones.** :func:`create_model` returns a :class:`Backbone`: the registered
+Linen network wrapped by ``flax.nnx.bridge.ToNNX``, with the converted ImageNet
+weights (or a random init) loaded as ``nnx.Param`` / ``nnx.BatchStat`` variables
+under the Linen module paths (``bn0/scale``, ``blocks_3/bn1/mean``,
+``fc/kernel``). It follows NNX's modes: ``model.train()`` (dropout on, batch
+statistics, running averages updated in place), ``model.eval()``, and BN-only
+fine-tuning with frozen statistics (Kanavati & Tsuneki 2021, arXiv:2102.05543)::
 
     model = jaxbn.nnx.create_model("efficientnet_lite0", 2, pretrained=True)
     model.train(); model.set_attributes(use_running_average=True)

@@ -34,7 +34,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("arch", None, "Architecture, e.g. efficientnet_lite0.")
 flags.DEFINE_multi_string("image", None, "Image file(s) to classify.")
 flags.DEFINE_integer("top", 5, "How many classes to print.")
-flags.DEFINE_string("checkpoint", None, "Directory from jaxbn.convert, or a .pth/.safetensors file.")
+flags.DEFINE_string("checkpoint", None,
+                    "Directory from jaxbn.convert, or a .pth/.safetensors file.")
 flags.DEFINE_string("workdir", None, "A finished training workdir: its best checkpoint, "
                     "preprocessing and class names (--arch is read from it).")
 flags.mark_flags_as_required(["image"])
@@ -60,7 +61,8 @@ def load_image(path: str, size: int, mean, std):
   return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
 
-def predict(arch: str, images: list[str], top: int = 5, checkpoint: str | None = None) -> list[dict]:
+def predict(arch: str, images: list[str], top: int = 5,
+            checkpoint: str | None = None) -> list[dict]:
   import jax
   import numpy as np
 
@@ -158,7 +160,8 @@ def main(argv: list[str]) -> None:
         raise ValueError("--checkpoint and --workdir exclude each other: give one.")
       results = predict_workdir(FLAGS.workdir, FLAGS.image, FLAGS.top)
     elif not FLAGS.arch:
-      raise ValueError("give --arch (ImageNet or --checkpoint weights) or --workdir (a training run).")
+      raise ValueError("give --arch (ImageNet or --checkpoint weights) "
+                       "or --workdir (a training run).")
     else:
       results = predict(FLAGS.arch, FLAGS.image, FLAGS.top, FLAGS.checkpoint)
   except ValueError as e:

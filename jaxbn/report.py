@@ -232,7 +232,8 @@ def _read_run(run_dir: str, planned: dict | None = None) -> RunInfo:
       best = loop.get("best_val_auc")
       last = info.history[-1]["step"] if info.history else 0
       info.note = (f"unfinished: last checkpoint at step {last}, {len(info.history)} evaluations"
-                   + (f", best val AUC so far {best:.4f}" if isinstance(best, (int, float)) else ""))
+                   + (f", best val AUC so far {best:.4f}"
+                      if isinstance(best, (int, float)) else ""))
     else:
       info.note = "unfinished: started, no checkpoint yet"
     if res_err:
@@ -335,7 +336,8 @@ def summarize(runs: list[RunInfo], plans: list[dict] | None = None) -> list[dict
         res = [r.results for r in done]
         auc, auc_sd = _mean_sd([x["test_auc"] for x in res])
         acc, acc_sd = _mean_sd([x["test_acc"] for x in res])
-        trainable = [x.get("trainable_params") for x in res if x.get("trainable_params") is not None]
+        trainable = [x.get("trainable_params") for x in res
+                     if x.get("trainable_params") is not None]
         total = [x.get("total_params") for x in res if x.get("total_params")]
         times = [r.step_time_s for r in done if r.step_time_s is not None]
         rows.append(dict(
@@ -474,7 +476,8 @@ def table_markdown(rows: list[dict], unit: str = "seeds") -> list[str]:
   """The "All results" table; ``unit``: what a row's runs are called ("seeds", or "runs"
   for a cross-validation's seeds × folds)."""
   lines = [f"| dataset | arch | strategy | {unit} | test AUC | test ACC | trainable params | "
-           "trainable % | steps to best val AUC | wall to best (s) | to target val AUC (steps / s) | "
+           "trainable % | steps to best val AUC | wall to best (s) | "
+           "to target val AUC (steps / s) | "
            "train step (ms) | run wall (s) |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
@@ -496,7 +499,8 @@ def table_markdown(rows: list[dict], unit: str = "seeds") -> list[str]:
         f"| {r['dataset']} | {r['arch']} | {r['strategy']} | {seeds} | "
         f"{_pm(r['test_auc'], r['test_auc_sd'])} | {_pm(r['test_acc'], r['test_acc_sd'])} | "
         f"{_num(r['trainable_params'])} | {_num(pct, '{:.2f}%')} | "
-        f"{_num(r['steps_to_best'])} | {_num(r['wall_to_best_s'], '{:,.0f}')} | {target} | {step} | "
+        f"{_num(r['steps_to_best'])} | {_num(r['wall_to_best_s'], '{:,.0f}')} | "
+        f"{target} | {step} | "
         f"{_num(r['wall_time_s'], '{:,.0f}')} |")
   return lines
 
@@ -550,7 +554,8 @@ def _plan_lines(plans: list[dict]) -> list[str]:
               f"skipped, {inv.get('failed', 0)} failed, {inv.get('wall_s', 0) / 60:.1f} min"
               if "finished" in inv else "did not finish (interrupted or still running)")
       lines.append(f"- started {inv.get('started', '?')}, {done}; {m.get('cpus', '?')} CPUs, "
-                   f"backend {m.get('backend', '?')}, {m.get('devices', '?')} device(s), load average at start "
+                   f"backend {m.get('backend', '?')}, {m.get('devices', '?')} device(s), "
+                   "load average at start "
                    f"{m.get('loadavg_at_start', '?')}, jax {m.get('jax', '?')}")
     cfg = p.get("sweep_config") or {}
     if cfg:

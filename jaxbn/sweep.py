@@ -1,4 +1,5 @@
-r"""Sweeps: a grid of training runs (strategy × architecture × dataset × seed), one after another.
+r"""Sweeps: a grid of training runs (strategy × architecture × dataset × seed), one after
+another.
 
   python -m jaxbn.sweep --config=configs/sweeps/partial_transfusion.py --workdir=/tmp/pt
   python -m jaxbn.report /tmp/pt --out=/tmp/pt/report
@@ -235,7 +236,8 @@ class _Eta:
     self.times.append((run, seconds))
 
   def _guess(self, run: Run) -> float | None:
-    for match in (lambda r: (r.dataset, r.arch, r.strategy) == (run.dataset, run.arch, run.strategy),
+    for match in (lambda r: ((r.dataset, r.arch, r.strategy)
+                             == (run.dataset, run.arch, run.strategy)),
                   lambda r: (r.dataset, r.arch) == (run.dataset, run.arch),
                   lambda r: True):
       ts = [t for r, t in self.times if match(r)]
@@ -401,7 +403,8 @@ def format_summary(summary: dict) -> list[str]:
   for r in summary["runs"]:
     auc, acc = r.get("test_auc"), r.get("test_acc")
     lines.append(f"  {r['name']:<{width}}  {r['status']:<8} "
-                 f"{'' if auc is None else f'{auc:.4f}':>8} {'' if acc is None else f'{acc:.4f}':>8} "
+                 f"{'' if auc is None else f'{auc:.4f}':>8} "
+                 f"{'' if acc is None else f'{acc:.4f}':>8} "
                  f"{_fmt_time(r.get('wall_time_s') or r.get('seconds')):>8}")
   for r in summary["runs"]:
     if r["status"] == "failed":

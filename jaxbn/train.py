@@ -478,7 +478,8 @@ def _raise_nan(run: Run, step: int) -> None:
 
 
 def record_evaluation(loop: LoopState, val: dict, stage: ml_collections.ConfigDict,
-                      config: ml_collections.ConfigDict, step: int, wall: float) -> tuple[bool, bool]:
+                      config: ml_collections.ConfigDict, step: int,
+                      wall: float) -> tuple[bool, bool]:
   """Updates ``loop`` after a validation pass; returns (new best val AUC, stop stage).
 
   Tracks the best validation AUC (and steps / wall time to it and to

@@ -332,7 +332,8 @@ def _tta_views() -> tuple[Check, str]:
 
 
 def field_checks(tasks: Iterable[str] = ("train",)) -> dict[str, tuple[Check, str]]:
-  """``dotted field → (check, what is allowed)`` for the fields of ``jaxbn.config.base_config``."""
+  """``dotted field → (check, what is allowed)`` for the fields of
+  ``jaxbn.config.base_config``."""
   checks = {
       "task": one_of(*sorted(tasks)),
       "seed": int_in(0, 2**31 - 1),

@@ -47,7 +47,8 @@ def config_record(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def _flat(record: dict) -> dict[str, Any]:
-  return {".".join(k): v for k, v in traverse_util.flatten_dict(record, keep_empty_nodes=True).items()}
+  return {".".join(k): v
+          for k, v in traverse_util.flatten_dict(record, keep_empty_nodes=True).items()}
 
 
 def differences(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
@@ -76,7 +77,8 @@ def _path(workdir: str) -> epath.Path:
 
 def check_and_record(config: ml_collections.ConfigDict, workdir: str, *,
                      allow_change: bool = False, is_chief: bool | None = None) -> None:
-  """Writes ``config.json`` on a fresh workdir; raises :class:`WorkdirMismatch` on a differing one."""
+  """Writes ``config.json`` on a fresh workdir; raises :class:`WorkdirMismatch` on a differing
+  one."""
   if is_chief is None:
     import jax
 

@@ -325,7 +325,8 @@ def markdown(report: dict) -> str:
           + (" val AUC | test AUC |" if validated else ""))
   lines = [
       f"AC-Corr on {report['dataset']} ({t['steps']} AC-Norm step(s), strategy {t['strategy']}, "
-      f"{t.get('optimizer', 'adam')} lr {t['lr']:g}, batch {t['batch_size']}, {t['image_size']} px, τ = "
+      f"{t.get('optimizer', 'adam')} lr {t['lr']:g}, batch {t['batch_size']}, "
+      f"{t['image_size']} px, τ = "
       f"{t['temperature']:g}, layers: {t['layers'] or 'all AC-Norm layers'}); ranked by "
       "AC-Corr, highest first:",
       "",
@@ -373,7 +374,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   report = {
       "dataset": info.name,
       "settings": {
-          "steps": t.steps, "strategy": t.strategy, "optimizer": config.optimizer, "lr": t.lr, "temperature": t.temperature,
+          "steps": t.steps, "strategy": t.strategy, "optimizer": config.optimizer, "lr": t.lr,
+          "temperature": t.temperature,
           "layers": t.layers, "head_init": t.head_init, "bn_stats": config.bn_stats,
           "batch_size": t.batch_size or config.batch_size, "image_size": config.data.image_size,
           "seed": config.seed,

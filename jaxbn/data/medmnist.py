@@ -60,8 +60,10 @@ IMAGE_SIZE = 28
 
 CITATION = """\
 @article{medmnistv2,
-  title={MedMNIST v2 - A large-scale lightweight benchmark for 2D and 3D biomedical image classification},
-  author={Yang, Jiancheng and Shi, Rui and Wei, Donglai and Liu, Zequan and Zhao, Lin and Ke, Bilian and Pfister, Hanspeter and Ni, Bingbing},
+  title={MedMNIST v2 - A large-scale lightweight benchmark for 2D and 3D biomedical \
+image classification},
+  author={Yang, Jiancheng and Shi, Rui and Wei, Donglai and Liu, Zequan and Zhao, Lin and \
+Ke, Bilian and Pfister, Hanspeter and Ni, Bingbing},
   journal={Scientific Data},
   volume={10},
   number={1},

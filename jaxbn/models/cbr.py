@@ -83,7 +83,8 @@ class CBR(nn.Module):
 def cut_points(num_blocks: int) -> tuple[CutPoint, ...]:
   """The TruncatedTL cuts of an ``num_blocks``-block CBR: ``stage1`` … ``stage{n-1}``."""
   return tuple(
-      CutPoint(f"stage{k}", "block", tuple(m for i in range(1, k + 1) for m in (f"conv{i}", f"bn{i}")))
+      CutPoint(f"stage{k}", "block",
+               tuple(m for i in range(1, k + 1) for m in (f"conv{i}", f"bn{i}")))
       for k in range(1, num_blocks))
 
 

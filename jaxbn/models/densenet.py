@@ -191,7 +191,8 @@ class DenseNet(nn.Module):
     cuts = cut_points(len(self.block_config))
     cut = find_cut(cuts, self.truncate_at, "DenseNet")
     tap_after = find_taps(cuts, self.head_taps, cut, "DenseNet")
-    conv, norm = conv_and_norm(self, train, use_running_average, epsilon=BN_EPSILON, kernel_init=conv_init)
+    conv, norm = conv_and_norm(self, train, use_running_average, epsilon=BN_EPSILON,
+                               kernel_init=conv_init)
     features = block_features(self.block_config, self.growth_rate, self.num_init_features)
 
     x = jnp.asarray(x, self.dtype)

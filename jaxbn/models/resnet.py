@@ -222,7 +222,8 @@ class ResNet(nn.Module):
     cuts = cut_points(tuple(self.stage_sizes))
     cut = find_cut(cuts, self.truncate_at, "ResNet")
     tap_after = find_taps(cuts, self.head_taps, cut, "ResNet")
-    conv, norm = conv_and_norm(self, train, use_running_average, epsilon=BN_EPSILON, kernel_init=conv_init)
+    conv, norm = conv_and_norm(self, train, use_running_average, epsilon=BN_EPSILON,
+                               kernel_init=conv_init)
     block_cls: Callable[..., nn.Module] = BottleneckBlock if self.bottleneck else BasicBlock
     expansion = block_expansion(self.bottleneck)
 

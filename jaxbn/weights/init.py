@@ -287,7 +287,8 @@ def parse_init(init: str) -> Init:
   """
   init = str(init).strip()
   if not init:
-    raise ValueError("model.init is empty: imagenet | random | mean_var[:PATH] | a checkpoint path.")
+    raise ValueError("model.init is empty: imagenet | random | mean_var[:PATH] | "
+                     "a checkpoint path.")
   kind, colon, tail = init.partition(":")
   if kind in ("random", MEAN_VAR):
     if tail.isdigit():
