@@ -56,14 +56,8 @@ def batch_moments(model, variables: dict[str, Any], images: jax.Array,
   return jax.tree.map(solve, from_zero, from_probe, stats)
 
 
-def make_moments_fn(model) -> Callable[[dict[str, Any], jax.Array], Any]:
-  """:func:`batch_moments` of ``model``, jitted: ``(variables, images) -> batch values``."""
-  return jax.jit(lambda variables, images: batch_moments(model, variables, images))
-
-
 def estimate(model, variables: dict[str, Any], batches: Iterable[dict[str, np.ndarray]],
-             num_batches: int, moments_fn: Callable | None = None,
-             reduce: Callable[[Any], Any] | None = None) -> dict[str, Any]:
+             num_batches: int, reduce: Callable[[Any], Any] | None = None) -> dict[str, Any]:
   """``variables`` with ``batch_stats`` the average of :func:`batch_moments` over batches.
 
   Args:
@@ -71,7 +65,6 @@ def estimate(model, variables: dict[str, Any], batches: Iterable[dict[str, np.nd
     variables: its variables, ``batch_stats`` included.
     batches: dicts with ``'image'`` (e.g. the trainer's augmented training batches).
     num_batches: how many to average (> 0).
-    moments_fn: ``make_moments_fn(model)`` to reuse; built here if None.
     reduce: applied to the summed statistics and the batch count, e.g. a sum over
       processes (``None``: one process).
   """
@@ -79,7 +72,7 @@ def estimate(model, variables: dict[str, Any], batches: Iterable[dict[str, np.nd
     raise ValueError(f"num_batches must be > 0, got {num_batches}.")
   if not jax.tree.leaves(variables.get("batch_stats", {})):
     raise ValueError("The model has no batch_stats (no BN layer) to re-estimate.")
-  moments_fn = moments_fn or make_moments_fn(model)
+  moments_fn = jax.jit(lambda v, images: batch_moments(model, v, images))
   on_device = jax.device_put(variables)  # once, not with every batch
   total, count = None, 0
   for batch in batches:
