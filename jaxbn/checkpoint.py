@@ -4,7 +4,9 @@
 train states (params, batch_stats, opt_state, step) plus a JSON ``meta`` with
 the loop's host-side state (stage, lr scale, early-stopping counters, history),
 so a crashed run resumes exactly. ``WORKDIR/best/<step>/{variables,meta}``
-keeps the variables with the best validation AUC. Orbax commits a step
+keeps the variables with the best validation AUC, and with ``soup`` > 1
+``WORKDIR/soup/<step>/variables`` those of the ``soup`` best validation passes
+(orbax's ``best_fn``), whose average is a run's final model. Orbax commits a step
 directory atomically, so a crash never leaves a half-written checkpoint that
 would be restored.
 """
@@ -36,9 +38,13 @@ def write_json(path: str, obj: Any) -> None:
     epath.Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def _local(directory: str) -> str:
+  return directory if is_url(directory) else os.path.abspath(directory)
+
+
 def _manager(directory: str, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
-      directory if is_url(directory) else os.path.abspath(directory),
+      _local(directory),
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
       item_names=("state", "meta"),
   )
@@ -47,9 +53,16 @@ def _manager(directory: str, keep: int) -> ocp.CheckpointManager:
 class RunCheckpoints:
   """The two checkpoint managers of one training run."""
 
-  def __init__(self, workdir: str, keep: int = 2):
+  def __init__(self, workdir: str, keep: int = 2, soup: int = 0):
     self.latest = _manager(os.path.join(workdir, "checkpoints"), keep)
     self.best = _manager(os.path.join(workdir, "best"), 1)
+    self.soup = None if soup < 2 else ocp.CheckpointManager(
+        _local(os.path.join(workdir, "soup")),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=soup, best_fn=lambda metrics: metrics["val_auc"], best_mode="max",
+            create=True),
+        item_names=("variables",),
+    )
 
   def latest_step(self) -> int | None:
     return self.latest.latest_step()
@@ -74,6 +87,29 @@ class RunCheckpoints:
           ),
       )
 
+  def save_soup_member(self, step: int, variables: Any, val_auc: float) -> None:
+    """Offers one validation pass's evaluated ``variables`` to the soup (kept if among the best).
+
+    A resumed run may evaluate a step again that is already kept: the first copy stays.
+    """
+    if step in self.soup.all_steps():
+      return
+    self.latest.wait_until_finished()  # one orbax barrier at a time, as in save()
+    self.best.wait_until_finished()
+    self.soup.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables)),
+                   metrics={"val_auc": float(val_auc)})
+
+  def restore_soup(self, abstract_variables: Any) -> dict[int, Any]:
+    """The soup's members: step -> variables (host arrays), best validation AUC first."""
+    self.soup.wait_until_finished()
+    steps = sorted(self.soup.all_steps(), key=self._soup_auc, reverse=True)
+    target = _abstract(abstract_variables)
+    return {step: self.soup.restore(step, args=ocp.args.Composite(
+        variables=ocp.args.StandardRestore(target)))["variables"] for step in steps}
+
+  def _soup_auc(self, step: int) -> float:
+    return float(self.soup.metrics(step)["val_auc"])
+
   def restore_meta(self, step: int | None = None) -> dict:
     step = self.latest.latest_step() if step is None else step
     return self.latest.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
@@ -97,13 +133,16 @@ class RunCheckpoints:
     )
     return out["state"], out["meta"]
 
+  def _managers(self) -> list[ocp.CheckpointManager]:
+    return [m for m in (self.latest, self.best, self.soup) if m is not None]
+
   def wait(self) -> None:
-    self.latest.wait_until_finished()
-    self.best.wait_until_finished()
+    for m in self._managers():
+      m.wait_until_finished()
 
   def close(self) -> None:
-    self.latest.close()
-    self.best.close()
+    for m in self._managers():
+      m.close()
 
 
 def latest_meta(workdir: str) -> dict | None:

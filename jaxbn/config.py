@@ -108,6 +108,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.min_evals = 0  # jaxbn.budget: evaluate at least this often per stage (0 = per epoch)
   # jaxbn.ema: evaluate (and keep as best) an EMA of the trainable parameters; 0 = off.
   c.ema_decay = 0.0
+  # Weight averaging (a uniform "model soup", Wortsman et al. 2022): the evaluated variables
+  # of the soup_size best validation passes are kept (WORKDIR/soup) and their average is the
+  # final model, evaluated on val and test in place of the single best checkpoint. 0 or 1 = off.
+  c.soup_size = 0
   # jaxbn.tta: test-time augmentation views ("hflip,vflip,shift"; "" = off), reported
   # in results.json as tta_* fields beside the plain scores; tta_shift: × the image side.
   c.tta = ""

@@ -287,7 +287,7 @@ def collect(paths: Sequence[str]) -> tuple[list[RunInfo], list[dict], list[str]]
       elif depth >= 3:
         dirs[:] = []
       else:
-        dirs[:] = sorted(d for d in dirs if d not in ("checkpoints", "best") and
+        dirs[:] = sorted(d for d in dirs if d not in ("checkpoints", "best", "soup") and
                          not d.startswith("."))
     if not found:
       notes.append(f"`{path}`: no run directories (results.json / sweep_run.json) found.")

@@ -359,7 +359,7 @@ def run_sweep(
     out(f"{head} done in {_fmt_time(seconds)}: test AUC {f4('test_auc')} ACC {f4('test_acc')} "
         f"(best val AUC {f4('best_val_auc')} at step {results.get('steps_to_best')})")
     if prune_checkpoints:
-      for sub in ("checkpoints", "best"):
+      for sub in ("checkpoints", "best", "soup"):
         shutil.rmtree(os.path.join(run_dir, sub), ignore_errors=True)
     _clear_jax_caches()
 

@@ -34,7 +34,7 @@ import_tensorflow()  # quietly, before clu's metric writers import it
 from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
 
 from jaxbn import budget, ema as ema_lib, masks, metrics as metrics_lib, preemption, setup
-from jaxbn import step as step_lib, target_stats, tta as tta_lib
+from jaxbn import soup as soup_lib, step as step_lib, target_stats, tta as tta_lib
 from jaxbn.checkpoint import RunCheckpoints, is_url, write_json
 from jaxbn.data import pipeline
 from jaxbn.models import count_params, get_spec
@@ -228,7 +228,8 @@ def _setup(config, workdir: str, preempt) -> tuple[Run, dict]:
       optimizers=[setup.build_optimizer(config, s, n, lab)
                   for (_, s), n, lab in zip(stages, stage_steps, labels)],
       eval_every=eval_every, eval_step=eval_step, tta_step=tta_step,
-      ckpts=RunCheckpoints(workdir, keep=config.keep_checkpoints), writer=writer,
+      ckpts=RunCheckpoints(workdir, keep=config.keep_checkpoints,
+                           soup=config.get("soup_size", 0)), writer=writer,
       progress=periodic_actions.ReportProgress(
           num_train_steps=sum(stage_steps), writer=writer, every_steps=config.log_every_steps),
       preempt=preempt,
@@ -444,6 +445,8 @@ def _evaluate_and_checkpoint(run: Run, loop: LoopState, stage_idx: int, state: T
     run.ckpts.save(loop.step, run.par.get_state(state),
                    _checkpoint_meta(loop, stage_idx, wall, stage_done=stop), best=improved,
                    best_variables=None if ema is None else run.par.get_state(eval_state).variables)
+  if run.ckpts.soup is not None:
+    run.ckpts.save_soup_member(loop.step, run.par.get_state(eval_state).variables, val["auc"])
   return stop
 
 
@@ -516,22 +519,42 @@ def record_evaluation(loop: LoopState, val: dict, stage: ml_collections.ConfigDi
 
 
 def _finish(run: Run, loop: LoopState, variables: dict) -> dict:
-  """Test metrics of the best checkpoint (``variables`` if none), written to results.json."""
+  """Test metrics of the final model, written to results.json.
+
+  The final model is the best checkpoint (``variables`` if none), or with ``soup_size`` the
+  average of the soup's members (:mod:`jaxbn.soup`).
+  """
   run.ckpts.wait()
   best = run.ckpts.restore_best(variables)
-  device_variables = run.par.put_state(best[0] if best else variables)
+  final, soup = _soup(run, variables) if run.ckpts.soup is not None else (None, {})
+  if final is None:
+    final = best[0] if best else variables
+  device_variables = run.par.put_state(final)
   eval_test = run.config.get("eval_test", True)
   test = (evaluate(run, "test", device_variables) if eval_test
           else {"auc": None, "acc": None, "loss": None})
-  results = _results(run, loop, test, tta_results(run, device_variables, eval_test))
+  results = {**_results(run, loop, test, tta_results(run, device_variables, eval_test)), **soup}
   if eval_test:
-    logging.info("Test (best val AUC step %d): AUC %.4f ACC %.4f.", loop.best_step, test["auc"],
-                 test["acc"])
+    logging.info("Test (%s): AUC %.4f ACC %.4f.", f"soup of steps {soup['soup_steps']}" if soup
+                 else f"best val AUC step {loop.best_step}", test["auc"], test["acc"])
   if jax.process_index() == 0:
     write_json(os.path.join(run.workdir, "results.json"), results)
   run.writer.flush()
   run.ckpts.close()
   return results
+
+
+def _soup(run: Run, variables: dict) -> tuple[dict | None, dict]:
+  """The average of the soup's members (None if it has none) and its results.json fields."""
+  members = run.ckpts.restore_soup(variables)
+  if not members:
+    return None, {}
+  soup = soup_lib.uniform(list(members.values()))
+  val = evaluate(run, "val", run.par.put_state(soup))
+  logging.info("Soup of the %d best validation passes (steps %s): val AUC %.4f ACC %.4f.",
+               len(members), list(members), val["auc"], val["acc"])
+  return soup, {"soup_steps": list(members), "soup_val_auc": val["auc"],
+                "soup_val_acc": val["acc"], "soup_val_loss": val["loss"]}
 
 
 def _results(run: Run, loop: LoopState, test: dict, tta: dict) -> dict:
@@ -571,6 +594,7 @@ def _results(run: Run, loop: LoopState, test: dict, tta: dict) -> dict:
       "history": loop.history,
       "test_skipped": test["auc"] is None,
       "ema_decay": config.get("ema_decay", 0.0),
+      "soup_size": config.get("soup_size", 0),
       **tta,
       "config": config.to_dict(),
   }

@@ -387,6 +387,7 @@ def field_checks(tasks: Iterable[str] = ("train",)) -> dict[str, tuple[Check, st
       "eval_max_batches": int_in(0),
       "min_evals": int_in(0),
       "ema_decay": num_in(0.0, 1.0, hi_open=True),
+      "soup_size": int_in(0),
       "tta": _tta_views(),
       "tta_shift": num_in(0.0, 0.5),
       "eval_test": boolean(),

@@ -61,7 +61,7 @@ ROUND9_RECIPE = (VALIDATION_ONLY + ",finetune.epochs=16,finetune.lr=1e-3,"
                  "data.rotate_deg=10.0,data.shift=0.0625,ema_decay=0.0,"
                  "bn_stats=frozen,model.norm=bn,mixup_alpha=0.0,"
                  "finetune.early_stopping_patience=4,model.head_taps=(),class_weights=none,"
-                 "model.pool=avg,bn_target_batches=0")
+                 "model.pool=avg,bn_target_batches=0,soup_size=0")
 
 LEVERS = {  # in order of expected effect (the queue runs in this order)
     "base": "",
@@ -255,6 +255,16 @@ ROUND25 = {"lr3e-3_warm50": "finetune.lr=3e-3,finetune.warmup_steps=50"}
 # runs (27 Nov, 22:30 UTC).
 ROUND26 = {"adabn32": "bn_target_batches=32"}
 
+# Round twenty-seven: AdaBN lost (−0.0172 ± 0.0070 on its first 4 runs). A uniform soup (new,
+# jaxbn.soup): the final model is the average of the variables of the 5 best validation passes,
+# not the single best (the 120-image validation folds make that choice noisy). The training is
+# the recipe's, so each run pairs its soup_val_auc with the recipe's best validation AUC (round
+# eleven's runs; the run's own best_val_auc must reproduce it). Round sixteen's rule, fixed before
+# the runs (28 Nov, 00:17 UTC): over the 10 (seed, fold) runs a mean paired gain above twice its
+# standard error, higher on at least 8 of 10; then PneumoniaMNIST 3-seed soup validation AUC
+# >= 0.9952, <= 15 min a run, <= 2 % trainable. Stopped once 8 of 10 is out of reach.
+ROUND27 = {"soup5": "soup_size=5"}
+
 
 def _over_bn_only(strategies, common, dataset="retinamnist", seeds="0,1,2", folds=0):
   """A round over configs/bn_only.py, with ``common`` pinning the recipe it measured."""
@@ -292,6 +302,7 @@ PRESETS = {
     "round24": _over_bn_only(ROUND24, ROUND9_RECIPE, seeds="0,1", folds=5),
     "round25": _over_bn_only(ROUND25, ROUND9_RECIPE, seeds="0,1", folds=5),
     "round26": _over_bn_only(ROUND26, ROUND9_RECIPE, seeds="0,1", folds=5),
+    "round27": _over_bn_only(ROUND27, ROUND9_RECIPE, seeds="0,1", folds=5),
 }
 
 
