@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -26,7 +27,7 @@ def uniform(members: Sequence[Any]) -> Any:
 
   def mean(*leaves):
     first = np.asarray(leaves[0])
-    if not np.issubdtype(first.dtype, np.floating):
+    if not jnp.issubdtype(first.dtype, jnp.floating):  # bfloat16 too (numpy's says no)
       return first
     return np.mean(np.stack([np.asarray(x, np.float64) for x in leaves]), axis=0).astype(
         first.dtype)

@@ -1,0 +1,80 @@
+"""jaxbn.soup: the uniform average of checkpoints, and the trainer's soup of the best passes."""
+
+import logging
+
+import jax
+import numpy as np
+import pytest
+
+from jaxbn import preemption, soup, train
+from jaxbn.checkpoint import RunCheckpoints
+from test_train import tiny_config
+
+
+def test_uniform_is_the_elementwise_mean_in_each_leafs_dtype():
+  a = {"w": np.array([1.0, 2.0], np.float32), "b": {"x": np.array(1.0, np.float64)},
+       "n": np.array(3, np.int32)}
+  b = {"w": np.array([3.0, 6.0], np.float32), "b": {"x": np.array(2.0, np.float64)},
+       "n": np.array(5, np.int32)}
+  c = {"w": np.array([5.0, 1.0], np.float32), "b": {"x": np.array(6.0, np.float64)},
+       "n": np.array(7, np.int32)}
+  out = soup.uniform([a, b, c])
+  np.testing.assert_array_equal(out["w"], [3.0, 3.0])
+  assert out["w"].dtype == np.float32 and out["b"]["x"] == 3.0
+  assert out["n"] == 3 and out["n"].dtype == np.int32  # not a float: the first member's
+  assert soup.uniform([b])["w"].tolist() == [3.0, 6.0]
+
+
+def test_uniform_of_bfloat16_leaves_stays_bfloat16():
+  x = jax.numpy.asarray([1.0, 2.0], jax.numpy.bfloat16)
+  out = soup.uniform([{"w": np.asarray(x)}, {"w": np.asarray(x * 3)}])
+  assert out["w"].dtype == np.asarray(x).dtype and out["w"].tolist() == [2.0, 4.0]
+
+
+def test_uniform_of_no_members_is_an_error():
+  with pytest.raises(ValueError, match="at least one member"):
+    soup.uniform([])
+
+
+def test_the_soup_keeps_the_best_passes_best_first(tmp_path):
+  ckpts = RunCheckpoints(str(tmp_path), soup=3)
+  aucs = {1: 0.5, 2: 0.7, 3: 0.6, 4: 0.4, 5: 0.8, 6: 0.65}
+  for step, auc in aucs.items():
+    ckpts.save_soup_member(step, {"w": np.full(2, step, np.float32)}, auc)
+  ckpts.save_soup_member(5, {"w": np.zeros(2, np.float32)}, 0.9)  # a resumed run's repeat
+  members = ckpts.restore_soup({"w": np.zeros(2, np.float32)})
+  assert list(members) == [5, 2, 6]
+  assert [m["w"][0] for m in members.values()] == [5, 2, 6]  # the first copy of step 5 stays
+  ckpts.close()
+  assert RunCheckpoints(str(tmp_path)).soup is None  # soup < 2: off
+  assert sorted(p.name for p in (tmp_path / "soup").iterdir()) == ["2", "5", "6"]
+
+
+def test_the_trainers_final_model_is_the_soup_of_its_best_passes(tmp_path, caplog):
+  config = tiny_config(soup_size=3, max_steps=8, eval_every_steps=2)
+  with caplog.at_level(logging.INFO):
+    results = train.train_and_evaluate(config, str(tmp_path))
+  by_auc = sorted(results["history"], key=lambda h: h["val_auc"], reverse=True)
+  assert results["soup_size"] == 3
+  assert results["soup_steps"] == [h["step"] for h in by_auc[:3]]
+  assert results["best_step"] == results["soup_steps"][0]
+  # The reported soup is the average of the kept members, evaluated as any model is.
+  with preemption.Preemption(0, 1) as preempt:
+    run, initial = train._setup(config, str(tmp_path), preempt)
+    members = run.ckpts.restore_soup(initial)
+    best, _ = run.ckpts.restore_best(initial)
+    average = run.par.put_state(soup.uniform(list(members.values())))
+    val, test = (train.evaluate(run, split, average) for split in ("val", "test"))
+    run.ckpts.close()
+  assert results["soup_val_auc"] == pytest.approx(val["auc"], abs=1e-6)
+  assert results["test_auc"] == pytest.approx(test["auc"], abs=1e-6)
+  jax.tree.map(np.testing.assert_array_equal, best, members[results["best_step"]])
+  first = members[results["soup_steps"][0]]["params"]["fc"]["kernel"]
+  assert not np.allclose(first, np.asarray(jax.device_get(average["params"]["fc"]["kernel"])))
+  assert any(f"soup of steps {results['soup_steps']}" in r.getMessage() for r in caplog.records)
+
+
+def test_without_a_soup_nothing_changes(tmp_path):
+  results = train.train_and_evaluate(tiny_config(max_steps=4, eval_every_steps=2), str(tmp_path))
+  assert results["soup_size"] == 0 and "soup_val_auc" not in results
+  assert not (tmp_path / "soup").exists()
