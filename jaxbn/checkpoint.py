@@ -99,11 +99,14 @@ class RunCheckpoints:
     self.soup.save(step, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables)),
                    metrics={"val_auc": float(val_auc)})
 
-  def restore_soup(self, abstract_variables: Any) -> dict[int, Any]:
-    """The soup's members: step -> variables (host arrays), best validation AUC first."""
+  def restore_soup(self, abstract_variables: Any = None) -> dict[int, Any]:
+    """The soup's members: step -> variables (host arrays), best validation AUC first.
+
+    Without ``abstract_variables``, as saved (read-only use, e.g. ``jaxbn.predict``).
+    """
     self.soup.wait_until_finished()
     steps = sorted(self.soup.all_steps(), key=self._soup_auc, reverse=True)
-    target = _abstract(abstract_variables)
+    target = None if abstract_variables is None else _abstract(abstract_variables)
     return {step: self.soup.restore(step, args=ocp.args.Composite(
         variables=ocp.args.StandardRestore(target)))["variables"] for step in steps}
 

@@ -6,8 +6,9 @@ Usage::
   python -m jaxbn.predict --arch resnet50 --checkpoint DIR --image x.png
   python -m jaxbn.predict --workdir runs/my_images --image x.png --image y.png
 
-``--workdir``: a finished ``python -m jaxbn.main`` run. Its best-validation-AUC
-checkpoint (``WORKDIR/best``) classifies the images, preprocessed as the run's
+``--workdir``: a finished ``python -m jaxbn.main`` run. Its final model (the
+best-validation-AUC checkpoint, ``WORKDIR/best``, or with ``soup_size`` the average of
+``WORKDIR/soup``) classifies the images, preprocessed as the run's
 evaluation did (resized to its ``image_size``, no crop, its normalisation), and
 the classes are named as in its data set (``results.json``'s ``class_names``).
 Otherwise ``--arch`` with the ImageNet checkpoint (or ``--checkpoint``) and
@@ -99,13 +100,13 @@ def _top(probs, names, top: int) -> list[dict]:
 
 
 def predict_workdir(workdir: str, images: list[str], top: int = 5) -> list[dict]:
-  """Classifies ``images`` with a training run's best-validation-AUC checkpoint."""
+  """Classifies ``images`` with a training run's final model (best checkpoint or soup)."""
   import jax
   import ml_collections
   import numpy as np
   import orbax.checkpoint as ocp
 
-  from jaxbn import setup
+  from jaxbn import setup, soup
   from jaxbn.checkpoint import RunCheckpoints
   from jaxbn.data import pipeline
   from jaxbn.models import get_spec
@@ -114,15 +115,18 @@ def predict_workdir(workdir: str, images: list[str], top: int = 5) -> list[dict]
   tf = import_tensorflow()
 
   run = _read_run(workdir)
-  ckpts = RunCheckpoints(workdir)
+  ckpts = RunCheckpoints(workdir, soup=int(run.get("soup_size", 0)))
   try:
     step = ckpts.best.latest_step()
     if step is None:
       raise ValueError(f"{workdir} has no best checkpoint (no evaluation finished).")
     variables = ckpts.best.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    members = ckpts.restore_soup() if ckpts.soup is not None else {}
   finally:
     ckpts.close()
+  if members:  # the run's final model: the average of its soup (jaxbn.soup)
+    variables = soup.uniform([dict(m) for m in members.values()])
   variables = jax.tree.map(np.asarray, dict(variables))
   arch = run["arch"]
   spec = get_spec(arch)
@@ -145,7 +149,10 @@ def predict_workdir(workdir: str, images: list[str], top: int = 5) -> list[dict]
   logits = jax.jit(model.apply)(variables, np.stack(batch))
   probs = np.asarray(jax.nn.sigmoid(logits) if multi_label else jax.nn.softmax(logits, axis=-1))
   names = run.get("class_names")
-  return [{"image": path, "arch": arch, "workdir": workdir, "checkpoint_step": int(step),
+  where = {"checkpoint_step": int(step)}
+  if members:
+    where["soup_steps"] = [int(s) for s in members]
+  return [{"image": path, "arch": arch, "workdir": workdir, **where,
            "top": _top(p, names, top)} for path, p in zip(images, probs)]
 
 

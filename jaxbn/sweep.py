@@ -356,8 +356,10 @@ def run_sweep(
     eta.add(run, seconds)
     records.append(_record(run, "ran", run_dir, seconds=seconds, results=results))
     f4 = lambda k: "n/a" if results.get(k) is None else f"{results[k]:.4f}"  # eval_test=False
+    soup = (f"; soup of {len(results['soup_steps'])} val AUC {f4('soup_val_auc')}"
+            if results.get("soup_steps") else "")
     out(f"{head} done in {_fmt_time(seconds)}: test AUC {f4('test_auc')} ACC {f4('test_acc')} "
-        f"(best val AUC {f4('best_val_auc')} at step {results.get('steps_to_best')})")
+        f"(best val AUC {f4('best_val_auc')} at step {results.get('steps_to_best')}{soup})")
     if prune_checkpoints:
       for sub in ("checkpoints", "best", "soup"):
         shutil.rmtree(os.path.join(run_dir, sub), ignore_errors=True)

@@ -201,6 +201,10 @@ def test_paired_comparison_pairs_runs_by_seed_and_fold(tmp_path):
   assert "+0.0100 ± 0.0115" in lines[3] and "2 of 3" in lines[3]
   with pytest.raises(SystemExit, match="error: No finished runs of the baseline 'nope'"):
     module.main(["--baseline=nope", str(path)])
+  # A soup run (soup_size) is judged by its final model, the soup, not its best checkpoint.
+  soup = [{**run("soup", f, 0.99), "final_val_auc": a} for f, a in enumerate([0.79, 0.72])]
+  _, row = module.compare(runs[:3] + soup, "base")
+  assert row["gains"] == pytest.approx([-0.01, 0.02])
 
 
 def test_a_cross_validation_report_counts_runs_not_seeds(tmp_path):

@@ -1,14 +1,18 @@
 """jaxbn.soup: the uniform average of checkpoints, and the trainer's soup of the best passes."""
 
 import logging
+import shutil
 
 import jax
 import numpy as np
 import pytest
 
-from jaxbn import preemption, soup, train
+from jaxbn import predict, preemption, soup, train
+from jaxbn.tf_setup import import_tensorflow
 from jaxbn.checkpoint import RunCheckpoints
 from test_train import tiny_config
+
+tf = import_tensorflow()
 
 
 def test_uniform_is_the_elementwise_mean_in_each_leafs_dtype():
@@ -72,6 +76,16 @@ def test_the_trainers_final_model_is_the_soup_of_its_best_passes(tmp_path, caplo
   first = members[results["soup_steps"][0]]["params"]["fc"]["kernel"]
   assert not np.allclose(first, np.asarray(jax.device_get(average["params"]["fc"]["kernel"])))
   assert any(f"soup of steps {results['soup_steps']}" in r.getMessage() for r in caplog.records)
+  # jaxbn.predict --workdir classifies with the same final model: the soup, not the best.
+  image = tmp_path / "x.png"
+  image.write_bytes(tf.io.encode_png(np.random.default_rng(0).integers(
+      0, 255, (28, 28, 3), dtype=np.uint8)).numpy())
+  by_soup, = predict.predict_workdir(str(tmp_path), [str(image)])
+  assert by_soup["soup_steps"] == results["soup_steps"]
+  shutil.rmtree(tmp_path / "soup")
+  by_best, = predict.predict_workdir(str(tmp_path), [str(image)])
+  assert "soup_steps" not in by_best and by_best["checkpoint_step"] == results["best_step"]
+  assert by_soup["top"][0]["prob"] != pytest.approx(by_best["top"][0]["prob"], abs=1e-6)
 
 
 def test_without_a_soup_nothing_changes(tmp_path):

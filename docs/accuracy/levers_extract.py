@@ -19,7 +19,7 @@ import sys
 from jaxbn import report
 
 VAL_KEYS = ("best_val_auc", "tta_val_auc", "tta_val_acc", "best_step", "total_steps",
-            "wall_time_s")
+            "wall_time_s", "soup_steps")
 
 
 def main(args):
@@ -41,6 +41,8 @@ def main(args):
         **({"fold": r.fold} if r.fold is not None else {}),
         "status": r.status, "note": r.note,
         "best_val_auc": res.get("best_val_auc", best.get("val_auc")),
+        # The final model's: the soup's (soup_size) or else the best checkpoint's.
+        "final_val_auc": res.get("soup_val_auc", res.get("best_val_auc", best.get("val_auc"))),
         "best_step": res.get("best_step", best.get("step")),
         **{k: res.get(k) for k in VAL_KEYS if k not in ("best_val_auc", "best_step")},
         "val_auc_by_step": {h["step"]: round(h["val_auc"], 4) for h in r.history},

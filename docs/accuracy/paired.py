@@ -3,7 +3,8 @@
   PYTHONPATH=. python docs/accuracy/paired.py --baseline=recipe docs/accuracy/round11.json
 
 Reads the files ``levers_extract.py`` writes (validation figures only) and prints a markdown
-table: per lever, best validation AUC per (seed, fold), mean ± sd, and the gains over the
+table: per lever, the final model's validation AUC per (seed, fold) (the best checkpoint's, or
+the soup's with ``soup_size``), mean ± sd, and the gains over the
 baseline run with the same seed and fold, with their mean, standard error (sd / √n) and the
 number of pairs that gained (``jaxbn.report.paired_difference``, as the report pages give it
 against their best row). On a cross-validation the folds differ in difficulty far more than
@@ -23,12 +24,19 @@ def _key(run: dict) -> tuple:
   return run["dataset"], run["seed"], run.get("fold")
 
 
+def final_val_auc(run: dict) -> float | None:
+  """The validation AUC of a run's final model: its soup's (``soup_size``), else its best
+  checkpoint's (files written before ``final_val_auc`` existed have only the latter)."""
+  return run.get("final_val_auc", run.get("best_val_auc"))
+
+
 def compare(runs: list[dict], baseline: str) -> list[dict]:
   """One row per lever (baseline first): values, mean, sd, paired gains, their mean and SE."""
   by_lever: dict[str, dict[tuple, float]] = {}
   for r in runs:
-    if r.get("status") == "done" and r.get("best_val_auc") is not None:
-      by_lever.setdefault(r["lever"], {})[_key(r)] = r["best_val_auc"]
+    value = final_val_auc(r)
+    if r.get("status") == "done" and value is not None:
+      by_lever.setdefault(r["lever"], {})[_key(r)] = value
   if baseline not in by_lever:
     raise ValueError(f"No finished runs of the baseline {baseline!r}; levers: "
                      f"{', '.join(by_lever) or 'none'}.")
