@@ -252,3 +252,8 @@ python -m jaxbn.sweep --name=recipe --seeds=0, --datasets=pneumoniamnist --workd
 #     training batches before the head stage) on the folds, seeds 0 and 1, paired with round
 #     eleven's recipe runs of both seeds. Stopped after four runs (all four lost).
 fold_round round26
+
+# 32. Round twenty-seven: a uniform soup of the 5 best validation passes (soup_size=5) on the
+#     folds, seeds 0 and 1, paired with round eleven's recipe runs of both seeds. Stopped after
+#     four runs (three lost).
+fold_round round27
