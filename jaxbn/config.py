@@ -81,6 +81,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.weight_decay = 0.0
   c.grad_clip_norm = 0.0  # 0 = off
   c.label_smoothing = 0.0
+  # Soft ordinal labels (jaxbn.step.ordinal_targets) for single-label data whose class indices
+  # are ordered (e.g. grades): the target is softmax(-ordinal_scale (k - y)^2); 0 = one-hot.
+  c.ordinal_scale = 0.0
   c.mixup_alpha = 0.0  # mixup's Beta(α, α) when > 0 (jaxbn.step.mixup); 0 = off
   # "balanced": each example's loss × N / (K n_its_class) over the training split, so every
   # class weighs the same (jaxbn.step.balanced_class_weights); single-label data only

@@ -59,17 +59,37 @@ class TrainState:
                opt_state=tx.init(params), constants=variables)
 
 
+def ordinal_targets(labels: jax.Array, num_classes: int, scale: float) -> jax.Array:
+  """Soft ordinal labels (SORD, Díaz & Marathe 2019): ``softmax_k(-scale (k - y)²)``.
+
+  For classes whose indices are ordered (grades): a near grade gets more of the target than
+  a far one. ``scale`` → ∞ is the one-hot target.
+
+  >>> ordinal_targets(jnp.array([0]), 3, 1.0).round(3).tolist()
+  [[0.721, 0.265, 0.013]]
+  """
+  k = jnp.arange(num_classes, dtype=jnp.float32)
+  return jax.nn.softmax(-scale * (k - labels[..., None].astype(jnp.float32)) ** 2, axis=-1)
+
+
 def loss_per_example(
-    logits: jax.Array, labels: jax.Array, *, multi_label: bool, label_smoothing: float = 0.0
+    logits: jax.Array, labels: jax.Array, *, multi_label: bool, label_smoothing: float = 0.0,
+    ordinal_scale: float = 0.0,
 ) -> jax.Array:
-  """Softmax cross-entropy (single label) or mean sigmoid BCE (multi-label)."""
+  """Softmax cross-entropy (single label) or mean sigmoid BCE (multi-label).
+
+  ``ordinal_scale`` > 0 (single label): the targets are :func:`ordinal_targets`.
+  """
   logits = logits.astype(jnp.float32)
   if multi_label:
     targets = labels.astype(jnp.float32)
     if label_smoothing:
       targets = targets * (1 - label_smoothing) + 0.5 * label_smoothing
     return optax.sigmoid_binary_cross_entropy(logits, targets).mean(axis=-1)
-  onehot = jax.nn.one_hot(labels, logits.shape[-1])
+  if ordinal_scale:
+    onehot = ordinal_targets(labels, logits.shape[-1], ordinal_scale)
+  else:
+    onehot = jax.nn.one_hot(labels, logits.shape[-1])
   if label_smoothing:
     onehot = optax.smooth_labels(onehot, label_smoothing)
   return optax.softmax_cross_entropy(logits, onehot)
@@ -133,6 +153,7 @@ def make_train_step(
     bn_stats: str,
     multi_label: bool,
     label_smoothing: float = 0.0,
+    ordinal_scale: float = 0.0,
     mixup_alpha: float = 0.0,
     class_weights: Any = None,
     axis_name: str | None = None,
@@ -148,6 +169,8 @@ def make_train_step(
       ``"batch"`` (batch statistics; running averages updated).
     multi_label: sigmoid BCE instead of softmax cross-entropy.
     label_smoothing: label smoothing factor.
+    ordinal_scale: single-label only: soft ordinal targets (:func:`ordinal_targets`) when
+      > 0, for classes whose indices are ordered; 0 = one-hot.
     mixup_alpha: mixup (Zhang et al. 2018, arXiv 1710.09412) when > 0: each step trains
       on ``λ x + (1 - λ) x[perm]`` with the loss ``λ L(y) + (1 - λ) L(y[perm])``, one
       ``λ ~ Beta(α, α)`` per step and ``perm`` a random permutation of the batch (of
@@ -170,6 +193,9 @@ def make_train_step(
   if class_weights is not None and multi_label:
     raise ValueError("class_weights weigh the classes of single-label data; "
                      "this data set is multi-label.")
+  if ordinal_scale and multi_label:
+    raise ValueError("ordinal_scale orders the classes of single-label data, and this data set "
+                     "is multi-label: set --config.ordinal_scale=0.")
   trainable = masks.trainable_mask(labels)
   class_weights = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
 
@@ -205,7 +231,8 @@ def make_train_step(
         )
         new_stats = state.batch_stats
       loss = sum(weight * weighted(loss_per_example(
-          logits, label, multi_label=multi_label, label_smoothing=label_smoothing
+          logits, label, multi_label=multi_label, label_smoothing=label_smoothing,
+          ordinal_scale=ordinal_scale,
       ), label) for weight, label in targets).mean()
       return loss, new_stats
 

@@ -381,6 +381,7 @@ def _run_stage(run: Run, loop: LoopState, stage_idx: int, state: TrainState, ema
   train_step = run.par.compile_train(step_lib.make_train_step(
       run.model, run.optimizers[stage_idx], run.labels[stage_idx], bn_stats=config.bn_stats,
       multi_label=run.info.multi_label, label_smoothing=config.label_smoothing,
+      ordinal_scale=config.get("ordinal_scale", 0.0),
       mixup_alpha=config.mixup_alpha, class_weights=run.class_weights,
       axis_name=run.par.axis_name,
   ))

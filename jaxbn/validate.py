@@ -368,6 +368,7 @@ def field_checks(tasks: Iterable[str] = ("train",)) -> dict[str, tuple[Check, st
       "weight_decay": num_in(0.0),
       "grad_clip_norm": num_in(0.0),
       "label_smoothing": num_in(0.0, 1.0, hi_open=True),
+      "ordinal_scale": num_in(0.0),
       "mixup_alpha": num_in(0.0),
       "class_weights": one_of("none", "balanced"),
       "bn_stats": one_of("frozen", "batch"),
