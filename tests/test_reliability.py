@@ -73,6 +73,7 @@ CONFIG_ERRORS = [
     ([BN_ONLY, "--config.bn_target_batches=-1"], "config.bn_target_batches=-1",
      "an integer >= 0"),
     ([BN_ONLY, "--config.soup_size=-2"], "config.soup_size=-2", "an integer >= 0"),
+    ([BN_ONLY, "--config.ordinal_scale=-1"], "config.ordinal_scale=-1.0", ">= 0"),
     ([BN_ONLY, "--config.class_weights=inverse"], "config.class_weights='inverse'",
      "none | balanced"),
     ([BN_ONLY, "--config.parallel=pmapp"], "config.parallel='pmapp'", "jit | pmap"),

@@ -213,6 +213,38 @@ def test_class_weights_scale_each_examples_loss_by_its_class(setup):
                              class_weights=weights)
 
 
+def test_ordinal_targets_weigh_each_grade_by_its_squared_distance():
+  # SORD (Díaz & Marathe 2019): target_k ∝ exp(-s (k - y)²), a near grade before a far one.
+  labels = np.array([0, 2, 4])
+  for scale in (0.5, 2.0):
+    got = np.asarray(step_lib.ordinal_targets(jnp.asarray(labels), 5, scale))
+    k = np.arange(5)
+    expected = np.exp(-scale * (k[None] - labels[:, None]) ** 2)
+    np.testing.assert_allclose(got, expected / expected.sum(1, keepdims=True), rtol=1e-5)
+  middle = np.asarray(step_lib.ordinal_targets(jnp.asarray([2]), 5, 2.0))[0]
+  assert middle[2] > middle[1] > middle[0] and middle[1] == pytest.approx(middle[3])
+  assert middle[0] == pytest.approx(middle[4])
+  sharp = np.asarray(step_lib.ordinal_targets(jnp.asarray([1]), 3, 50.0))
+  np.testing.assert_allclose(sharp, [[0, 1, 0]], atol=1e-6)  # large scale: one-hot
+
+
+def test_ordinal_scale_trains_on_the_soft_ordinal_cross_entropy(setup):
+  variables, batch, labels = setup
+  tx = setup_lib.build_optimizer(_config(), config_lib.stage(STRATEGY, 1, LR), 1, labels)
+  step = jax.jit(step_lib.make_train_step(_model(), tx, labels, bn_stats="frozen",
+                                          multi_label=False, ordinal_scale=1.0))
+  state, metrics = step(step_lib.TrainState.create(variables, tx), batch, jax.random.key(0),
+                        jnp.float32(1.0))
+  logp = np.asarray(jax.nn.log_softmax(_logits(setup)))
+  soft = np.asarray(step_lib.ordinal_targets(jnp.asarray(batch["label"]), NUM_CLASSES, 1.0))
+  assert float(metrics["loss"]) == pytest.approx(float(np.mean(-(soft * logp).sum(-1))), rel=1e-5)
+  _, plain_loss = run(setup)
+  assert abs(float(metrics["loss"]) - plain_loss) > 1e-3
+  with pytest.raises(ValueError, match="multi-label: set --config.ordinal_scale=0"):
+    step_lib.make_train_step(_model(), tx, labels, bn_stats="frozen", multi_label=True,
+                             ordinal_scale=1.0)
+
+
 # --------------------------------------------------------------------------- #
 # Optimizer options: lr scale, gradient clipping, weight decay.
 # --------------------------------------------------------------------------- #
