@@ -51,7 +51,7 @@ def _manager(directory: str, keep: int) -> ocp.CheckpointManager:
 
 
 class RunCheckpoints:
-  """The two checkpoint managers of one training run."""
+  """The checkpoint managers of one training run: latest, best and (``soup`` > 1) the soup's."""
 
   def __init__(self, workdir: str, keep: int = 2, soup: int = 0):
     self.latest = _manager(os.path.join(workdir, "checkpoints"), keep)

@@ -526,9 +526,9 @@ def _finish(run: Run, loop: LoopState, variables: dict) -> dict:
   average of the soup's members (:mod:`jaxbn.soup`).
   """
   run.ckpts.wait()
-  best = run.ckpts.restore_best(variables)
   final, soup = _soup(run, variables) if run.ckpts.soup is not None else (None, {})
   if final is None:
+    best = run.ckpts.restore_best(variables)
     final = best[0] if best else variables
   device_variables = run.par.put_state(final)
   eval_test = run.config.get("eval_test", True)
