@@ -261,3 +261,7 @@ fold_round round27
 # 33. Round twenty-eight: soft ordinal labels (ordinal_scale=2.0, SORD) on the folds, seeds 0 and
 #     1, paired with round eleven's recipe runs of both seeds. Stopped after five runs (four lost).
 fold_round round28
+
+# 34. Round twenty-nine: a 150-step head stage (warmup.min_steps=150) on the folds, seeds 0 and 1,
+#     paired with round eleven's recipe runs of both seeds. Stopped after six runs (three lost).
+fold_round round29
