@@ -46,7 +46,9 @@ def _manager(directory: str, keep: int) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       _local(directory),
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-      item_names=("state", "meta"),
+      # Handlers, not just names: item_metadata() then reads a step's shapes and dtypes.
+      item_handlers={"state": ocp.StandardCheckpointHandler(),
+                     "meta": ocp.JsonCheckpointHandler()},
   )
 
 
@@ -61,7 +63,7 @@ class RunCheckpoints:
         options=ocp.CheckpointManagerOptions(
             max_to_keep=soup, best_fn=lambda metrics: metrics["val_auc"], best_mode="max",
             create=True),
-        item_names=("variables",),
+        item_handlers={"variables": ocp.StandardCheckpointHandler()},
     )
 
   def latest_step(self) -> int | None:
@@ -102,13 +104,12 @@ class RunCheckpoints:
   def restore_soup(self, abstract_variables: Any = None) -> dict[int, Any]:
     """The soup's members: step -> variables (host arrays), best validation AUC first.
 
-    Without ``abstract_variables``, as saved (read-only use, e.g. ``jaxbn.predict``).
+    Without ``abstract_variables``, shaped as saved (:func:`_target`).
     """
     self.soup.wait_until_finished()
     steps = sorted(self.soup.all_steps(), key=self._soup_auc, reverse=True)
-    target = None if abstract_variables is None else _abstract(abstract_variables)
-    return {step: self.soup.restore(step, args=ocp.args.Composite(
-        variables=ocp.args.StandardRestore(target)))["variables"] for step in steps}
+    return {step: self.soup.restore(step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(
+        _target(self.soup, step, "variables", abstract_variables))))["variables"] for step in steps}
 
   def _soup_auc(self, step: int) -> float:
     return float(self.soup.metrics(step)["val_auc"])
@@ -123,14 +124,18 @@ class RunCheckpoints:
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(abstract_state)))
     )["state"]
 
-  def restore_best(self, abstract_variables: Any) -> tuple[Any, dict] | None:
+  def restore_best(self, abstract_variables: Any = None) -> tuple[Any, dict] | None:
+    """The best variables (host arrays) and their meta; None before the first evaluation.
+
+    Without ``abstract_variables``, shaped as saved (:func:`_target`).
+    """
     step = self.best.latest_step()
     if step is None:
       return None
     out = self.best.restore(
         step,
         args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(abstract_variables)),
+            state=ocp.args.StandardRestore(_target(self.best, step, "state", abstract_variables)),
             meta=ocp.args.JsonRestore(),
         ),
     )
@@ -167,6 +172,12 @@ def latest_meta(workdir: str) -> dict | None:
     if isinstance(meta, dict) and isinstance(meta.get("loop"), dict):
       return meta
   return None
+
+
+def _target(manager: ocp.CheckpointManager, step: int, item: str, abstract: Any) -> Any:
+  """A restore target of host arrays: shaped as ``abstract``, or (None) as the step's metadata
+  says, so a checkpoint written on other devices (8 GPUs, a TPU slice) restores on any host."""
+  return _abstract(manager.item_metadata(step)[item] if abstract is None else abstract)
 
 
 def _abstract(tree: Any) -> Any:

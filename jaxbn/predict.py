@@ -104,7 +104,6 @@ def predict_workdir(workdir: str, images: list[str], top: int = 5) -> list[dict]
   import jax
   import ml_collections
   import numpy as np
-  import orbax.checkpoint as ocp
 
   from jaxbn import setup, soup
   from jaxbn.checkpoint import RunCheckpoints
@@ -120,8 +119,7 @@ def predict_workdir(workdir: str, images: list[str], top: int = 5) -> list[dict]
     step = ckpts.best.latest_step()
     if step is None:
       raise ValueError(f"{workdir} has no best checkpoint (no evaluation finished).")
-    variables = ckpts.best.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+    variables, _ = ckpts.restore_best()  # host arrays, whatever devices trained the run
     members = ckpts.restore_soup() if ckpts.soup is not None else {}
   finally:
     ckpts.close()

@@ -65,8 +65,8 @@ def ordinal_targets(labels: jax.Array, num_classes: int, scale: float) -> jax.Ar
   For classes whose indices are ordered (grades): a near grade gets more of the target than
   a far one. ``scale`` → ∞ is the one-hot target.
 
-  >>> ordinal_targets(jnp.array([0]), 3, 1.0).round(3).tolist()
-  [[0.721, 0.265, 0.013]]
+  >>> [round(float(p), 3) for p in ordinal_targets(jnp.array([0]), 3, 1.0)[0]]
+  [0.721, 0.265, 0.013]
   """
   k = jnp.arange(num_classes, dtype=jnp.float32)
   return jax.nn.softmax(-scale * (k - labels[..., None].astype(jnp.float32)) ** 2, axis=-1)

@@ -1,18 +1,24 @@
 """jaxbn.soup: the uniform average of checkpoints, and the trainer's soup of the best passes."""
 
+import json
 import logging
+import os
+import pathlib
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
-from jaxbn import predict, preemption, soup, train
+from jaxbn import preemption, soup, train
 from jaxbn.checkpoint import RunCheckpoints
 from jaxbn.tf_setup import import_tensorflow
 from test_train import tiny_config
 
 tf = import_tensorflow()
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_uniform_is_the_elementwise_mean_in_each_leafs_dtype():
@@ -81,12 +87,21 @@ def test_the_trainers_final_model_is_the_soup_of_its_best_passes(tmp_path, caplo
   image = tmp_path / "x.png"
   image.write_bytes(tf.io.encode_png(np.random.default_rng(0).integers(
       0, 255, (28, 28, 3), dtype=np.uint8)).numpy())
-  by_soup, = predict.predict_workdir(str(tmp_path), [str(image)])
+  by_soup = _predict(tmp_path, image)
   assert by_soup["soup_steps"] == results["soup_steps"]
   shutil.rmtree(tmp_path / "soup")
-  by_best, = predict.predict_workdir(str(tmp_path), [str(image)])
+  by_best = _predict(tmp_path, image)
   assert "soup_steps" not in by_best and by_best["checkpoint_step"] == results["best_step"]
   assert by_soup["top"][0]["prob"] != pytest.approx(by_best["top"][0]["prob"], abs=1e-6)
+
+
+def _predict(workdir, image) -> dict:
+  """``python -m jaxbn.predict --workdir`` (a process of its own: its absl flags are its own)."""
+  env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+  proc = subprocess.run([sys.executable, "-m", "jaxbn.predict", f"--workdir={workdir}",
+                         f"--image={image}"], cwd=REPO, env=env, capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return json.loads(proc.stdout)
 
 
 def test_without_a_soup_nothing_changes(tmp_path):
