@@ -107,7 +107,7 @@ def predict_workdir(workdir: str, images: list[str], top: int = 5) -> list[dict]
 
   from jaxbn import setup, soup
   from jaxbn.checkpoint import RunCheckpoints
-  from jaxbn.data import pipeline
+  from jaxbn.data import fields as data_fields, pipeline
   from jaxbn.models import get_spec
   from jaxbn.tf_setup import import_tensorflow
 
@@ -134,6 +134,8 @@ def predict_workdir(workdir: str, images: list[str], top: int = 5) -> list[dict]
   std = np.asarray(spec.std, np.float32)
   scale, offset = 1.0 / (255.0 * std), -np.asarray(spec.mean, np.float32) / std
   multi_label = bool(run.get("multi_label", False))
+  resize = data_fields.get(ml_collections.ConfigDict(run.get("config", {}).get("data", {})),
+                           "resize")  # as the run's evaluation resized
   batch = []
   for path in images:
     try:
@@ -142,7 +144,7 @@ def predict_workdir(workdir: str, images: list[str], top: int = 5) -> list[dict]
       raise ValueError(f"Cannot read image {path}: {str(e).splitlines()[0]}") from None
     out = pipeline.preprocess({"image": image, "label": 0}, image_size=int(run["image_size"]),
                               scale=tf.constant(scale), offset=tf.constant(offset),
-                              multi_label=False)
+                              multi_label=False, resize=resize)
     batch.append(out["image"].numpy())
   logits = jax.jit(model.apply)(variables, np.stack(batch))
   probs = np.asarray(jax.nn.sigmoid(logits) if multi_label else jax.nn.softmax(logits, axis=-1))

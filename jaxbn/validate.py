@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Sequence
 import ml_collections
 
 from jaxbn.config import load_config_file
+from jaxbn.data.fields import RESIZE_METHODS
 from jaxbn.models.layers import POOLS
 from jaxbn.models.registry import DTYPES
 
@@ -359,6 +360,7 @@ def field_checks(tasks: Iterable[str] = ("train",)) -> dict[str, tuple[Check, st
       "data.rotate_deg": num_in(0.0, 180.0),
       "data.shift": num_in(0.0, 0.5),
       "data.vflip": boolean(),
+      "data.resize": one_of(*RESIZE_METHODS),
       "data.folds": ((lambda v: _is_int(v) and (v == 0 or v >= 2)),
                      "0 (the data set's own val split) or an integer >= 2"),
       "data.fold": int_in(0),

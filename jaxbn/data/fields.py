@@ -12,6 +12,8 @@ from typing import Any
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+RESIZE_METHODS = ("bilinear", "bicubic", "lanczos3", "area", "nearest")  # tf.image.resize's
+
 # field -> (default, type of a None default, comment)
 FIELDS: dict[str, tuple[Any, type | None, str]] = {
     "name": ("pneumoniamnist", None, "MedMNIST name | tfds:NAME | folder:/path"),
@@ -19,6 +21,7 @@ FIELDS: dict[str, tuple[Any, type | None, str]] = {
     "cache_dir": (None, str, "where prepared TFDS data are cached"),
     "download": (True, None, "allow downloading a missing MedMNIST/TFDS dataset"),
     "image_size": (64, None, "square side the images are resized to"),
+    "resize": ("bilinear", None, "resize method: " + " | ".join(RESIZE_METHODS)),
     "augment": (True, None, "random resized crop (+ flips where allowed) in training"),
     "hflip": (None, bool, "None = per-dataset default"),
     "shuffle_buffer": (10_000, None, "tf.data shuffle buffer"),

@@ -64,12 +64,12 @@ field; missing fields take these defaults):
     source: MedMNIST, ``tfds:`` and folders.
   fold: int, default 0. With ``folds``: which fold (0 .. folds-1) is val.
 
-Per example: decode → gray→RGB (tile) → resize to ``image_size`` (bilinear;
-antialiased when shrinking; aspect ratio not kept) → [augment] → scale to
+Per example: decode → gray→RGB (tile) → resize to ``image_size`` (``resize``, bilinear by
+default; antialiased when shrinking; aspect ratio not kept) → [augment] → scale to
 [0, 1] → normalise with the checkpoint's ``mean``/``std`` (on [0, 1]
 pixels) → batch → prefetch. Crop and flip are drawn on the source image, and
 the per-channel affine scaling/normalisation, which commutes exactly with
-bilinear resizing, is applied before the resize when the source is the
+each of these resizings (linear, weights summing to 1), is applied before the resize when the source is the
 smaller image (MedMNIST's 28 px): same output, a fraction of the work.
 
 Training order (one global order for any number of hosts): global batch
@@ -492,10 +492,10 @@ def _to_rgb(image: tf.Tensor) -> tf.Tensor:
   return image
 
 
-def _resize(image: tf.Tensor, size: int, antialias: bool) -> tf.Tensor:
-  """Bilinear resize to size×size (antialias matters only when shrinking)."""
-  image = tf.image.resize(image, (size, size), method="bilinear",
-                          antialias=antialias)
+def _resize(image: tf.Tensor, size: int, antialias: bool, method: str) -> tf.Tensor:
+  """Resize to size×size (``method``: one of ``fields.RESIZE_METHODS``; antialias matters
+  only when shrinking)."""
+  image = tf.image.resize(image, (size, size), method=method, antialias=antialias)
   image.set_shape([size, size, image.shape[-1]])
   return image
 
@@ -517,7 +517,7 @@ def _random_crop(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 def preprocess(example: dict[str, tf.Tensor], *, image_size: int,
                scale: tf.Tensor, offset: tf.Tensor, multi_label: bool,
                augment: bool = False, hflip: bool = False,
-               seed: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+               seed: tf.Tensor | None = None, resize: str = "bilinear") -> dict[str, tf.Tensor]:
   """One source example → {'image': f32 [S, S, 3] normalised, 'label'}.
 
   Crop and flip act on the source image (a flip commutes exactly with the
@@ -534,6 +534,7 @@ def preprocess(example: dict[str, tf.Tensor], *, image_size: int,
     augment: random resized crop (needs ``seed``).
     hflip: random horizontal flip (needs ``seed``).
     seed: int [2] stateless seed for this example.
+    resize: the resize method (``fields.RESIZE_METHODS``; the data config's ``resize``).
   """
   image = example["image"]
   height, width = image.shape[0], image.shape[1]
@@ -547,9 +548,9 @@ def preprocess(example: dict[str, tf.Tensor], *, image_size: int,
     image = tf.image.stateless_random_flip_left_right(image, flip_seed)
   image = tf.cast(_to_rgb(image), tf.float32)
   if small:
-    image = _resize(image * scale + offset, image_size, antialias=False)
+    image = _resize(image * scale + offset, image_size, antialias=False, method=resize)
   else:
-    image = _resize(image, image_size, antialias=True) * scale + offset
+    image = _resize(image, image_size, antialias=True, method=resize) * scale + offset
   label = tf.cast(example["label"], tf.float32 if multi_label else tf.int32)
   return {"image": image, "label": label}
 
@@ -639,6 +640,7 @@ def train_iterator(config: ml_collections.ConfigDict, *, batch_size: int,
   global_batch = batch_size * process_count
 
   extra_aug = augment_lib.settings(config)
+  resize = _get(config, "resize")
 
   def process(position):
     index = example_index(position, table.size, seed)
@@ -646,7 +648,7 @@ def train_iterator(config: ml_collections.ConfigDict, *, batch_size: int,
     example_seed = tf.random.experimental.stateless_fold_in(aug_seed, position)
     out = preprocess(example, image_size=image_size, scale=scale,
                      offset=offset, multi_label=source.info.multi_label,
-                     augment=augment, hflip=hflip, seed=example_seed)
+                     augment=augment, hflip=hflip, seed=example_seed, resize=resize)
     if augment_lib.is_active(**extra_aug):  # rotations, shifts, vflip
       out["image"] = augment_lib.random_affine(
           out["image"], tf.random.experimental.stateless_fold_in(example_seed, 1), **extra_aug)
@@ -692,10 +694,11 @@ def eval_iterator(config: ml_collections.ConfigDict, split: str, *,
   source = _source(config)
   num_examples = source.info.num_examples[split]
   scale, offset = _normalizer(mean, std)
+  resize = _get(config, "resize")
 
   def process(example):
     out = preprocess(example, image_size=image_size, scale=scale,
-                     offset=offset, multi_label=source.info.multi_label)
+                     offset=offset, multi_label=source.info.multi_label, resize=resize)
     out["mask"] = tf.constant(1.0)
     return out
 
