@@ -372,6 +372,32 @@ def test_preprocess_equals_the_documented_order(shape, size):
   assert all(m or s for m, s in zip(mirrored, same)) and any(mirrored) and any(same)
 
 
+@pytest.mark.parametrize("method", ["bicubic", "lanczos3", "area", "nearest"])
+def test_resize_method_is_the_documented_order_with_that_method(method):
+  # The normalisation commutes with every method (linear, weights summing to 1), up- and down.
+  scale, offset = pipeline._normalizer(MEAN, STD)  # pylint: disable=protected-access
+  for shape, size in [((28, 28, 1), 64), ((40, 30, 3), 24)]:
+    image = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    out = pipeline.preprocess({"image": tf.constant(image), "label": tf.constant(0)},
+                              image_size=size, scale=scale, offset=offset, multi_label=False,
+                              resize=method)["image"].numpy()
+    rgb = np.repeat(image, 3, axis=-1) if shape[-1] == 1 else image
+    resized = tf.image.resize(rgb.astype(np.float32), (size, size), method=method,
+                              antialias=size < max(shape[:2])).numpy()
+    np.testing.assert_allclose(out, (resized / 255.0 - MEAN) / STD, atol=1e-3)
+
+
+def test_the_data_configs_resize_reaches_training_and_evaluation(pneumonia_config, pneumonia_npz):
+  nearest = ml_collections.ConfigDict({**pneumonia_config.to_dict(), "resize": "nearest"})
+  batch = _eval_all(nearest, "test", batch_size=100, image_size=56)[0]
+  twice = np.repeat(np.repeat(pneumonia_npz["test_images"][:100], 2, axis=1), 2, axis=2)
+  np.testing.assert_allclose(batch["image"], _normalised(twice), atol=1e-5)  # 28 → 56: 2×2 blocks
+  kwargs = dict(batch_size=8, image_size=56, mean=MEAN, std=STD, seed=0)
+  plain = next(pipeline.train_iterator(pneumonia_config, **kwargs))["image"]
+  blocky = next(pipeline.train_iterator(nearest, **kwargs))["image"]
+  assert not np.allclose(plain, blocky, atol=1e-3)
+
+
 def test_flip_default_is_off_where_it_swaps_labels():
   assert not medmnist.DATASETS["organamnist"].hflip_ok
   assert medmnist.DATASETS["pneumoniamnist"].hflip_ok

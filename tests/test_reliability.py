@@ -74,6 +74,8 @@ CONFIG_ERRORS = [
      "an integer >= 0"),
     ([BN_ONLY, "--config.soup_size=-2"], "config.soup_size=-2", "an integer >= 0"),
     ([BN_ONLY, "--config.ordinal_scale=-1"], "config.ordinal_scale=-1.0", ">= 0"),
+    ([BN_ONLY, "--config.data.resize=cubic"], "config.data.resize='cubic'",
+     "bilinear | bicubic | lanczos3 | area | nearest"),
     ([BN_ONLY, "--config.class_weights=inverse"], "config.class_weights='inverse'",
      "none | balanced"),
     ([BN_ONLY, "--config.parallel=pmapp"], "config.parallel='pmapp'", "jit | pmap"),

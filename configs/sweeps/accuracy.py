@@ -283,7 +283,7 @@ ROUND29 = {"head150": "warmup.min_steps=150"}
 # Round thirty: the 150-step head stage gained +0.0011 ± 0.0018 on 3 of its first 6 runs. Bicubic
 # upsampling (data.resize=bicubic, new): the 28-px images reach 96 px with sharper edges than
 # bilinear's, closer to the ImageNet photos the features were learnt on; evaluation resizes the
-# same way. Round sixteen's rule, fixed before the runs (28 Nov, 02:08 UTC); stopped once 8 of
+# same way. Round sixteen's rule, fixed before the runs (28 Nov, 02:01 UTC); stopped once 8 of
 # 10 is out of reach.
 ROUND30 = {"bicubic": "data.resize=bicubic"}
 
