@@ -265,3 +265,7 @@ fold_round round28
 # 34. Round twenty-nine: a 150-step head stage (warmup.min_steps=150) on the folds, seeds 0 and 1,
 #     paired with round eleven's recipe runs of both seeds. Stopped after six runs (three lost).
 fold_round round29
+
+# 35. Round thirty: bicubic upsampling (data.resize=bicubic) on the folds, seeds 0 and 1, paired
+#     with round eleven's recipe runs of both seeds. Stopped after five runs (three lost).
+fold_round round30
