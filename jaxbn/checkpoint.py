@@ -108,8 +108,12 @@ class RunCheckpoints:
     """
     self.soup.wait_until_finished()
     steps = sorted(self.soup.all_steps(), key=self._soup_auc, reverse=True)
-    return {step: self.soup.restore(step, args=ocp.args.Composite(variables=ocp.args.StandardRestore(
-        _target(self.soup, step, "variables", abstract_variables))))["variables"] for step in steps}
+    out = {}
+    for step in steps:
+      target = _target(self.soup, step, "variables", abstract_variables)
+      out[step] = self.soup.restore(step, args=ocp.args.Composite(
+          variables=ocp.args.StandardRestore(target)))["variables"]
+    return out
 
   def _soup_auc(self, step: int) -> float:
     return float(self.soup.metrics(step)["val_auc"])

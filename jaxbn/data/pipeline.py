@@ -68,9 +68,10 @@ Per example: decode → gray→RGB (tile) → resize to ``image_size`` (``resize
 default; antialiased when shrinking; aspect ratio not kept) → [augment] → scale to
 [0, 1] → normalise with the checkpoint's ``mean``/``std`` (on [0, 1]
 pixels) → batch → prefetch. Crop and flip are drawn on the source image, and
-the per-channel affine scaling/normalisation, which commutes exactly with
-each of these resizings (linear, weights summing to 1), is applied before the resize when the source is the
-smaller image (MedMNIST's 28 px): same output, a fraction of the work.
+the per-channel affine scaling/normalisation, which commutes exactly with each
+of these resizings (linear, weights summing to 1), is applied before the resize
+when the source is the smaller image (MedMNIST's 28 px): same output, a
+fraction of the work.
 
 Training order (one global order for any number of hosts): global batch
 ``k`` of a run with global batch size ``G`` holds the examples at positions
