@@ -22,6 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from jaxbn import soup as soup_lib
 from jaxbn.io import write_json_atomic
 
 
@@ -114,6 +115,16 @@ class RunCheckpoints:
       out[step] = self.soup.restore(step, args=ocp.args.Composite(
           variables=ocp.args.StandardRestore(target)))["variables"]
     return out
+
+  def restore_final(self, abstract_variables: Any = None) -> tuple[Any, list[int]] | None:
+    """The run's final model (host arrays) and the steps it averages: the soup's average
+    (:mod:`jaxbn.soup`) when it has members, else the best checkpoint (steps ``[]``); None
+    before the first evaluation. Without ``abstract_variables``, shaped as saved."""
+    members = self.restore_soup(abstract_variables) if self.soup is not None else {}
+    if members:
+      return soup_lib.uniform(list(members.values())), list(members)
+    best = self.restore_best(abstract_variables)
+    return None if best is None else (best[0], [])
 
   def _soup_auc(self, step: int) -> float:
     return float(self.soup.metrics(step)["val_auc"])

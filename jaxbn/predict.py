@@ -105,7 +105,7 @@ def predict_workdir(workdir: str, images: list[str], top: int = 5) -> list[dict]
   import ml_collections
   import numpy as np
 
-  from jaxbn import setup, soup
+  from jaxbn import setup
   from jaxbn.checkpoint import RunCheckpoints
   from jaxbn.data import fields as data_fields, pipeline
   from jaxbn.models import get_spec
@@ -117,14 +117,12 @@ def predict_workdir(workdir: str, images: list[str], top: int = 5) -> list[dict]
   ckpts = RunCheckpoints(workdir, soup=int(run.get("soup_size", 0)))
   try:
     step = ckpts.best.latest_step()
-    if step is None:
-      raise ValueError(f"{workdir} has no best checkpoint (no evaluation finished).")
-    variables, _ = ckpts.restore_best()  # host arrays, whatever devices trained the run
-    members = ckpts.restore_soup() if ckpts.soup is not None else {}
+    final = ckpts.restore_final()  # host arrays, whatever devices trained the run
   finally:
     ckpts.close()
-  if members:  # the run's final model: the average of its soup (jaxbn.soup)
-    variables = soup.uniform([dict(m) for m in members.values()])
+  if final is None:
+    raise ValueError(f"{workdir} has no best checkpoint (no evaluation finished).")
+  variables, soup_steps = final
   variables = jax.tree.map(np.asarray, dict(variables))
   arch = run["arch"]
   spec = get_spec(arch)
@@ -150,8 +148,8 @@ def predict_workdir(workdir: str, images: list[str], top: int = 5) -> list[dict]
   probs = np.asarray(jax.nn.sigmoid(logits) if multi_label else jax.nn.softmax(logits, axis=-1))
   names = run.get("class_names")
   where = {"checkpoint_step": int(step)}
-  if members:
-    where["soup_steps"] = [int(s) for s in members]
+  if soup_steps:
+    where["soup_steps"] = [int(s) for s in soup_steps]
   return [{"image": path, "arch": arch, "workdir": workdir, **where,
            "top": _top(p, names, top)} for path, p in zip(images, probs)]
 

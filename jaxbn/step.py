@@ -87,12 +87,12 @@ def loss_per_example(
       targets = targets * (1 - label_smoothing) + 0.5 * label_smoothing
     return optax.sigmoid_binary_cross_entropy(logits, targets).mean(axis=-1)
   if ordinal_scale:
-    onehot = ordinal_targets(labels, logits.shape[-1], ordinal_scale)
+    targets = ordinal_targets(labels, logits.shape[-1], ordinal_scale)
   else:
-    onehot = jax.nn.one_hot(labels, logits.shape[-1])
+    targets = jax.nn.one_hot(labels, logits.shape[-1])
   if label_smoothing:
-    onehot = optax.smooth_labels(onehot, label_smoothing)
-  return optax.softmax_cross_entropy(logits, onehot)
+    targets = optax.smooth_labels(targets, label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
 
 
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:

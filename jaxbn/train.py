@@ -34,7 +34,7 @@ import_tensorflow()  # quietly, before clu's metric writers import it
 from clu import metric_writers, periodic_actions  # pylint: disable=g-import-not-at-top
 
 from jaxbn import budget, ema as ema_lib, masks, metrics as metrics_lib, preemption, setup
-from jaxbn import soup as soup_lib, step as step_lib, target_stats, tta as tta_lib
+from jaxbn import step as step_lib, target_stats, tta as tta_lib
 from jaxbn.checkpoint import RunCheckpoints, is_url, write_json
 from jaxbn.data import pipeline
 from jaxbn.models import count_params, get_spec
@@ -526,11 +526,9 @@ def _finish(run: Run, loop: LoopState, variables: dict) -> dict:
   average of the soup's members (:mod:`jaxbn.soup`).
   """
   run.ckpts.wait()
-  final, soup = _soup(run, variables) if run.ckpts.soup is not None else (None, {})
-  if final is None:
-    best = run.ckpts.restore_best(variables)
-    final = best[0] if best else variables
+  final, soup_steps = run.ckpts.restore_final(variables) or (variables, [])
   device_variables = run.par.put_state(final)
+  soup = _soup_results(run, device_variables, soup_steps) if soup_steps else {}
   eval_test = run.config.get("eval_test", True)
   test = (evaluate(run, "test", device_variables) if eval_test
           else {"auc": None, "acc": None, "loss": None})
@@ -545,17 +543,13 @@ def _finish(run: Run, loop: LoopState, variables: dict) -> dict:
   return results
 
 
-def _soup(run: Run, variables: dict) -> tuple[dict | None, dict]:
-  """The average of the soup's members (None if it has none) and its results.json fields."""
-  members = run.ckpts.restore_soup(variables)
-  if not members:
-    return None, {}
-  soup = soup_lib.uniform(list(members.values()))
-  val = evaluate(run, "val", run.par.put_state(soup))
+def _soup_results(run: Run, device_variables, steps: list[int]) -> dict:
+  """results.json's soup fields: the soup's steps and its validation figures."""
+  val = evaluate(run, "val", device_variables)
   logging.info("Soup of the %d best validation passes (steps %s): val AUC %.4f ACC %.4f.",
-               len(members), list(members), val["auc"], val["acc"])
-  return soup, {"soup_steps": list(members), "soup_val_auc": val["auc"],
-                "soup_val_acc": val["acc"], "soup_val_loss": val["loss"]}
+               len(steps), steps, val["auc"], val["acc"])
+  return {"soup_steps": steps, "soup_val_auc": val["auc"], "soup_val_acc": val["acc"],
+          "soup_val_loss": val["loss"]}
 
 
 def _results(run: Run, loop: LoopState, test: dict, tta: dict) -> dict:
