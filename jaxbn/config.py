@@ -84,6 +84,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Soft ordinal labels (jaxbn.step.ordinal_targets) for single-label data whose class indices
   # are ordered (e.g. grades): the target is softmax(-ordinal_scale (k - y)^2); 0 = one-hot.
   c.ordinal_scale = 0.0
+  # AUC maximisation: the loss adds auc_loss_weight × the batch's squared-hinge AUC surrogate
+  # over each class's positive-negative pairs of probabilities (jaxbn.step.pairwise_auc_loss,
+  # margin auc_loss_margin); 0 = cross-entropy alone. Not with mixup.
+  c.auc_loss_weight = 0.0
+  c.auc_loss_margin = 1.0
   c.mixup_alpha = 0.0  # mixup's Beta(α, α) when > 0 (jaxbn.step.mixup); 0 = off
   # "balanced": each example's loss × N / (K n_its_class) over the training split, so every
   # class weighs the same (jaxbn.step.balanced_class_weights); single-label data only

@@ -95,6 +95,33 @@ def loss_per_example(
   return optax.softmax_cross_entropy(logits, targets)
 
 
+def pairwise_auc_loss(scores: jax.Array, positives: jax.Array, margin: float = 1.0) -> jax.Array:
+  """A batch's squared-hinge AUC surrogate, averaged over classes (one-vs-rest).
+
+  For class k, every pair of a positive i and a negative j in the batch costs
+  ``max(0, margin - (s_ik - s_jk))²`` (the square loss of deep AUC maximisation, Yuan et al.
+  2021, arXiv 2012.03173, on all pairs). The mean over a class's pairs is averaged over the
+  classes that have both a positive and a negative in the batch; a batch with none gives 0.
+
+  Args:
+    scores: [B, K] scores whose per-class ranking is evaluated (e.g. probabilities).
+    positives: [B, K], 1 where example b is a positive of class k, else 0.
+    margin: the score gap below which a pair costs.
+
+  >>> s = jnp.array([[0.9], [0.2]])
+  >>> round(float(pairwise_auc_loss(s, jnp.array([[1], [0]]))), 4)  # (1 - 0.7)²
+  0.09
+  """
+  pos = positives.astype(jnp.float32)
+  pairs = pos[:, None, :] * (1.0 - pos)[None, :, :]  # [i, j, k]: i positive, j negative
+  gaps = scores[:, None, :] - scores[None, :, :]
+  hinge = jnp.square(jnp.maximum(margin - gaps.astype(jnp.float32), 0.0))
+  count = pairs.sum(axis=(0, 1))
+  per_class = (hinge * pairs).sum(axis=(0, 1)) / jnp.maximum(count, 1.0)
+  has_pairs = (count > 0).astype(jnp.float32)
+  return (per_class * has_pairs).sum() / jnp.maximum(has_pairs.sum(), 1.0)
+
+
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
   """Per-class loss weights ``N / (K n_c)`` for single-label ``labels`` (int [N]).
 
@@ -154,6 +181,8 @@ def make_train_step(
     multi_label: bool,
     label_smoothing: float = 0.0,
     ordinal_scale: float = 0.0,
+    auc_loss_weight: float = 0.0,
+    auc_loss_margin: float = 1.0,
     mixup_alpha: float = 0.0,
     class_weights: Any = None,
     axis_name: str | None = None,
@@ -171,6 +200,9 @@ def make_train_step(
     label_smoothing: label smoothing factor.
     ordinal_scale: single-label only: soft ordinal targets (:func:`ordinal_targets`) when
       > 0, for classes whose indices are ordered; 0 = one-hot.
+    auc_loss_weight: when > 0, the loss adds this times :func:`pairwise_auc_loss` of the
+      batch's probabilities (each device's rows under pmap), with ``auc_loss_margin``.
+      Not with mixup, whose mixed images have no single class.
     mixup_alpha: mixup (Zhang et al. 2018, arXiv 1710.09412) when > 0: each step trains
       on ``λ x + (1 - λ) x[perm]`` with the loss ``λ L(y) + (1 - λ) L(y[perm])``, one
       ``λ ~ Beta(α, α)`` per step and ``perm`` a random permutation of the batch (of
@@ -196,6 +228,10 @@ def make_train_step(
   if ordinal_scale and multi_label:
     raise ValueError("ordinal_scale orders the classes of single-label data, and this data set "
                      "is multi-label: set --config.ordinal_scale=0.")
+  if auc_loss_weight and mixup_alpha:
+    raise ValueError("auc_loss_weight ranks each class's positives above its negatives, and a "
+                     "mixed image is neither: set --config.mixup_alpha=0 or "
+                     "--config.auc_loss_weight=0.")
   trainable = masks.trainable_mask(labels)
   class_weights = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
 
@@ -234,6 +270,11 @@ def make_train_step(
           logits, label, multi_label=multi_label, label_smoothing=label_smoothing,
           ordinal_scale=ordinal_scale,
       ), label) for weight, label in targets).mean()
+      if auc_loss_weight:
+        label = batch["label"]
+        positives = label if multi_label else jax.nn.one_hot(label, logits.shape[-1])
+        loss = loss + auc_loss_weight * pairwise_auc_loss(
+            probabilities(logits, multi_label), positives, auc_loss_margin)
       return loss, new_stats
 
     (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(train)

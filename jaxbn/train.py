@@ -382,6 +382,8 @@ def _run_stage(run: Run, loop: LoopState, stage_idx: int, state: TrainState, ema
       run.model, run.optimizers[stage_idx], run.labels[stage_idx], bn_stats=config.bn_stats,
       multi_label=run.info.multi_label, label_smoothing=config.label_smoothing,
       ordinal_scale=config.get("ordinal_scale", 0.0),
+      auc_loss_weight=config.get("auc_loss_weight", 0.0),
+      auc_loss_margin=config.get("auc_loss_margin", 1.0),
       mixup_alpha=config.mixup_alpha, class_weights=run.class_weights,
       axis_name=run.par.axis_name,
   ))

@@ -371,6 +371,8 @@ def field_checks(tasks: Iterable[str] = ("train",)) -> dict[str, tuple[Check, st
       "grad_clip_norm": num_in(0.0),
       "label_smoothing": num_in(0.0, 1.0, hi_open=True),
       "ordinal_scale": num_in(0.0),
+      "auc_loss_weight": num_in(0.0),
+      "auc_loss_margin": num_in(0.0, lo_open=True),
       "mixup_alpha": num_in(0.0),
       "class_weights": one_of("none", "balanced"),
       "bn_stats": one_of("frozen", "batch"),
@@ -421,6 +423,10 @@ def _check_cross_fields(config: ml_collections.ConfigDict) -> None:
   if folds and fold is not None and fold >= folds:
     raise ConfigError(f"config.data.fold={fold} is not a fold of data.folds={folds}: use "
                       f"--config.data.fold=0 .. {folds - 1}.")
+  if _current_value(config, "auc_loss_weight") and _current_value(config, "mixup_alpha"):
+    raise ConfigError("config.auc_loss_weight ranks each class's positives above its negatives, "
+                      "and a mixed image is neither: set --config.mixup_alpha=0 or "
+                      "--config.auc_loss_weight=0.")
   arch, cut = _current_value(config, "model.arch"), _current_value(config, "model.truncate_at")
   if cut is not None and arch is not None:
     from jaxbn.models import cut_points, get_cut

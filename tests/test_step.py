@@ -245,6 +245,66 @@ def test_ordinal_scale_trains_on_the_soft_ordinal_cross_entropy(setup):
                              ordinal_scale=1.0)
 
 
+def _pairwise_auc_loop(scores, positives, margin):
+  """The surrogate by its definition: a loop over each class's positive-negative pairs."""
+  per_class = []
+  for k in range(scores.shape[1]):
+    pos = [i for i in range(len(scores)) if positives[i, k]]
+    neg = [j for j in range(len(scores)) if not positives[j, k]]
+    if pos and neg:
+      per_class.append(np.mean([max(0.0, margin - (scores[i, k] - scores[j, k])) ** 2
+                                for i in pos for j in neg]))
+  return np.mean(per_class) if per_class else 0.0
+
+
+def test_pairwise_auc_loss_is_the_mean_squared_hinge_over_each_classes_pairs():
+  rng = np.random.default_rng(0)
+  scores = rng.random((12, 4)).astype(np.float32)
+  single = np.eye(4)[rng.integers(0, 3, 12)]  # class 3 has no positive: it is left out
+  multi = (rng.random((12, 4)) < 0.4).astype(np.float32)
+  multi[:, 0] = 1  # class 0 has no negative: left out too
+  for positives in (single, multi):
+    for margin in (0.3, 1.0, 2.0):
+      got = float(step_lib.pairwise_auc_loss(jnp.asarray(scores), jnp.asarray(positives), margin))
+      assert got == pytest.approx(_pairwise_auc_loop(scores, positives, margin), rel=1e-5)
+  ranked = np.array([[0.9], [0.8], [0.1]], np.float32)  # every positive above every negative
+  assert float(step_lib.pairwise_auc_loss(ranked, np.array([[1], [1], [0]]), 0.5)) == 0.0
+  assert float(step_lib.pairwise_auc_loss(ranked, np.ones((3, 1)), 1.0)) == 0.0  # no pair
+
+
+def test_auc_loss_weight_adds_the_weighted_surrogate_of_the_probabilities(setup):
+  variables, batch, labels = setup
+  tx = setup_lib.build_optimizer(_config(), config_lib.stage(STRATEGY, 1, LR), 1, labels)
+  step = jax.jit(step_lib.make_train_step(_model(), tx, labels, bn_stats="frozen",
+                                          multi_label=False, auc_loss_weight=0.5,
+                                          auc_loss_margin=0.8))
+  state, metrics = step(step_lib.TrainState.create(variables, tx), batch, jax.random.key(0),
+                        jnp.float32(1.0))
+  logits = _logits(setup)
+  probs = np.asarray(jax.nn.softmax(logits))
+  cross_entropy = np.mean(np.asarray(
+      optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])))
+  surrogate = _pairwise_auc_loop(probs, np.eye(NUM_CLASSES)[batch["label"]], 0.8)
+  assert float(metrics["loss"]) == pytest.approx(cross_entropy + 0.5 * surrogate, rel=1e-5)
+  plain, _ = run(setup)
+  moved, _ = _deltas(jax.tree.map(np.asarray, state), setup)
+  moved_plain, _ = _deltas(plain, setup)
+  assert any(not np.allclose(moved[k], moved_plain[k]) for k in moved)
+  _assert_frozen_untouched(jax.tree.map(np.asarray, state), setup)
+  # multi-label: the sigmoid probabilities, each label's positives ranked above its negatives
+  multi_hot = (np.arange(8 * NUM_CLASSES).reshape(8, NUM_CLASSES) % 3 == 0).astype(np.float32)
+  step = jax.jit(step_lib.make_train_step(_model(), tx, labels, bn_stats="frozen",
+                                          multi_label=True, auc_loss_weight=2.0))
+  _, metrics = step(step_lib.TrainState.create(variables, tx), {**batch, "label": multi_hot},
+                    jax.random.key(0), jnp.float32(1.0))
+  bce = float(optax.sigmoid_binary_cross_entropy(logits, multi_hot).mean())
+  surrogate = _pairwise_auc_loop(np.asarray(jax.nn.sigmoid(logits)), multi_hot, 1.0)
+  assert float(metrics["loss"]) == pytest.approx(bce + 2.0 * surrogate, rel=1e-5)
+  with pytest.raises(ValueError, match="set --config.mixup_alpha=0 or --config.auc_loss_weight=0"):
+    step_lib.make_train_step(_model(), tx, labels, bn_stats="frozen", multi_label=False,
+                             auc_loss_weight=1.0, mixup_alpha=0.2)
+
+
 # --------------------------------------------------------------------------- #
 # Optimizer options: lr scale, gradient clipping, weight decay.
 # --------------------------------------------------------------------------- #
