@@ -63,6 +63,9 @@ def base_config() -> ml_collections.ConfigDict:
   # head also reads, pooled and concatenated with the last features; () = the last only.
   c.model.head_taps = ()
   c.model.pool = "avg"  # the head's global pooling: avg | max | avgmax (both, concatenated)
+  # Stochastic depth in training: block i of N drops its residual branch with probability
+  # drop_path_rate * i / N (jaxbn.models.layers.drop_path); EfficientNet-Lite and ResNet.
+  c.model.drop_path_rate = 0.0
   # Transfusion (jaxbn.weights.init): copy the pretrained weights (model.init) up to
   # this cut, random init for the rest: none | conv1 | stage1 .. stage{S-1} | all
   # (ResNet: conv1|stage1|stage2|stage3|all). None = the whole init as usual.

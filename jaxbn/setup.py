@@ -40,6 +40,7 @@ def build_model(config: ml_collections.ConfigDict, num_outputs: int,
       "bn_momentum": momentum,
       "bn_axis_name": bn_axis_name,
       "stage_widths": tuple(m.stage_widths) if m.get("stage_widths") else None,
+      "drop_path_rate": m.get("drop_path_rate") or None,
   }
   return create_model(
       m.arch, num_classes=num_outputs, dtype=compute_dtype(m.dtype), norm=m.norm,

@@ -62,7 +62,7 @@ ROUND9_RECIPE = (VALIDATION_ONLY + ",finetune.epochs=16,finetune.lr=1e-3,"
                  "bn_stats=frozen,model.norm=bn,mixup_alpha=0.0,"
                  "finetune.early_stopping_patience=4,model.head_taps=(),class_weights=none,"
                  "model.pool=avg,bn_target_batches=0,soup_size=0,ordinal_scale=0.0,"
-                 "data.resize=bilinear,auc_loss_weight=0.0")
+                 "data.resize=bilinear,auc_loss_weight=0.0,model.drop_path_rate=0.0")
 
 LEVERS = {  # in order of expected effect (the queue runs in this order)
     "base": "",
@@ -294,6 +294,13 @@ ROUND30 = {"bicubic": "data.resize=bicubic"}
 # sixteen's rule, fixed before the runs (28 Nov, 03:15 UTC); stopped once 8 of 10 is out of reach.
 ROUND31 = {"aucm1": "auc_loss_weight=1.0"}
 
+# Round thirty-two: AUC maximisation lost on its first 3 runs (−0.0013 ± 0.0004). Stochastic depth
+# (new, model.drop_path_rate; Huang et al. 2016) at the rate Lite0's checkpoint was trained with,
+# 0.2: in training, block i of 16 drops its residual branch with probability 0.2 i / 16, so the BN
+# affines are fitted to an ensemble of shallower networks rather than co-adapted to one. Round
+# sixteen's rule, fixed before the runs (28 Nov, 03:29 UTC); stopped once 8 of 10 is out of reach.
+ROUND32 = {"droppath02": "model.drop_path_rate=0.2"}
+
 
 def _over_bn_only(strategies, common, dataset="retinamnist", seeds="0,1,2", folds=0):
   """A round over configs/bn_only.py, with ``common`` pinning the recipe it measured."""
@@ -336,6 +343,7 @@ PRESETS = {
     "round29": _over_bn_only(ROUND29, ROUND9_RECIPE, seeds="0,1", folds=5),
     "round30": _over_bn_only(ROUND30, ROUND9_RECIPE, seeds="0,1", folds=5),
     "round31": _over_bn_only(ROUND31, ROUND9_RECIPE, seeds="0,1", folds=5),
+    "round32": _over_bn_only(ROUND32, ROUND9_RECIPE, seeds="0,1", folds=5),
 }
 
 

@@ -49,7 +49,9 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxbn.models.layers import DepthwiseConv, classifier_tail, conv_and_norm
+from jaxbn.models.layers import (
+    DepthwiseConv, block_drop_rates, classifier_tail, conv_and_norm, drop_path,
+)
 from jaxbn.models.prefix import CutPoint, find_cut, find_taps
 from jaxbn.models.spec import ModelSpec
 
@@ -246,6 +248,8 @@ class MBConvBlock(nn.Module):
   norm: ModuleDef
   dtype: Any = jnp.float32
   depthwise_impl: str = "auto"
+  drop_path_rate: float = 0.0  # stochastic depth of the residual branch (train only)
+  train: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -264,7 +268,7 @@ class MBConvBlock(nn.Module):
     x = self.conv(cfg.out_features, (1, 1), kernel_init=conv_init, name="project_conv")(x)
     x = self.norm(name="bn2")(x)  # linear bottleneck: no activation
     if cfg.residual:
-      x = x + inputs
+      x = drop_path(x, self.drop_path_rate, train=self.train) + inputs
     return x
 
 
@@ -290,6 +294,9 @@ class EfficientNetLite(nn.Module):
     truncate_at: TruncatedTL cut (:func:`cut_points`); None builds the full network.
     head_taps: cut names whose outputs the head also reads, pooled and concatenated
       (a multi-scale head); each must end before ``truncate_at``.
+    drop_path_rate: stochastic depth in training (:func:`jaxbn.models.layers.drop_path`):
+      block i of N drops its residual branch with probability ``rate * i / N``
+      (:func:`jaxbn.models.layers.block_drop_rates`). The checkpoints were trained with 0.2.
   """
 
   width_multiplier: float = 1.0
@@ -304,6 +311,7 @@ class EfficientNetLite(nn.Module):
   depthwise_impl: str = "auto"
   truncate_at: str | None = None
   head_taps: Sequence[str] = ()
+  drop_path_rate: float = 0.0
 
   @nn.compact
   def __call__(self, x, train: bool = False, use_running_average: bool | None = None):
@@ -311,7 +319,7 @@ class EfficientNetLite(nn.Module):
 
     Args:
       x: images (N, H, W, 3), normalised with :data:`MEAN` / :data:`STD`.
-      train: enables dropout and, unless ``use_running_average`` says otherwise,
+      train: enables dropout, stochastic depth and, unless ``use_running_average`` says otherwise,
         normalises with batch statistics and updates ``batch_stats``.
       use_running_average: overrides the BN mode chosen by ``train`` (e.g.
         ``train=True, use_running_average=True`` fine-tunes with frozen statistics).
@@ -329,10 +337,13 @@ class EfficientNetLite(nn.Module):
     x = nn.relu6(norm(name="bn0")(x))
 
     taps = []
-    for index, config in enumerate(block_configs(self.width_multiplier, self.depth_multiplier)):
+    configs = block_configs(self.width_multiplier, self.depth_multiplier)
+    drop_rates = block_drop_rates(self.drop_path_rate, len(configs))
+    for index, config in enumerate(configs):
       x = MBConvBlock(
           config=config, conv=conv, norm=norm, dtype=self.dtype,
-          depthwise_impl=self.depthwise_impl, name=block_name(index),
+          depthwise_impl=self.depthwise_impl, drop_path_rate=drop_rates[index], train=train,
+          name=block_name(index),
       )(x)
       if block_name(index) in tap_after:
         taps.append(x)

@@ -119,6 +119,36 @@ def global_pool(x: jax.Array, pool: str = "avg") -> jax.Array:
   return jnp.concatenate([jnp.mean(x, axis=(1, 2)), jnp.max(x, axis=(1, 2))], axis=-1)
 
 
+# The families whose blocks are residual, so that stochastic depth can drop their branches.
+DROP_PATH_FAMILIES = ("efficientnet_lite", "resnet")
+
+
+def drop_path(x: jax.Array, rate: float, *, train: bool) -> jax.Array:
+  """Stochastic depth (Huang et al. 2016, arXiv 1603.09382) of a residual branch.
+
+  In training, each example's branch ``x`` is zeroed with probability ``rate`` and kept
+  ones are scaled by ``1 / (1 - rate)`` (Flax ``Dropout`` broadcast over all but the batch
+  axis, drawing from the ``dropout`` stream); otherwise, or at rate 0, ``x`` is returned.
+  Call it inside a ``@nn.compact`` method, on the branch before it joins the shortcut.
+  """
+  if not train or rate == 0.0:
+    return x
+  return nn.Dropout(rate, broadcast_dims=tuple(range(1, x.ndim)), deterministic=False)(x)
+
+
+def block_drop_rates(rate: float, num_blocks: int) -> list[float]:
+  """Per-block stochastic-depth rates, growing linearly with depth: ``rate * i / num_blocks``.
+
+  As EfficientNet's reference code (``drop_connect_rate * idx / len(blocks)``): the first
+  block is never dropped, and the rates index the whole network, so a TruncatedTL cut
+  keeps its blocks' rates.
+
+  >>> block_drop_rates(0.2, 4)
+  [0.0, 0.05, 0.1, 0.15]
+  """
+  return [rate * i / num_blocks for i in range(num_blocks)]
+
+
 def classifier_tail(
     x: jax.Array,
     *,

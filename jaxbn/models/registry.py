@@ -107,6 +107,7 @@ def create_model(
     truncate_at: str | None = None,
     head_taps: Sequence[str] = (),
     pool: str = "avg",
+    drop_path_rate: float = 0.0,
     **kwargs: Any,
 ) -> nn.Module:
   """Builds a Flax Linen backbone by name (for Flax NNX: :func:`jaxbn.nnx.create_model`).
@@ -125,10 +126,18 @@ def create_model(
       multi-scale head with a few more head weights. Each must end before the cut.
     pool: the head's global pooling: ``avg`` (the checkpoints'), ``max``, or ``avgmax``
       (both concatenated, twice the head's weights).
+    drop_path_rate: stochastic depth of the residual blocks in training
+      (:func:`jaxbn.models.layers.drop_path`; block i of N at ``rate * i / N``), for the
+      families in :data:`jaxbn.models.layers.DROP_PATH_FAMILIES`.
     **kwargs: forwarded to the family's module (advanced options).
   """
   spec = get_spec(name)
   layers.check_pool(pool)  # fails before any tracing
+  if drop_path_rate:
+    if spec.family not in layers.DROP_PATH_FAMILIES:
+      raise ValueError(f"drop_path_rate drops residual branches, and {name} has none: use it "
+                       f"with {' or '.join(layers.DROP_PATH_FAMILIES)}, or set it to 0.")
+    kwargs["drop_path_rate"] = drop_path_rate
   # Fails early, listing the valid cuts.
   cut = get_cut(name, truncate_at) if truncate_at is not None else None
   if cut is not None:

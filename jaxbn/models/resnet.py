@@ -36,7 +36,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxbn.models import norm as norm_lib
-from jaxbn.models.layers import classifier_tail, conv_and_norm
+from jaxbn.models.layers import block_drop_rates, classifier_tail, conv_and_norm, drop_path
 from jaxbn.models.prefix import CutPoint, find_cut, find_taps
 from jaxbn.models.spec import ModelSpec
 
@@ -131,6 +131,8 @@ class BasicBlock(nn.Module):
   norm: ModuleDef
   strides: int = 1
   project: bool = False  # 1x1 conv + BN shortcut
+  drop_path_rate: float = 0.0  # stochastic depth of the residual branch (train only)
+  train: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -142,7 +144,7 @@ class BasicBlock(nn.Module):
     if self.project:
       residual = self.conv(self.features, (1, 1), self.strides, name="downsample_conv")(x)
       residual = self.norm(name="downsample_bn")(residual)
-    return nn.relu(y + residual)
+    return nn.relu(drop_path(y, self.drop_path_rate, train=self.train) + residual)
 
 
 class BottleneckBlock(nn.Module):
@@ -153,6 +155,8 @@ class BottleneckBlock(nn.Module):
   norm: ModuleDef
   strides: int = 1
   project: bool = False
+  drop_path_rate: float = 0.0
+  train: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -166,7 +170,7 @@ class BottleneckBlock(nn.Module):
     if self.project:
       residual = self.conv(self.features * 4, (1, 1), self.strides, name="downsample_conv")(x)
       residual = self.norm(name="downsample_bn")(residual)
-    return nn.relu(y + residual)
+    return nn.relu(drop_path(y, self.drop_path_rate, train=self.train) + residual)
 
 
 class ResNet(nn.Module):
@@ -193,6 +197,8 @@ class ResNet(nn.Module):
       those stages, e.g. Transfusion's "slim" ResNet ``(64, 128, 128, 256)``
       (:func:`slim_widths`); pretrained weights then fit only
       the stages left at their original width.
+    drop_path_rate: stochastic depth in training (:func:`jaxbn.models.layers.drop_path`):
+      block i of N drops its residual branch with probability ``rate * i / N``.
   """
 
   stage_sizes: Sequence[int]
@@ -207,6 +213,7 @@ class ResNet(nn.Module):
   truncate_at: str | None = None
   head_taps: Sequence[str] = ()
   stage_widths: Sequence[int] | None = None
+  drop_path_rate: float = 0.0
 
   @nn.compact
   def __call__(self, x, train: bool = False, use_running_average: bool | None = None):
@@ -214,7 +221,7 @@ class ResNet(nn.Module):
 
     Args:
       x: images (N, H, W, 3).
-      train: enables dropout and, unless ``use_running_average`` says otherwise,
+      train: enables dropout, stochastic depth and, unless ``use_running_average`` says otherwise,
         normalises with batch statistics and updates ``batch_stats``.
       use_running_average: overrides the BN mode chosen by ``train`` (e.g.
         ``train=True, use_running_average=True`` fine-tunes with frozen statistics).
@@ -240,6 +247,7 @@ class ResNet(nn.Module):
         for stage, (num_blocks, width) in enumerate(zip(self.stage_sizes, widths), 1)
         for index in range(num_blocks)
     ]
+    drop_rates = dict(zip(blocks, block_drop_rates(self.drop_path_rate, len(blocks))))
     if cut is not None:  # keep the blocks up to the cut; the rest are never created
       blocks = [b for b in blocks if block_name(b[0], b[1]) in cut.kept]
     taps = []
@@ -248,6 +256,7 @@ class ResNet(nn.Module):
       project = index == 0 and (strides != 1 or in_features != width * expansion)
       x = block_cls(
           features=width, conv=conv, norm=norm, strides=strides, project=project,
+          drop_path_rate=drop_rates[stage, index, width], train=train,
           name=block_name(stage, index),
       )(x)
       in_features = width * expansion
