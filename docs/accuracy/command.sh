@@ -269,3 +269,7 @@ fold_round round29
 # 35. Round thirty: bicubic upsampling (data.resize=bicubic) on the folds, seeds 0 and 1, paired
 #     with round eleven's recipe runs of both seeds. Stopped after five runs (three lost).
 fold_round round30
+
+# 36. Round thirty-one: AUC maximisation (auc_loss_weight=1.0) on the folds, seeds 0 and 1, paired
+#     with round eleven's recipe runs of both seeds. Stopped after three runs (all three lost).
+fold_round round31
