@@ -361,6 +361,8 @@ def field_checks(tasks: Iterable[str] = ("train",)) -> dict[str, tuple[Check, st
       "data.rotate_deg": num_in(0.0, 180.0),
       "data.shift": num_in(0.0, 0.5),
       "data.vflip": boolean(),
+      "data.brightness": num_in(0.0, 1.0),
+      "data.contrast": num_in(0.0, 1.0),
       "data.resize": one_of(*RESIZE_METHODS),
       "data.folds": ((lambda v: _is_int(v) and (v == 0 or v >= 2)),
                      "0 (the data set's own val split) or an integer >= 2"),

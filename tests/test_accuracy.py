@@ -102,6 +102,54 @@ def test_augment_settings_validate_and_follow_augment_flag():
     augment.settings(ml_collections.ConfigDict(dict(shift=0.7)))
 
 
+def _normalised(pixels, mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.1)):
+  """[0, 1] pixels normalised as the pipeline does, with its (scale, offset)."""
+  scale = 1.0 / (255.0 * np.asarray(std, np.float32))
+  offset = -np.asarray(mean, np.float32) / np.asarray(std, np.float32)
+  return tf.constant(pixels * 255.0 * scale + offset), scale, offset
+
+
+def test_random_intensity_scales_contrast_and_shifts_brightness_in_pixel_units():
+  rng = np.random.default_rng(0)
+  pixels = rng.uniform(0.3, 0.7, (8, 8, 3)).astype(np.float32)  # room: nothing is clipped
+  image, scale, offset = _normalised(pixels)
+  unit = 255.0 * scale
+  seed = tf.constant([3, 4], tf.int64)
+  np.testing.assert_array_equal(
+      augment.random_intensity(image, seed, scale=scale, offset=offset).numpy(), image.numpy())
+  factors, deltas = set(), set()
+  for i in range(12):
+    seed = tf.constant([i, 7], tf.int64)
+    out = augment.random_intensity(image, seed, scale=scale, offset=offset, contrast=0.2).numpy()
+    back = (out - offset) / unit  # the pixels again
+    mean = pixels.mean(axis=(0, 1))
+    np.testing.assert_allclose(back.mean(axis=(0, 1)), mean, atol=1e-5)  # each channel's mean
+    factor = (back - mean) / (pixels - mean)
+    assert np.allclose(factor, factor.flat[0], atol=1e-3)  # one factor for all pixels, channels
+    assert 0.8 - 1e-5 <= factor.flat[0] <= 1.2 + 1e-5
+    factors.add(round(float(factor.flat[0]), 3))
+    out = augment.random_intensity(image, seed, scale=scale, offset=offset, brightness=0.1).numpy()
+    delta = (out - offset) / unit - pixels
+    assert np.allclose(delta, delta.flat[0], atol=1e-5) and abs(delta.flat[0]) <= 0.1 + 1e-6
+    deltas.add(round(float(delta.flat[0]), 4))
+  assert len(factors) > 6 and len(deltas) > 6  # a new draw per seed
+  bright, _, _ = _normalised(np.full((4, 4, 3), 0.98, np.float32))
+  out = augment.random_intensity(bright, tf.constant([1, 1], tf.int64), scale=scale,
+                                 offset=offset, brightness=1.0).numpy()
+  assert ((out - offset) / unit <= 1.0 + 1e-5).all()  # clipped to the pixel range
+  assert out.dtype == np.float32 and out.shape == (4, 4, 3)
+
+
+def test_intensity_settings_validate_and_follow_augment_flag():
+  c = ml_collections.ConfigDict(dict(augment=True, brightness=0.1, contrast=0.2))
+  assert augment.intensity_settings(c) == dict(brightness=0.1, contrast=0.2)
+  c.augment = False
+  assert augment.intensity_settings(c) == dict(brightness=0.0, contrast=0.0)
+  assert augment.intensity_settings(ml_collections.ConfigDict()) == augment.INTENSITY_DEFAULTS
+  with pytest.raises(ValueError, match="data.brightness and data.contrast"):
+    augment.intensity_settings(ml_collections.ConfigDict(dict(contrast=1.5)))
+
+
 @pytest.fixture(scope="module")
 def pneumonia_config(tmp_path_factory):
   os.environ[medmnist.OFFLINE_ENV] = "1"
@@ -125,6 +173,15 @@ def test_pipeline_hook_applies_augmentation_deterministically(pneumonia_config):
   np.testing.assert_array_equal(a["label"], plain["label"])  # same examples, same order
   np.testing.assert_array_equal(a["image"], b["image"])  # reproducible
   assert not np.allclose(a["image"], plain["image"])
+  cfg = ml_collections.ConfigDict(pneumonia_config.to_dict())
+  cfg.brightness, cfg.contrast = 0.1, 0.2
+  a, b = first(cfg), first(cfg)
+  np.testing.assert_array_equal(a["label"], plain["label"])
+  np.testing.assert_array_equal(a["image"], b["image"])
+  assert not np.allclose(a["image"], plain["image"])
+  # Grey images stay grey: one brightness and one contrast factor for all three channels.
+  np.testing.assert_allclose(a["image"][..., 0] * STD[0] + MEAN[0],
+                             a["image"][..., 2] * STD[2] + MEAN[2], atol=1e-4)
 
 
 # -------------------------------------------------------------------- EMA --

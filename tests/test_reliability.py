@@ -78,6 +78,7 @@ CONFIG_ERRORS = [
      "[0.0, 1.0)"),
     ([BN_ONLY, "--config.model.drop_path_rate=0.1", "--config.model.arch=densenet121"],
      "densenet121 has none", "--config.model.drop_path_rate=0"),
+    ([BN_ONLY, "--config.data.contrast=1.5"], "config.data.contrast=1.5", "[0.0, 1.0]"),
     ([BN_ONLY, "--config.auc_loss_weight=-1"], "config.auc_loss_weight=-1.0", ">= 0"),
     ([BN_ONLY, "--config.auc_loss_margin=0"], "config.auc_loss_margin=0.0", "> 0"),
     ([BN_ONLY, "--config.auc_loss_weight=1", "--config.mixup_alpha=0.2"],

@@ -1,4 +1,4 @@
-"""Train-time geometric augmentation as tf.data ops: small rotations, shifts, vertical flips.
+"""Train-time augmentation as tf.data ops: rotations, shifts, vertical flips; brightness, contrast.
 
 Applied to each preprocessed training image (``[S, S, C]`` float32, already
 resized and normalised) after :func:`jaxbn.data.pipeline.preprocess`, whose
@@ -15,6 +15,14 @@ too):
   vflip: bool, default False. Random vertical (up/down) flip — set it only
     where the data allow it (e.g. histology or blood-cell images, not chest
     X-rays); horizontal flips are ``data.hflip``.
+  brightness: float, default 0. Adds one δ uniform in ``[-brightness, brightness]`` to
+    every pixel and channel, in units of the [0, 1] pixel range.
+  contrast: float, default 0. Scales each channel's deviations from its mean over the
+    image by a factor uniform in ``[1 - contrast, 1 + contrast]`` (``tf.image.adjust_contrast``).
+
+The intensity changes act on the pixels the image was normalised from: contrast first,
+then brightness, then a clip to [0, 1], then the normalisation again
+(:func:`random_intensity`).
 
 Pixels shifted in from outside the image repeat the nearest edge pixel
 (``fill_mode='NEAREST'``), so no artificial black border is introduced.
@@ -33,6 +41,7 @@ import tensorflow as tf
 from jaxbn.data import fields
 
 DEFAULTS = {k: fields.FIELDS[k][0] for k in ("rotate_deg", "shift", "vflip")}
+INTENSITY_DEFAULTS = {k: fields.FIELDS[k][0] for k in ("brightness", "contrast")}
 
 
 def settings(config: ml_collections.ConfigDict) -> dict:
@@ -43,6 +52,44 @@ def settings(config: ml_collections.ConfigDict) -> dict:
                      f"{out['rotate_deg']} and {out['shift']}.")
   if not config.get("augment", True):
     out = dict(DEFAULTS)
+  return out
+
+
+def intensity_settings(config: ml_collections.ConfigDict) -> dict:
+  """``brightness``, ``contrast`` of a data config (defaults where missing; off without
+  ``augment``)."""
+  out = {k: config.get(k, v) for k, v in INTENSITY_DEFAULTS.items()}
+  if not 0 <= out["brightness"] <= 1 or not 0 <= out["contrast"] <= 1:
+    raise ValueError(f"data.brightness and data.contrast must be in [0, 1], got "
+                     f"{out['brightness']} and {out['contrast']}.")
+  if not config.get("augment", True):
+    out = dict(INTENSITY_DEFAULTS)
+  return out
+
+
+def random_intensity(image: tf.Tensor, seed: tf.Tensor, *, scale, offset,
+                     brightness: float = 0.0, contrast: float = 0.0) -> tf.Tensor:
+  """One normalised image ``[H, W, C]``, its contrast and brightness randomly changed.
+
+  Args:
+    image: ``p * 255 * scale + offset`` for pixels ``p`` in [0, 1] (the pipeline's
+      normalisation, ``scale`` and ``offset`` per channel).
+    seed: int [2] stateless seed.
+    scale, offset: the normalisation, [C] each.
+    brightness, contrast: see the module docstring.
+  """
+  if not (brightness or contrast):
+    return image
+  contrast_seed, brightness_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  unit = 255.0 * tf.cast(scale, tf.float32)
+  offset = tf.cast(offset, tf.float32)
+  pixels = (tf.cast(image, tf.float32) - offset) / unit
+  factor = tf.random.stateless_uniform([], contrast_seed, 1 - contrast, 1 + contrast)
+  mean = tf.reduce_mean(pixels, axis=(0, 1), keepdims=True)
+  delta = tf.random.stateless_uniform([], brightness_seed, -brightness, brightness)
+  pixels = tf.clip_by_value((pixels - mean) * factor + mean + delta, 0.0, 1.0)
+  out = tf.cast(pixels * unit + offset, image.dtype)
+  out.set_shape(image.shape)
   return out
 
 

@@ -28,6 +28,8 @@ FIELDS: dict[str, tuple[Any, type | None, str]] = {
     "rotate_deg": (0.0, None, "jaxbn.data.augment: rotation up to ±rotate_deg"),
     "shift": (0.0, None, "jaxbn.data.augment: shift up to ±shift × the side"),
     "vflip": (False, None, "jaxbn.data.augment: random up-down flip"),
+    "brightness": (0.0, None, "jaxbn.data.augment: brightness shift up to ±brightness"),
+    "contrast": (0.0, None, "jaxbn.data.augment: contrast factor in 1 ± contrast"),
     "cache": (None, bool, "None = cache in memory when it fits"),
     "folds": (0, None, "k-fold cross-validation of train+val (0 = the data set's own val)"),
     "fold": (0, None, "with folds: which fold is the val split (0 .. folds-1)"),

@@ -641,6 +641,7 @@ def train_iterator(config: ml_collections.ConfigDict, *, batch_size: int,
   global_batch = batch_size * process_count
 
   extra_aug = augment_lib.settings(config)
+  intensity = augment_lib.intensity_settings(config)
   resize = _get(config, "resize")
 
   def process(position):
@@ -653,6 +654,10 @@ def train_iterator(config: ml_collections.ConfigDict, *, batch_size: int,
     if augment_lib.is_active(**extra_aug):  # rotations, shifts, vflip
       out["image"] = augment_lib.random_affine(
           out["image"], tf.random.experimental.stateless_fold_in(example_seed, 1), **extra_aug)
+    if any(intensity.values()):  # brightness, contrast
+      out["image"] = augment_lib.random_intensity(
+          out["image"], tf.random.experimental.stateless_fold_in(example_seed, 2),
+          scale=scale, offset=offset, **intensity)
     if with_index:
       out["index"] = index
     return out
