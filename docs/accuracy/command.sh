@@ -273,3 +273,7 @@ fold_round round30
 # 36. Round thirty-one: AUC maximisation (auc_loss_weight=1.0) on the folds, seeds 0 and 1, paired
 #     with round eleven's recipe runs of both seeds. Stopped after three runs (all three lost).
 fold_round round31
+
+# 37. Round thirty-two: stochastic depth (model.drop_path_rate=0.2) on the folds, seeds 0 and 1,
+#     paired with round eleven's recipe runs of both seeds. All ten runs (6 gained).
+fold_round round32
