@@ -277,3 +277,8 @@ fold_round round31
 # 37. Round thirty-two: stochastic depth (model.drop_path_rate=0.2) on the folds, seeds 0 and 1,
 #     paired with round eleven's recipe runs of both seeds. All ten runs (6 gained).
 fold_round round32
+
+# 38. Round thirty-three: intensity augmentation (data.brightness=0.1, data.contrast=0.2) on the
+#     folds, seeds 0 and 1, paired with round eleven's recipe runs of both seeds. Stopped after
+#     eight runs (four lost).
+fold_round round33
