@@ -143,8 +143,8 @@ def block_drop_rates(rate: float, num_blocks: int) -> list[float]:
   block is never dropped, and the rates index the whole network, so a TruncatedTL cut
   keeps its blocks' rates.
 
-  >>> block_drop_rates(0.2, 4)
-  [0.0, 0.05, 0.1, 0.15]
+  >>> block_drop_rates(0.5, 4)
+  [0.0, 0.125, 0.25, 0.375]
   """
   return [rate * i / num_blocks for i in range(num_blocks)]
 
