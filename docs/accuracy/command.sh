@@ -282,3 +282,11 @@ fold_round round32
 #     folds, seeds 0 and 1, paired with round eleven's recipe runs of both seeds. Stopped after
 #     eight runs (four lost).
 fold_round round33
+
+# 39. How finely the test split resolves RetinaMNIST's AUC: the final table's BN-only runs again,
+#     their checkpoints kept (the same test AUCs to every digit), then a bootstrap over the 400
+#     test images. Reads the test split of the published recipe only.
+python -m jaxbn.sweep --name=bn_only --seeds=0,1,2 --datasets=retinamnist --workdir=/tmp/acc/boot \
+    --train_config="configs/bn_only.py:tta=hflip+shift"
+PYTHONPATH=. python docs/accuracy/test_bootstrap.py /tmp/acc/boot \
+    > docs/accuracy/final_round9/test_bootstrap.md
