@@ -2,9 +2,10 @@
 
   PYTHONPATH=. python docs/accuracy/test_bootstrap.py SWEEP_DIR [--threshold=0.76] [--draws=2000]
 
-For every finished run of SWEEP_DIR whose final model is still there (the sweep run without
-``--prune_checkpoints``), it classifies the test split with that model, as the trainer's test
-pass did, and checks that the AUC equals the run's ``test_auc``. Then it draws the test
+Every finished run of SWEEP_DIR must still have its final model (a sweep run without
+``--prune_checkpoints``; else one ``error:`` line). The script classifies the test split with
+that model, as the trainer's test pass did, and checks that the AUC equals the run's
+``test_auc``. Then it draws the test
 images with replacement (``--draws`` times, one set of draws shared by all runs, so the
 runs stay paired) and prints, in markdown:
 
