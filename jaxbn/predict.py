@@ -28,6 +28,7 @@ if __name__ == "__main__":
 import json
 import os
 import sys
+from typing import Any
 
 from absl import app, flags
 
@@ -99,19 +100,20 @@ def _top(probs, names, top: int) -> list[dict]:
            "prob": round(float(probs[i]), 5)} for i in best]
 
 
-def predict_workdir(workdir: str, images: list[str], top: int = 5) -> list[dict]:
-  """Classifies ``images`` with a training run's final model (best checkpoint or soup)."""
+def load_final_model(workdir: str) -> tuple[Any, dict, dict, int, list[int]]:
+  """A finished run's ``(model, variables, results, best step, soup steps)``.
+
+  The variables are its final model's (the best checkpoint, or with ``soup_size`` the
+  soup's average), as host arrays whatever devices trained it; ``results`` is its
+  ``results.json``.
+  """
   import jax
   import ml_collections
   import numpy as np
 
   from jaxbn import setup
   from jaxbn.checkpoint import RunCheckpoints
-  from jaxbn.data import fields as data_fields, pipeline
   from jaxbn.models import get_spec
-  from jaxbn.tf_setup import import_tensorflow
-
-  tf = import_tensorflow()
 
   run = _read_run(workdir)
   ckpts = RunCheckpoints(workdir, soup=int(run.get("soup_size", 0)))
@@ -124,11 +126,26 @@ def predict_workdir(workdir: str, images: list[str], top: int = 5) -> list[dict]
     raise ValueError(f"{workdir} has no best checkpoint (no evaluation finished).")
   variables, soup_steps = final
   variables = jax.tree.map(np.asarray, dict(variables))
+  num_classes = int(variables["params"][get_spec(run["arch"]).head]["bias"].shape[0])
+  config = ml_collections.ConfigDict({"model": run["model"], "bn_momentum": 0.0})
+  return setup.build_model(config, num_classes), variables, run, int(step), list(soup_steps)
+
+
+def predict_workdir(workdir: str, images: list[str], top: int = 5) -> list[dict]:
+  """Classifies ``images`` with a training run's final model (best checkpoint or soup)."""
+  import jax
+  import ml_collections
+  import numpy as np
+
+  from jaxbn.data import fields as data_fields, pipeline
+  from jaxbn.models import get_spec
+  from jaxbn.tf_setup import import_tensorflow
+
+  tf = import_tensorflow()
+
+  model, variables, run, step, soup_steps = load_final_model(workdir)
   arch = run["arch"]
   spec = get_spec(arch)
-  num_classes = int(variables["params"][spec.head]["bias"].shape[0])
-  config = ml_collections.ConfigDict({"model": run["model"], "bn_momentum": 0.0})
-  model = setup.build_model(config, num_classes)
   std = np.asarray(spec.std, np.float32)
   scale, offset = 1.0 / (255.0 * std), -np.asarray(spec.mean, np.float32) / std
   multi_label = bool(run.get("multi_label", False))

@@ -28,7 +28,7 @@ import ml_collections
 
 from jaxbn.config import load_config_file
 from jaxbn.data.fields import RESIZE_METHODS
-from jaxbn.models.layers import DROP_PATH_FAMILIES, POOLS
+from jaxbn.models.layers import POOLS
 from jaxbn.models.registry import DTYPES
 
 USAGE_EXIT = 2  # status of every config error (as absl's usage errors)
@@ -453,14 +453,15 @@ def _check_cross_fields(config: ml_collections.ConfigDict) -> None:
     except ValueError as e:
       raise ConfigError(f"config.model.head_taps={tuple(taps)!r}: {str(e).rstrip('.')}; give cuts "
                         f"that end before model.truncate_at={cut!r}, or ().") from None
-  if _current_value(config, "model.drop_path_rate") and arch is not None:
-    from jaxbn.models import get_spec
+  rate = _current_value(config, "model.drop_path_rate")
+  if rate and arch is not None:
+    from jaxbn.models import create_model
 
-    family = get_spec(arch).family
-    if family not in DROP_PATH_FAMILIES:
-      raise ConfigError(f"config.model.drop_path_rate drops residual branches, and {arch} has "
-                        f"none: use a {' or '.join(DROP_PATH_FAMILIES)} model, or set "
-                        f"--config.model.drop_path_rate=0.")
+    try:
+      create_model(arch, drop_path_rate=rate)  # refuses families without residual branches
+    except ValueError as e:
+      raise ConfigError(f"config.model.{str(e).rstrip('.')} "
+                        f"(--config.model.drop_path_rate=0).") from None
 
 
 def check_devices(config: ml_collections.ConfigDict, num_devices: int,

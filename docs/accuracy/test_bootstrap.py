@@ -20,35 +20,23 @@ reads the test split.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 
 import jax
 import ml_collections
 import numpy as np
 
-from jaxbn import metrics, report, setup
-from jaxbn.checkpoint import RunCheckpoints
+from jaxbn import metrics, predict, report
 from jaxbn.data import pipeline
 from jaxbn.models import get_spec
 
 
 def test_probabilities(run_dir: str) -> tuple[np.ndarray, np.ndarray, dict]:
   """(probabilities [N, K], labels, results.json) of a run's final model on its test split."""
-  with open(os.path.join(run_dir, "results.json")) as f:
-    results = json.load(f)
-  ckpts = RunCheckpoints(run_dir, soup=int(results.get("soup_size", 0)))
   try:
-    final = ckpts.restore_final()
-  finally:
-    ckpts.close()
-  if final is None:
-    raise SystemExit(f"error: {run_dir} has no final model; rerun its sweep without "
-                     "--prune_checkpoints.")
-  variables = jax.tree.map(np.asarray, dict(final[0]))
+    model, variables, results, _, _ = predict.load_final_model(run_dir)
+  except ValueError as e:
+    raise SystemExit(f"error: {e} Rerun its sweep without --prune_checkpoints.") from None
   spec = get_spec(results["arch"])
-  config = ml_collections.ConfigDict({"model": results["model"], "bn_momentum": 0.0})
-  model = setup.build_model(config, int(results["num_classes"]))
   data = ml_collections.ConfigDict(results["config"]["data"])
   apply = jax.jit(model.apply)
   probs, labels = [], []
